@@ -1,0 +1,31 @@
+"""Errors raised at the boundary (scenario, decisions, CLI).
+
+Every bad value becomes one `ValidationError` naming the field and the constraint it
+breaks; the CLI turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class ValidationError(ValueError):
+    """A bad input value: `field` is the input's name, `constraint` what it must satisfy."""
+
+    def __init__(self, field: str, constraint: str, value=None):
+        self.field = field
+        self.constraint = constraint
+        self.value = value
+        shown = "" if value is None else f" (got {_short(value)})"
+        super().__init__(f"invalid {field}: {constraint}{shown}")
+
+
+class InfeasibleError(RuntimeError):
+    """No decision satisfies a constraint; `report` names the constraint and the cluster."""
+
+    def __init__(self, report: dict):
+        self.report = report
+        super().__init__(report.get("message", str(report)))
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
