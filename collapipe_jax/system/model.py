@@ -36,9 +36,10 @@ class Metrics:
 def channel_view(state: SystemState, channel):
     """Per-cluster (assigned, I, B) of the assigned channel; unassigned: mean I, B of channels."""
     assigned = channel >= 0
-    idx = jnp.clip(channel, 0)
-    interference = jnp.where(assigned, state.I_i_w[idx], jnp.mean(state.I_i_w))
-    bandwidth = jnp.where(assigned, state.B_U_hz[idx], jnp.mean(state.B_U_hz))
+    # a one-hot product instead of a gather: vectorises far better under vmap on CPUs
+    onehot = (channel[..., None] == jnp.arange(state.I_i_w.shape[-1])).astype(state.I_i_w.dtype)
+    interference = jnp.where(assigned, jnp.sum(onehot * state.I_i_w, -1), jnp.mean(state.I_i_w))
+    bandwidth = jnp.where(assigned, jnp.sum(onehot * state.B_U_hz, -1), jnp.mean(state.B_U_hz))
     return assigned, interference, bandwidth
 
 
