@@ -164,3 +164,15 @@ def test_energy_infeasible_is_reported_as_c9():
     with pytest.raises(InfeasibleError) as err:
         sg.solve_segments(dev, cluster=0)
     assert err.value.report["constraint"] == "C9'"
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), K=st.integers(1, 4), L=st.integers(1, 6), m=st.integers(1, 8),
+       variant=st.sampled_from(["paper", "consistent"]), method=st.sampled_from(["enum", "dp"]))
+def test_both_exact_methods_equal_brute_force(seed, K, L, m, variant, method):
+    dev = random_cluster(seed, K, L, b=8, variant=variant)
+    plans = sg.front_exact(dev, m, method=method)
+    assert_fronts_equal(front_values(plans), brute_force(dev, [m]))
+    for p in plans:
+        if p is not None:
+            assert sg.plan_violations(dev, m, p.delta, p.order) == []

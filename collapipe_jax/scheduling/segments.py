@@ -164,46 +164,174 @@ def plan_violations(dev: ClusterDevices, m: int, delta, order) -> list[str]:
 # --------------------------------------------------------------------------- exact solver
 
 
-def front_exact(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
-    """Exact min-τ_pipe plan for every stage count S = 1..K at fixed m (None: no feasible plan)."""
+ENUM_MAX_K = 7  # up to this K the subset enumeration is faster than the DP
+
+
+def front_exact(dev: ClusterDevices, m: int, method: str = "auto") -> list[SegmentPlan | None]:
+    """Exact min-τ_pipe plan for every S = 1..K at fixed m: subset enumeration for small K,
+    the DP otherwise (`method` = "auto" | "enum" | "dp"; both are exact)."""
+    if method == "enum" or (method == "auto" and dev.K <= ENUM_MAX_K):
+        return front_enum(dev, m)
+    return front_dp(dev, m)
+
+
+def _subsets(K: int):
+    """Every (scheduled set, last device) pair: member [C, K], is_last [C, K], size [C]."""
+    key = K
+    if key not in _SUBSET_CACHE:
+        member, last = [], []
+        for mask in range(1, 1 << K):
+            bits = [(mask >> k) & 1 for k in range(K)]
+            for k in range(K):
+                if bits[k]:
+                    member.append(bits)
+                    last.append([int(i == k) for i in range(K)])
+        member = np.asarray(member, bool)
+        _SUBSET_CACHE[key] = (member, np.asarray(last, bool), member.sum(axis=1))
+    return _SUBSET_CACHE[key]
+
+
+_SUBSET_CACHE: dict[int, tuple] = {}
+
+
+def front_enum(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
+    """Exact front by enumerating every (device set, last device) and every bound T.
+
+    For a fixed set A, last device ℓ and bound T, device k may hold 1..U_k TEBs (U_k from C7,
+    C9' and t_k ≤ T); the least Σ t_k gives every device one TEB and the remaining L − |A| to
+    the smallest c_k first (a greedy fill with integer caps is optimal for a linear cost).
+    Minimising Σ t + (m − 1) T over the candidate T is exact by the argument of the DP.
+    """
+    terms = m_terms(dev, m)
+    K, L = dev.K, dev.L
+    stage = np.where(terms.allowed, terms.stage, np.inf)
+    T = np.unique(stage[np.isfinite(stage)])
+    if T.size == 0:
+        return [None] * K
+    member, is_last, size = _subsets(K)
+    order = np.argsort(terms.c, kind="stable")  # fill the cheapest TEB slots first
+    member, is_last = member[:, order], is_last[:, order]
+    stage = stage[order]
+    c, d = terms.c[order], terms.d[order]
+
+    def evaluate(T, member, is_last, size):
+        # U[T, k, role]: largest δ with the (device, δ, role) allowed and t_k ≤ T (prefixes in δ)
+        U = np.sum(stage[None, :, 1:, :] <= T[:, None, None, None], axis=2).astype(np.int16)
+        cap = np.where(is_last[None], U[:, None, :, LAST], U[:, None, :, NONLAST])  # [nT, C, K]
+        cap = np.where(member[None], cap, np.int16(0))
+        ok = np.all(~member[None] | (cap >= 1), axis=2)
+        room = np.where(member[None], cap - np.int16(1), np.int16(0))
+        rest = (L - size).astype(np.int16)[None, :]  # TEBs beyond one per device
+        before = np.cumsum(room, axis=2, dtype=np.int16) - room
+        extra = np.clip(rest[..., None] - before, 0, room)
+        ok &= (rest >= 0) & (room.sum(axis=2) >= rest)
+        delta = np.where(member[None], 1 + extra, 0)  # [nT, C, K]
+        sum_t = delta @ c + (member & ~is_last) @ d  # [nT, C]
+        return np.where(ok, sum_t + (m - 1) * T[:, None], np.inf), delta
+
+    # pruning (exact): the optimum for S has bottleneck T* with m T* ≤ OPT_S ≤ UB_S, and UB_S
+    # comes from the largest bound, where every allowed (device, δ, role) is usable
+    T_top = T[-1]
+    top, _ = evaluate(T[-1:], member, is_last, size)
+    top = top[0]
+    upper = np.array([top[size == s_].min() for s_ in range(1, K + 1)])
+    if not np.isfinite(upper).any():
+        return [None] * K
+    T = T[T <= np.max(upper[np.isfinite(upper)]) / m * (1 + 1e-12)]
+    # a set's Σ t can only grow as T shrinks, and its bottleneck is at least the mean stage,
+    # so Σ_top (1 + (m − 1)/S) bounds it from below: drop sets that cannot beat UB_S
+    sum_top = top - (m - 1) * T_top
+    keep = np.isfinite(top) & (sum_top * (1 + (m - 1) / size) <= upper[size - 1] * (1 + 1e-9))
+    member, is_last, size = member[keep], is_last[keep], size[keep]
+    total, delta = evaluate(T, member, is_last, size)
+    plans: list[SegmentPlan | None] = []
+    inverse = np.argsort(order)
+    for s in range(1, K + 1):
+        cols = np.nonzero(size == s)[0]
+        if cols.size == 0:
+            plans.append(None)
+            continue
+        sub = total[:, cols]
+        flat = int(np.argmin(sub))
+        i, j = divmod(flat, cols.size)
+        if not np.isfinite(sub[i, j]):
+            plans.append(None)
+            continue
+        col = cols[j]
+        dl = delta[i, col][inverse]
+        last = int(order[np.argmax(is_last[col])])
+        ordr = tuple([k for k in range(K) if dl[k] > 0 and k != last] + [last])
+        plans.append(SegmentPlan(tuple(int(v) for v in dl), ordr, m, pipeline_latency(dev, m, dl, ordr)))
+    return plans
+
+
+def front_dp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
+    """Exact min-τ_pipe plan for every stage count S = 1..K at fixed m (None: no feasible plan).
+
+    Pruning (keeps exactness): the optimum for S has bottleneck T* with m·T* ≤ Σ t + (m−1) T* =
+    OPT_S, so only bounds T ≤ max_S UB_S / m matter, UB_S from a first pass on a coarse subset
+    of the candidate bounds (which includes the largest one, so no feasible S is missed).
+    """
     terms = m_terms(dev, m)
     K, L = dev.K, dev.L
     stage = np.where(terms.allowed, terms.stage, np.inf)
     candidates = np.unique(stage[np.isfinite(stage)])
     if candidates.size == 0:
         return [None] * K
-    T = candidates
-    nT = T.size
-    best = np.full((nT, L + 1, K + 1, 2), np.inf)
-    best[:, 0, 0, 0] = 0.0
-    tables = []
-    for k in range(K):
-        new = best.copy()
-        for delta in range(1, L + 1):
-            for role in (NONLAST, LAST):
-                t = stage[k, delta, role]
-                if not np.isfinite(t):
-                    continue
-                add = np.where(t <= T, t, np.inf)  # the bound T caps every stage time
-                if role == NONLAST:
-                    cand = best[:, : L + 1 - delta, :K, :] + add[:, None, None, None]
-                    np.minimum(new[:, delta:, 1:, :], cand, out=new[:, delta:, 1:, :])
-                else:
-                    cand = best[:, : L + 1 - delta, :K, 0] + add[:, None, None]
-                    np.minimum(new[:, delta:, 1:, 1], cand, out=new[:, delta:, 1:, 1])
-        tables.append(best)
-        best = new
-    total = best[:, L, :, 1] + (m - 1) * T[:, None]  # [nT, K+1]
-    plans: list[SegmentPlan | None] = []
-    for s in range(1, K + 1):
+    # S = 1 directly: one device holds all L TEBs and is the last stage
+    single = np.where(terms.allowed[:, L, LAST], stage[:, L, LAST], np.inf) if L < stage.shape[1] else None
+    plans: list[SegmentPlan | None] = [None]
+    if np.isfinite(single).any():
+        k = int(np.argmin(single))
+        delta = [0] * K
+        delta[k] = L
+        plans[0] = SegmentPlan(tuple(delta), (k,), m, pipeline_latency(dev, m, delta, (k,)))
+    if K == 1:
+        return plans
+    coarse = candidates[np.unique(np.linspace(0, candidates.size - 1, min(12, candidates.size)).round().astype(int))]
+    total, _, _ = _segment_dp(stage, coarse, K, L, m)
+    upper = np.min(total, axis=0)[2:]  # UB_S for S = 2..K
+    finite = np.isfinite(upper)
+    if not finite.any():
+        return plans + [None] * (K - 1)
+    T = candidates[candidates <= np.max(upper[finite]) / m * (1 + 1e-12)]
+    total, tables, final = _segment_dp(stage, T, K, L, m)
+    for s in range(2, K + 1):
         i = int(np.argmin(total[:, s]))
         if not np.isfinite(total[i, s]):
             plans.append(None)
             continue
-        delta, last = _backtrack(tables, best, stage, T[i], i, L, s)
+        delta, last = _backtrack(tables, final, stage, T[i], i, L, s)
         order = tuple([k for k in range(K) if delta[k] > 0 and k != last] + [last])
         plans.append(SegmentPlan(tuple(delta), order, m, pipeline_latency(dev, m, delta, order)))
     return plans
+
+
+def _segment_dp(stage, T, K, L, m):
+    """DP over devices, vectorised over the bounds T and δ: value[T, l, s, last chosen] = least
+    Σ t_k placing l TEBs on s devices with every t_k ≤ T. Returns (Σ + (m−1) T per S, tables,
+    final table)."""
+    nT = T.size
+    best = np.full((nT, L + 1, K + 1, 2), np.inf)
+    best[:, 0, 0, 0] = 0.0
+    # source index l − δ for target l and δ = 1..L; L + 1 points at an all-inf pad row
+    l_idx = np.arange(L + 1)[:, None] - np.arange(1, L + 1)[None, :]
+    l_idx = np.where(l_idx >= 0, l_idx, L + 1)
+    pad = np.full((nT, 1, K + 1, 2), np.inf)
+    tables = []
+    for k in range(K):
+        # the bound T caps every stage time: [nT, L] additions for δ = 1..L
+        add = np.where(stage[None, k, 1:, :] <= T[:, None, None], stage[None, k, 1:, :], np.inf)
+        src = np.concatenate([best, pad], axis=1)[:, l_idx]  # [nT, L+1, L, K+1, 2]
+        new = best.copy()
+        nonlast = np.min(src + add[:, None, :, None, None, NONLAST], axis=2)  # [nT, L+1, K+1, 2]
+        last = np.min(src[..., 0] + add[:, None, :, None, LAST], axis=2)  # [nT, L+1, K+1]
+        np.minimum(new[:, :, 1:, :], nonlast[:, :, :K, :], out=new[:, :, 1:, :])
+        np.minimum(new[:, :, 1:, 1], last[:, :, :K], out=new[:, :, 1:, 1])
+        tables.append(best)
+        best = new
+    total = best[:, L, :, 1] + (m - 1) * T[:, None]  # [nT, K+1]
+    return total, tables, best
 
 
 def _backtrack(tables, final, stage, T, i, L, s):
@@ -368,7 +496,7 @@ def _merge(best: list, plans: list) -> None:
 
 
 def solve_segments(dev: ClusterDevices, m_rule: str = "stationary", solver: str = "exact",
-                   max_m_solves: int = 8, cluster: int | None = None) -> SegmentFront:
+                   max_m_solves: int = 3, cluster: int | None = None) -> SegmentFront:
     """Alg. 2 for one cluster: the best (m, δ, order) per stage count S.
 
     Raises InfeasibleError naming C7 (memory cannot hold the L TEBs) or C9' (no allocation
@@ -395,11 +523,19 @@ def solve_segments(dev: ClusterDevices, m_rule: str = "stationary", solver: str 
             plans = solve(dev, m)
             solved.append(m)
             _merge(best, plans)
+            proposals = []
             for p in plans:
                 if p is None:
                     continue
                 nxt = better_integer_neighbour(dev, p, stationary_m(dev, p))
-                if nxt is not None and nxt not in solved and nxt not in queue:
+                if nxt is None or nxt == p.m:
+                    continue
+                # m-step for this δ (free), then queue a δ-step at the new m
+                moved = SegmentPlan(p.delta, p.order, nxt, pipeline_latency(dev, nxt, p.delta, p.order))
+                _merge(best, [moved if q is p else None for q in plans])
+                proposals.append((moved.tau_pipe_s, nxt))
+            for _, nxt in sorted(proposals):  # the most promising stage counts first
+                if nxt not in solved and nxt not in queue:
                     queue.append(nxt)
         if all(p is None for p in best) and 1 not in solved:
             _merge(best, solve(dev, 1))  # m = 1 needs the least device energy
