@@ -104,12 +104,17 @@ def min_upload_energy(up: Uplink, n, j):
     return up.bits * LN2 * up.noise()[j] / (up.B_U_hz[j] * up.h_n[n])
 
 
-def power_upper_bounds(up: Uplink, iters: int = 80) -> np.ndarray:
-    """p_ub[n, j] = largest p ≤ P_n^max with E^com ≤ E_n^max (C8, C11'); NaN if none (> 0) exists."""
+# p_ub keeps E^com ≤ (1 − margin) E^max so that the float32 system model agrees that C11' holds
+ENERGY_MARGIN = 1e-5
+
+
+def power_upper_bounds(up: Uplink, iters: int = 80, margin: float = ENERGY_MARGIN) -> np.ndarray:
+    """p_ub[n, j] = largest p ≤ P_n^max with E^com ≤ (1 − margin) E_n^max (C8, C11'); NaN if no
+    p > 0 meets it."""
     n = np.arange(up.N)[:, None] * np.ones((1, up.J), int)
     j = np.ones((up.N, 1), int) * np.arange(up.J)[None, :]
     p_max = up.P_max_n_w[:, None] * np.ones((1, up.J))
-    e_max = up.E_max_n_j[:, None] * np.ones((1, up.J))
+    e_max = (1.0 - margin) * up.E_max_n_j[:, None] * np.ones((1, up.J))
     feasible = min_upload_energy(up, n, j) < e_max
     at_max = upload_energy(up, p_max, n, j) <= e_max
     lo, hi = np.zeros_like(p_max), p_max.copy()
@@ -282,25 +287,26 @@ _POWER_CACHE: dict[int, tuple] = {}
 
 
 def _power_problem(N: int):
-    """min V T + Σ_n w_n (exp(a_n / u_n) − 1) s.t. τ_pipe_n + mask_n u_n ≤ T, u_n ≥ u_lo_n:
-    the ``paper``-objective power control in upload delays u_n, built once per N (DPP)."""
+    """min V T + Σ_n w_n exp(1/v_n) s.t. τ_pipe_n + a_n v_n ≤ T, v_lo_n ≤ v_n ≤ v_hi_n: the
+    ``paper``-objective power control with the upload delay written u_n = a_n v_n
+    (a_n = ln2 θ/B, so p_n = (e^{1/v_n} − 1)(I + B N0)/h), built once per N (DPP)."""
     import cvxpy as cp
 
     if N in _POWER_CACHE:
         return _POWER_CACHE[N]
     T = cp.Variable()
-    u = cp.Variable(N)
+    v = cp.Variable(N)
     V = cp.Parameter(nonneg=True)
-    w = cp.Parameter(N, nonneg=True)  # Y_n (I + B N0)/h for assigned clusters, 0 otherwise
-    a = cp.Parameter(N, nonneg=True)  # ln2 θ / B
-    mask = cp.Parameter(N, nonneg=True)  # 1 if the cluster uploads
+    w = cp.Parameter(N, nonneg=True)  # Y_n (I + B N0)/h for uploading clusters, 0 otherwise
+    a = cp.Parameter(N, nonneg=True)  # ln2 θ / B for uploading clusters, 0 otherwise
     tau_pipe = cp.Parameter(N, nonneg=True)
-    u_lo = cp.Parameter(N, pos=True)
-    u_hi = cp.Parameter(N, pos=True)
-    objective = V * T + cp.sum(cp.multiply(w, cp.exp(cp.multiply(a, cp.inv_pos(u)))))
-    constraints = [tau_pipe + cp.multiply(mask, u) <= T, u >= u_lo, u <= u_hi]
+    v_lo = cp.Parameter(N, pos=True)
+    v_hi = cp.Parameter(N, pos=True)
+    objective = V * T + w @ cp.exp(cp.inv_pos(v))
+    constraints = [tau_pipe + cp.multiply(a, v) <= T, v >= v_lo, v <= v_hi]
     problem = cp.Problem(cp.Minimize(objective), constraints)
-    _POWER_CACHE[N] = (problem, dict(V=V, w=w, a=a, mask=mask, tau_pipe=tau_pipe, u_lo=u_lo, u_hi=u_hi), T, u)
+    assert problem.is_dpp()
+    _POWER_CACHE[N] = (problem, dict(V=V, w=w, a=a, tau_pipe=tau_pipe, v_lo=v_lo, v_hi=v_hi), T, v)
     return _POWER_CACHE[N]
 
 
@@ -348,18 +354,19 @@ def power_control_paper(up: Uplink, tau_pipe, channel, Y, V, p_ub, use_cvxpy: bo
 def _power_cvxpy(up: Uplink, tau_pipe, channel, Y, V, u_lo, T_hi) -> float | None:
     import cvxpy as cp
 
-    problem, par, T, u = _power_problem(up.N)
+    problem, par, T, v = _power_problem(up.N)
     channel = np.asarray(channel)
     assigned = channel >= 0
     j = np.clip(channel, 0, None)
     scale = max(float(np.max(tau_pipe + np.where(assigned, u_lo, 0.0))), 1e-12)  # seconds → O(1)
+    a = np.where(assigned, LN2 * up.bits / up.B_U_hz[j], 0.0) / scale
+    a_safe = np.where(assigned, a, 1.0)
     par["V"].value = float(V) * scale
     par["w"].value = np.where(assigned, Y * up.noise()[j] / up.h_n, 0.0)
-    par["a"].value = np.where(assigned, LN2 * up.bits / up.B_U_hz[j], 0.0) / scale
-    par["mask"].value = assigned.astype(float)
+    par["a"].value = a
     par["tau_pipe"].value = tau_pipe / scale
-    par["u_lo"].value = np.where(assigned, u_lo, 1.0) / scale
-    par["u_hi"].value = np.where(assigned, max(T_hi, 1e-12), 1.0) / scale + np.where(assigned, 0.0, 1.0)
+    par["v_lo"].value = np.where(assigned, u_lo / scale / a_safe, 1.0)
+    par["v_hi"].value = np.where(assigned, max(T_hi, 1e-12) / scale / a_safe, 1.0) + np.where(assigned, 0.0, 1.0)
     problem.solve(solver=cp.CLARABEL)
     if problem.status not in ("optimal", "optimal_inaccurate") or T.value is None:
         return None
