@@ -288,6 +288,14 @@ def front_dp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
         plans[0] = SegmentPlan(tuple(delta), (k,), m, pipeline_latency(dev, m, delta, (k,)))
     if K == 1:
         return plans
+    # no plan at all has its bottleneck below T_lb: the first bound under which the devices can
+    # hold L TEBs (all devices with room, the best one as last stage)
+    U = np.sum(stage[None, :, 1:, :] <= candidates[:, None, None, None], axis=2)  # [nT, K, 2]
+    room = U[:, :, LAST] - U[:, :, NONLAST] + U[:, :, NONLAST].sum(axis=1, keepdims=True)
+    holds = np.any((U[:, :, LAST] >= 1) & (room >= L), axis=1)
+    if not holds.any():
+        return plans + [None] * (K - 1)
+    candidates = candidates[int(np.argmax(holds)):]
     coarse = candidates[np.unique(np.linspace(0, candidates.size - 1, min(12, candidates.size)).round().astype(int))]
     total, _, _ = _segment_dp(stage, coarse, K, L, m)
     upper = np.min(total, axis=0)[2:]  # UB_S for S = 2..K
@@ -314,15 +322,17 @@ def _segment_dp(stage, T, K, L, m):
     nT = T.size
     best = np.full((nT, L + 1, K + 1, 2), np.inf)
     best[:, 0, 0, 0] = 0.0
-    # source index l − δ for target l and δ = 1..L; L + 1 points at an all-inf pad row
-    l_idx = np.arange(L + 1)[:, None] - np.arange(1, L + 1)[None, :]
+    usable = np.isfinite(stage[:, 1:, :]).any(axis=(0, 2))
+    D = int(np.nonzero(usable)[0].max()) + 1 if usable.any() else 1  # largest δ any device may hold
+    # source index l − δ for target l and δ = 1..D; L + 1 points at an all-inf pad row
+    l_idx = np.arange(L + 1)[:, None] - np.arange(1, D + 1)[None, :]
     l_idx = np.where(l_idx >= 0, l_idx, L + 1)
     pad = np.full((nT, 1, K + 1, 2), np.inf)
     tables = []
     for k in range(K):
-        # the bound T caps every stage time: [nT, L] additions for δ = 1..L
-        add = np.where(stage[None, k, 1:, :] <= T[:, None, None], stage[None, k, 1:, :], np.inf)
-        src = np.concatenate([best, pad], axis=1)[:, l_idx]  # [nT, L+1, L, K+1, 2]
+        # the bound T caps every stage time: [nT, D, 2] additions for δ = 1..D
+        add = np.where(stage[None, k, 1:D + 1, :] <= T[:, None, None], stage[None, k, 1:D + 1, :], np.inf)
+        src = np.concatenate([best, pad], axis=1)[:, l_idx]  # [nT, L+1, D, K+1, 2]
         new = best.copy()
         nonlast = np.min(src + add[:, None, :, None, None, NONLAST], axis=2)  # [nT, L+1, K+1, 2]
         last = np.min(src[..., 0] + add[:, None, :, None, LAST], axis=2)  # [nT, L+1, K+1]
