@@ -167,3 +167,19 @@ def test_upload_energy_infeasible_is_reported_as_c11():
     report = err.value.report
     assert report["constraint"] == "C11'" and report["clusters"] == [0, 1, 2]
     assert "C11'" in str(err.value)
+
+
+def test_failed_convex_solve_falls_back_to_bracketing_and_says_so(monkeypatch):
+    up = random_uplink(5, 2, 2)
+    tau_pipe, Y, channel = np.array([3.0, 8.0]), np.array([4.0, 9.0]), np.array([1, 0])
+    p_ub = rs.power_upper_bounds(up)
+    reference = rs.power_control_paper(up, tau_pipe, channel, Y, 10.0, p_ub, use_cvxpy=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("solver failure")
+
+    monkeypatch.setattr(rs, "_power_cvxpy", broken)
+    got = rs.power_control_paper(up, tau_pipe, channel, Y, 10.0, p_ub, use_cvxpy=True)
+    assert got.fallback and not reference.fallback
+    assert got.objective == pytest.approx(reference.objective, rel=1e-6)
+    assert np.all(np.isfinite(got.p_n_w))
