@@ -241,3 +241,13 @@ def test_delay_only_with_exhaustive_m_has_the_least_latency_of_all_policies():
         for policy in ("dssra", "loss-only", "uniform", "random"):
             res = POLICIES[policy](problem, Y, np.random.default_rng(t))
             assert best <= res.tau_round_s * (1 + 1e-12), policy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["dssra", "random"])
+def test_constraints_hold_over_a_long_run(policy):
+    s = feasible_scenario(N=4, J=3, Gamma_max=0.05, E_max_k_j=1.0)
+    for t, state, problem, res, Y in run_rounds(s, policy, 200, seed=3):
+        metrics = evaluate(state, res.decision)
+        assert ds.check_decision(problem, res.plans, res.channel, res.p_n_w) == []
+        assert constraint_violations(state, res.decision, metrics) == []
