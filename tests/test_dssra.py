@@ -34,10 +34,10 @@ def test_lyapunov_update_by_hand():
                                 np.array([3, 4]), np.array([0.5, 0.1])) == pytest.approx(20 + 3.5 + 8.2)
 
 
-@pytest.mark.parametrize("variant", ["paper", "consistent"])
+@pytest.mark.parametrize("variant,fading", [("paper", "mean"), ("consistent", "mean"), ("paper", "rayleigh")])
 @pytest.mark.parametrize("policy", ["dssra", "random", "uniform"])
-def test_host_costs_equal_the_system_model(variant, policy):
-    s = feasible_scenario(J=2)
+def test_host_costs_equal_the_system_model(variant, fading, policy):
+    s = feasible_scenario(J=2, fading=fading)
     state = draw_state(s, round_key(1, 0))
     problem = ds.round_problem(s, state, variant)
     res = POLICIES[policy](problem, np.array([0.0, 3.0, 1.0]), np.random.default_rng(0))
