@@ -22,13 +22,16 @@ min_T [Σ-optimum(T) + (m − 1)·T] over the finitely many candidate values T �
 (at T = the optimum's own bottleneck the DP reaches its Σ, and every (T, DP value) pair is an
 upper bound of a real plan's τ_pipe). The DP is vectorised over all candidate T at once and
 keeps the best plan for every stage count S = 1..K (the Y·Γ term of the round objective
-depends on S, so Alg. 4 chooses S from this front).
+depends on S, so Alg. 4 chooses S from this front). For K ≤ 7 the same minimum is found
+faster by enumerating every (device set, last device) with a greedy fill per bound T
+(`front_enum`); both are checked against brute force.
 
 m (Alg. 2): with δ and the order fixed, each stage time is t_k(m) = α_k/m + β_k, so with
 bottleneck stage * the latency is τ_pipe(m) = (Σ_k α_k − α_*)/m + β_* m + const (Eq. 38), whose
 stationary point is m° = sqrt((Σ_k α_k − α_*)/β_*); the better of ⌊m°⌋, ⌈m°⌉ (clipped to
-[1, b], constraints checked) is taken, δ is re-solved for that m, and so on until m repeats.
-`m_rule="exhaustive"` instead solves every m in 1..b (exact over m as well).
+[1, b], constraints checked) is taken, δ is re-solved for that m, and so on until m repeats or
+`max_m_solves` (default 3) δ-solves are spent. Exactness is over (δ, S, order) for each m
+solved; `m_rule="exhaustive"` instead solves every m in 1..b (exact over m as well).
 
 Paper path: the same fixed-m problem as a MILP with C2' (Σ_k x_k = S) through cvxpy + HiGHS.
 """
