@@ -176,3 +176,12 @@ def test_both_exact_methods_equal_brute_force(seed, K, L, m, variant, method):
     for p in plans:
         if p is not None:
             assert sg.plan_violations(dev, m, p.delta, p.order) == []
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), K=st.integers(5, 7), L=st.integers(6, 14), m=st.integers(1, 20),
+       variant=st.sampled_from(["paper", "consistent"]))
+def test_enumeration_and_dp_agree_beyond_brute_force_sizes(seed, K, L, m, variant):
+    dev = random_cluster(seed, K, L, b=32, variant=variant)
+    assert_fronts_equal(front_values(sg.front_exact(dev, m, method="enum")),
+                        front_values(sg.front_exact(dev, m, method="dp")))

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from collapipe_jax.errors import InfeasibleError, ValidationError
+from collapipe_jax.errors import ValidationError
 from collapipe_jax.scenario import Decision, Scenario, SystemState, make_decision
 from collapipe_jax.scheduling import lyapunov as lyap
 from collapipe_jax.scheduling import resources as rs

@@ -22,13 +22,16 @@ min_T [Σ-optimum(T) + (m − 1)·T] over the finitely many candidate values T �
 (at T = the optimum's own bottleneck the DP reaches its Σ, and every (T, DP value) pair is an
 upper bound of a real plan's τ_pipe). The DP is vectorised over all candidate T at once and
 keeps the best plan for every stage count S = 1..K (the Y·Γ term of the round objective
-depends on S, so Alg. 4 chooses S from this front).
+depends on S, so Alg. 4 chooses S from this front). For K ≤ 7 the same minimum is found
+faster by enumerating every (device set, last device) with a greedy fill per bound T
+(`front_enum`); both are checked against brute force.
 
 m (Alg. 2): with δ and the order fixed, each stage time is t_k(m) = α_k/m + β_k, so with
 bottleneck stage * the latency is τ_pipe(m) = (Σ_k α_k − α_*)/m + β_* m + const (Eq. 38), whose
 stationary point is m° = sqrt((Σ_k α_k − α_*)/β_*); the better of ⌊m°⌋, ⌈m°⌉ (clipped to
-[1, b], constraints checked) is taken, δ is re-solved for that m, and so on until m repeats.
-`m_rule="exhaustive"` instead solves every m in 1..b (exact over m as well).
+[1, b], constraints checked) is taken, δ is re-solved for that m, and so on until m repeats or
+`max_m_solves` (default 3) δ-solves are spent. Exactness is over (δ, S, order) for each m
+solved; `m_rule="exhaustive"` instead solves every m in 1..b (exact over m as well).
 
 Paper path: the same fixed-m problem as a MILP with C2' (Σ_k x_k = S) through cvxpy + HiGHS.
 """
@@ -66,6 +69,8 @@ class ClusterDevices:
     gamma0_bytes: float
     kappa: float
     variant: str = "paper"
+    # m_terms per m, memoised: Alg. 2 evaluates the same m for many plans (arrays are never mutated)
+    _terms: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def K(self) -> int:
@@ -92,6 +97,8 @@ class MTerms:
 
 def m_terms(dev: ClusterDevices, m: int) -> MTerms:
     """Stage times and energies of every (device, δ, role) at m micro-batches (Eq. 11, 13/33, 14)."""
+    if m in dev._terms:
+        return dev._terms[m]
     if not (1 <= m <= dev.b):
         raise ValidationError("m", f"must be in [1, b={dev.b}]", m)
     b_hat = dev.b / m
@@ -109,7 +116,10 @@ def m_terms(dev: ClusterDevices, m: int) -> MTerms:
                   + (dev.p_k_w * d)[:, None, None] * nonlast[None, None, :])
     mem_ok = deltas[None, :] * dev.gamma0_bytes <= dev.gamma_max_bytes[:, None]
     allowed = (mem_ok[:, :, None] & (energy <= dev.E_max_j[:, None, None])) & (deltas[None, :, None] >= 1)
-    return MTerms(m=m, c=c, d=d, cycles=cycles, stage=stage, energy=energy, allowed=allowed)
+    for array in (c, d, cycles, stage, energy, allowed):
+        array.setflags(write=False)
+    dev._terms[m] = MTerms(m=m, c=c, d=d, cycles=cycles, stage=stage, energy=energy, allowed=allowed)
+    return dev._terms[m]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +248,9 @@ def front_enum(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     if not np.isfinite(upper).any():
         return [None] * K
     T = T[T <= np.max(upper[np.isfinite(upper)]) / m * (1 + 1e-12)]
+    T = T[_holding_bounds(stage, T, L):]
+    if T.size == 0:  # pragma: no cover - the optimum's own bottleneck is always left
+        return [None] * K
     # a set's Σ t can only grow as T shrinks, and its bottleneck is at least the mean stage,
     # so Σ_top (1 + (m − 1)/S) bounds it from below: drop sets that cannot beat UB_S
     sum_top = top - (m - 1) * T_top
@@ -265,6 +278,15 @@ def front_enum(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     return plans
 
 
+def _holding_bounds(stage, T, L) -> int:
+    """Index of the first bound T under which the devices can hold L TEBs at all (every device
+    with room, the roomiest one as last stage): no plan has its bottleneck below it."""
+    U = np.sum(stage[None, :, 1:, :] <= T[:, None, None, None], axis=2)  # [nT, K, 2]
+    room = U[:, :, LAST] - U[:, :, NONLAST] + U[:, :, NONLAST].sum(axis=1, keepdims=True)
+    holds = np.any((U[:, :, LAST] >= 1) & (room >= L), axis=1)
+    return int(np.argmax(holds)) if holds.any() else T.size
+
+
 def front_dp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     """Exact min-τ_pipe plan for every stage count S = 1..K at fixed m (None: no feasible plan).
 
@@ -288,14 +310,9 @@ def front_dp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
         plans[0] = SegmentPlan(tuple(delta), (k,), m, pipeline_latency(dev, m, delta, (k,)))
     if K == 1:
         return plans
-    # no plan at all has its bottleneck below T_lb: the first bound under which the devices can
-    # hold L TEBs (all devices with room, the best one as last stage)
-    U = np.sum(stage[None, :, 1:, :] <= candidates[:, None, None, None], axis=2)  # [nT, K, 2]
-    room = U[:, :, LAST] - U[:, :, NONLAST] + U[:, :, NONLAST].sum(axis=1, keepdims=True)
-    holds = np.any((U[:, :, LAST] >= 1) & (room >= L), axis=1)
-    if not holds.any():
+    candidates = candidates[_holding_bounds(stage, candidates, L):]
+    if candidates.size == 0:
         return plans + [None] * (K - 1)
-    candidates = candidates[int(np.argmax(holds)):]
     coarse = candidates[np.unique(np.linspace(0, candidates.size - 1, min(12, candidates.size)).round().astype(int))]
     total, _, _ = _segment_dp(stage, coarse, K, L, m)
     upper = np.min(total, axis=0)[2:]  # UB_S for S = 2..K
