@@ -1,0 +1,437 @@
+"""Scenarios (the paper's Table II), per-round random draws, and scheduling decisions.
+
+A `Scenario` holds the ranges and constants of one experimental setting in SI units
+(bits, seconds, W, J, Hz, FLOPs, bytes). Presets are written below in the paper's units and
+converted once, here. Each round the channel state and device capabilities are drawn
+uniformly within the ranges with `jax.random` (`draw_state`), giving a `SystemState` pytree
+that the system model (`collapipe_jax.system`) evaluates together with a `Decision`.
+
+Readings of Table II (DESIGN.md §3): N0 = −174 dBm/Hz; h_dd = −30 dB; h_n ∈ [−0.12, −0.08] dB
+(linear ≈ 0.97–0.98); f_k in GHz, ϕ_k in FLOPs per cycle; GB read as 1e9 bytes.
+The model-size inputs z^s, g^s, z^enc, θ^enc and γ_0 are not in Table II: they are computed
+from the model config (`collapipe_jax.models.cost`); o_l = o'_l = 2e6 FLOPs are Table II's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from collapipe_jax.errors import ValidationError
+from collapipe_jax.models import cost
+from collapipe_jax.models.config import model_preset
+
+RANGE_FIELDS = ("f_hz", "phi_flops_per_cycle", "p_k_w", "h_n", "I_i_w", "B_U_hz")
+FADING = ("mean", "rayleigh")
+
+
+def db_to_linear(db: float) -> float:
+    return 10.0 ** (db / 10.0)
+
+
+def dbm_to_watt(dbm: float) -> float:
+    return 10.0 ** (dbm / 10.0) / 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One experimental setting, SI units. Ranges are (low, high) for uniform per-round draws."""
+
+    name: str = "custom"
+    model: str = "paper-bert"  # the model config the size inputs were computed from
+    N: int = 3  # clusters
+    K: int = 6  # devices per cluster
+    J: int = 4  # uplink channels
+    L: int = 12  # Transformer encoder blocks (TEBs)
+    b: int = 64  # batch size per cluster and round
+    # per-round random ranges
+    f_hz: tuple[float, float] = (0.1e9, 0.8e9)  # device CPU frequency f_k
+    phi_flops_per_cycle: tuple[float, float] = (10.0, 24.0)  # ϕ_k
+    p_k_w: tuple[float, float] = (0.07, 0.1)  # device D2D transmit power p_k
+    h_n: tuple[float, float] = (db_to_linear(-0.12), db_to_linear(-0.08))  # CU→server gain
+    I_i_w: tuple[float, float] = (0.06, 0.08)  # interference on uplink channel i
+    B_U_hz: tuple[float, float] = (0.4e6, 0.6e6)  # bandwidth of uplink channel i
+    # constants
+    h_dd: float = db_to_linear(-30.0)
+    I_dd_w: float = 5e-10
+    B_dd_hz: float = 0.5e6
+    N0_w_per_hz: float = dbm_to_watt(-174.0)
+    P_max_n_w: float = 0.5
+    P_max_k_w: float = 0.18
+    E_max_n_j: float = 10.0
+    E_max_k_j: float = 5.0
+    gamma_max_n_bytes: float = 3e9
+    gamma_max_k_bytes: float = 1.5e9
+    # model-size inputs (per TEB, per sample unless said otherwise)
+    o_fwd_flops: float = 2e6
+    o_bwd_flops: float = 2e6
+    z_bits: float = 0.0
+    g_bits: float = 0.0
+    z_enc_bits: float = 0.0
+    theta_enc_bits: float = 0.0
+    gamma0_bytes: float = 0.0
+    kappa: float = 1e-28  # effective switched capacitance (Eq. 14/16)
+    # convergence bound (Eq. 23-28) and Lyapunov parameters
+    beta: float = 1.0  # smoothness constant
+    eta: float = 0.1  # learning rate in the bound
+    phi_seg: float = 1.0  # per-segment gradient-dissimilarity constant ϕ
+    C_noise: float = 0.01  # C of ε(p) = C / (p h + I)
+    Gamma_max: float = 0.03
+    V: float = 10.0
+    fading: str = "mean"  # Eq. 10 expectation: mean gain plugged in, or Rayleigh quadrature
+
+    def __post_init__(self):
+        validate_scenario(self)
+
+    def replace(self, **changes) -> "Scenario":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in RANGE_FIELDS:
+            out[key] = list(out[key])
+        return out
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write atomically (temporary file, then rename)."""
+        path = pathlib.Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Scenario":
+        if not isinstance(data, dict):
+            raise ValidationError("scenario", "must be a JSON object", type(data).__name__)
+        known = {f.name for f in dataclasses.fields(cls)}
+        base = {}
+        if "preset" in data:
+            base = scenario_preset(data["preset"]).to_dict()
+            base.pop("name")
+        unknown = sorted(set(data) - known - {"preset"})
+        if unknown:
+            raise ValidationError("scenario", f"unknown field(s) {unknown}")
+        merged = {**base, **{k: v for k, v in data.items() if k != "preset"}}
+        for key in RANGE_FIELDS:
+            if key in merged:
+                merged[key] = _as_range(key, merged[key])
+        return cls(**merged)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Scenario":
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ValidationError("scenario", "file does not exist", str(path))
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValidationError("scenario", f"not valid JSON ({err.msg} at line {err.lineno})", str(path))
+        return cls.from_dict(data)
+
+
+def _as_range(name: str, value) -> tuple[float, float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value), float(value))
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValidationError(name, "must be a number or a [low, high] pair", value)
+    return (float(value[0]), float(value[1]))
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValidationError(name, "must be an integer >= 1", value)
+
+
+def _check_number(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValidationError(name, "must be a number", value)
+    if not math.isfinite(value):
+        raise ValidationError(name, "must be finite", value)
+    if positive and value <= 0:
+        raise ValidationError(name, "must be > 0", value)
+    if nonnegative and value < 0:
+        raise ValidationError(name, "must be >= 0", value)
+
+
+def validate_scenario(s: Scenario) -> None:
+    """Every field checked at the boundary; raises ValidationError naming the field."""
+    for name in ("N", "K", "J", "L", "b"):
+        _check_positive_int(name, getattr(s, name))
+    for name in RANGE_FIELDS:
+        value = getattr(s, name)
+        if not isinstance(value, tuple) or len(value) != 2:
+            raise ValidationError(name, "must be a (low, high) pair", value)
+        for v in value:
+            _check_number(name, v, positive=True)
+        if value[0] > value[1]:
+            raise ValidationError(name, "low must be <= high", value)
+    for name in ("h_dd", "B_dd_hz", "N0_w_per_hz", "P_max_n_w", "P_max_k_w", "E_max_n_j", "E_max_k_j",
+                 "gamma_max_n_bytes", "gamma_max_k_bytes", "o_fwd_flops", "kappa", "beta", "eta",
+                 "phi_seg", "C_noise", "Gamma_max"):
+        _check_number(name, getattr(s, name), positive=True)
+    for name in ("I_dd_w", "o_bwd_flops", "z_bits", "g_bits", "z_enc_bits", "theta_enc_bits",
+                 "gamma0_bytes", "V"):
+        _check_number(name, getattr(s, name), nonnegative=True)
+    if s.fading not in FADING:
+        raise ValidationError("fading", f"must be one of {list(FADING)}", s.fading)
+    if s.p_k_w[1] > s.P_max_k_w:
+        raise ValidationError("p_k_w", f"upper end must be <= P_max_k_w={s.P_max_k_w}", s.p_k_w)
+
+
+def scenario_from_model(model: str, **overrides) -> Scenario:
+    """A Table II scenario whose size inputs (z, g, z^enc, θ^enc, γ_0) come from a model config.
+
+    L defaults to the model's encoder depth. o_l, o'_l stay Table II's 2e6 FLOPs unless
+    overridden (pass `o_from_model=True` to use the model's analytic FLOPs instead).
+    """
+    cfg = model_preset(model)
+    o_from_model = overrides.pop("o_from_model", False)
+    b = int(overrides.get("b", Scenario.b))
+    sizes = cost.model_size_inputs(cfg, b)
+    fields = {
+        "model": model,
+        "L": cfg.n_enc_layers,
+        "z_bits": sizes["z_bits"],
+        "g_bits": sizes["g_bits"],
+        "z_enc_bits": sizes["z_enc_bits"],
+        "theta_enc_bits": sizes["theta_enc_bits"],
+        "gamma0_bytes": sizes["gamma0_bytes"],
+    }
+    if o_from_model:
+        fields["o_fwd_flops"] = sizes["o_fwd_flops"]
+        fields["o_bwd_flops"] = sizes["o_bwd_flops"]
+    fields.update(overrides)
+    return Scenario(**fields)
+
+
+def scenario_preset(name: str) -> Scenario:
+    """Table II presets: `paper-transformer` (6+6 blocks, L = 6) and `paper-bert` (L = 12)."""
+    if name == "paper-bert":
+        return scenario_from_model("paper-bert", name="paper-bert")
+    if name == "paper-transformer":
+        return scenario_from_model("paper-transformer", name="paper-transformer")
+    raise ValidationError("preset", "unknown preset, choose one of ['paper-bert', 'paper-transformer']", name)
+
+
+PRESETS = ("paper-bert", "paper-transformer")
+
+
+def load_scenario(preset: str | None = None, path: str | os.PathLike | None = None) -> Scenario:
+    """`--scenario FILE.json` wins over `--preset`; the default is `paper-bert`.
+
+    A JSON file may name a base `"preset"` and override any field.
+    """
+    if path is not None:
+        return Scenario.from_json(path)
+    return scenario_preset(preset or "paper-bert")
+
+
+# --------------------------------------------------------------------------- state
+
+
+@struct.dataclass
+class SystemState:
+    """One round's channel state and device capabilities plus the scenario's constants (SI).
+
+    Per-device arrays are [N, K]; per-channel arrays are [J]; per-cluster arrays are [N].
+    Every leaf is a jnp array so that a batch of states can be stacked and vmapped.
+    """
+
+    f_hz: jax.Array  # [N, K]
+    phi_flops_per_cycle: jax.Array  # [N, K]
+    p_k_w: jax.Array  # [N, K]
+    h_n: jax.Array  # [N] linear
+    I_i_w: jax.Array  # [J]
+    B_U_hz: jax.Array  # [J]
+    gamma_max_k_bytes: jax.Array  # [N, K]
+    E_max_k_j: jax.Array  # [N, K]
+    E_max_n_j: jax.Array  # [N]
+    P_max_n_w: jax.Array  # [N]
+    h_dd: jax.Array
+    I_dd_w: jax.Array
+    B_dd_hz: jax.Array
+    N0_w_per_hz: jax.Array
+    b: jax.Array  # batch size (float, so b / m is a real number as in the paper)
+    o_fwd_flops: jax.Array
+    o_bwd_flops: jax.Array
+    z_bits: jax.Array
+    g_bits: jax.Array
+    z_enc_bits: jax.Array
+    theta_enc_bits: jax.Array
+    gamma0_bytes: jax.Array
+    kappa: jax.Array
+    beta: jax.Array
+    eta: jax.Array
+    phi_seg: jax.Array
+    C_noise: jax.Array
+    fading: str = struct.field(pytree_node=False, default="mean")
+
+
+def _state(s: Scenario, f, phi, pk, h, I, B) -> SystemState:
+    full = lambda v, shape: jnp.full(shape, v, dtype=jnp.float32)  # noqa: E731
+    scalar = lambda v: jnp.asarray(v, dtype=jnp.float32)  # noqa: E731
+    return SystemState(
+        f_hz=f, phi_flops_per_cycle=phi, p_k_w=pk, h_n=h, I_i_w=I, B_U_hz=B,
+        gamma_max_k_bytes=full(s.gamma_max_k_bytes, (s.N, s.K)),
+        E_max_k_j=full(s.E_max_k_j, (s.N, s.K)),
+        E_max_n_j=full(s.E_max_n_j, (s.N,)),
+        P_max_n_w=full(s.P_max_n_w, (s.N,)),
+        h_dd=scalar(s.h_dd), I_dd_w=scalar(s.I_dd_w), B_dd_hz=scalar(s.B_dd_hz),
+        N0_w_per_hz=scalar(s.N0_w_per_hz), b=scalar(s.b),
+        o_fwd_flops=scalar(s.o_fwd_flops), o_bwd_flops=scalar(s.o_bwd_flops),
+        z_bits=scalar(s.z_bits), g_bits=scalar(s.g_bits), z_enc_bits=scalar(s.z_enc_bits),
+        theta_enc_bits=scalar(s.theta_enc_bits), gamma0_bytes=scalar(s.gamma0_bytes),
+        kappa=scalar(s.kappa), beta=scalar(s.beta), eta=scalar(s.eta), phi_seg=scalar(s.phi_seg),
+        C_noise=scalar(s.C_noise), fading=s.fading,
+    )
+
+
+def draw_state(scenario: Scenario, key: jax.Array) -> SystemState:
+    """One round's draw: every ranged quantity uniform in its [low, high] (seeded)."""
+    s = scenario
+    keys = jax.random.split(key, 6)
+
+    def uniform(k, rng, shape):
+        return jax.random.uniform(k, shape, jnp.float32, rng[0], rng[1])
+
+    return _state(
+        s,
+        uniform(keys[0], s.f_hz, (s.N, s.K)),
+        uniform(keys[1], s.phi_flops_per_cycle, (s.N, s.K)),
+        uniform(keys[2], s.p_k_w, (s.N, s.K)),
+        uniform(keys[3], s.h_n, (s.N,)),
+        uniform(keys[4], s.I_i_w, (s.J,)),
+        uniform(keys[5], s.B_U_hz, (s.J,)),
+    )
+
+
+def mean_state(scenario: Scenario) -> SystemState:
+    """Every ranged quantity at the middle of its range (no randomness)."""
+    s = scenario
+    mid = lambda rng, shape: jnp.full(shape, 0.5 * (rng[0] + rng[1]), jnp.float32)  # noqa: E731
+    return _state(s, mid(s.f_hz, (s.N, s.K)), mid(s.phi_flops_per_cycle, (s.N, s.K)),
+                  mid(s.p_k_w, (s.N, s.K)), mid(s.h_n, (s.N,)), mid(s.I_i_w, (s.J,)),
+                  mid(s.B_U_hz, (s.J,)))
+
+
+def round_key(seed: int, round_index: int) -> jax.Array:
+    """The key of round t's draw: independent of how many rounds ran before (resumable)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), round_index)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@struct.dataclass
+class Decision:
+    """X(t) = [m, S, δ, order, I, p] for all clusters (DESIGN.md §1).
+
+    delta[n, k]: TEBs on device k of cluster n (Σ_k = L); rank[n, k]: position of device k in
+    cluster n's pipeline order (0 first), −1 where delta = 0; m[n]: micro-batches; channel[n]:
+    uplink channel of cluster n, −1 for none this round; p_n_w[n]: the CU's transmit power.
+    S_n = #{k : delta[n, k] > 0}.
+    """
+
+    delta: jax.Array  # int32 [N, K]
+    rank: jax.Array  # int32 [N, K]
+    m: jax.Array  # int32 [N]
+    channel: jax.Array  # int32 [N]
+    p_n_w: jax.Array  # float32 [N]
+
+
+def ranks_from_orders(delta: np.ndarray, orders: list[list[int]] | None) -> np.ndarray:
+    """rank[n, k] from pipeline orders (lists of device indices); default: index order."""
+    delta = np.asarray(delta)
+    N, K = delta.shape
+    rank = -np.ones((N, K), dtype=np.int32)
+    for n in range(N):
+        order = [k for k in range(K) if delta[n, k] > 0] if orders is None else list(orders[n])
+        for pos, k in enumerate(order):
+            rank[n, k] = pos
+    return rank
+
+
+def orders_of(decision: Decision) -> list[list[int]]:
+    """Each cluster's scheduled devices in pipeline order."""
+    rank = np.asarray(decision.rank)
+    return [[int(k) for k in np.argsort(rank[n]) if rank[n, k] >= 0] for n in range(rank.shape[0])]
+
+
+def make_decision(scenario: Scenario, delta, m, channel, p_n_w, orders=None) -> Decision:
+    """Build and validate a decision from host values (delta [N, K]; m, channel, p_n [N])."""
+    s = scenario
+    delta = np.asarray(delta)
+    if delta.ndim == 1:
+        delta = np.broadcast_to(delta, (s.N, delta.shape[0]))
+    m = np.broadcast_to(np.asarray(m), (s.N,)) if np.ndim(m) == 0 else np.asarray(m)
+    p = np.broadcast_to(np.asarray(p_n_w, float), (s.N,)) if np.ndim(p_n_w) == 0 else np.asarray(p_n_w, float)
+    channel = np.asarray(channel)
+    _validate_arrays(s, delta, orders, m, channel, p)
+    return Decision(
+        delta=jnp.asarray(delta, jnp.int32),
+        rank=jnp.asarray(ranks_from_orders(delta, orders), jnp.int32),
+        m=jnp.asarray(m, jnp.int32),
+        channel=jnp.asarray(channel, jnp.int32),
+        p_n_w=jnp.asarray(p, jnp.float32),
+    )
+
+
+def default_decision(scenario: Scenario) -> Decision:
+    """Uniform δ over the K devices (remainder to the first ones), index order, m = 4,
+    channel n for cluster n < J (none for the rest), p_n = P_n^max."""
+    s = scenario
+    base, extra = divmod(s.L, s.K)
+    row = [base + (1 if k < extra else 0) for k in range(s.K)]
+    channel = [n if n < s.J else -1 for n in range(s.N)]
+    return make_decision(s, [row] * s.N, min(4, s.b), channel, s.P_max_n_w)
+
+
+def _validate_arrays(s: Scenario, delta, orders, m, channel, p) -> None:
+    if delta.shape != (s.N, s.K):
+        raise ValidationError("delta", f"must have N={s.N} rows of K={s.K} values", list(delta.shape))
+    if not np.issubdtype(delta.dtype, np.integer):
+        if not np.all(np.isfinite(delta)) or np.any(delta != np.round(delta)):
+            raise ValidationError("delta", "must be whole numbers", delta.tolist())
+        delta = delta.astype(int)
+    if np.any(delta < 0):
+        raise ValidationError("delta", "must be >= 0", delta.tolist())
+    sums = delta.sum(axis=1)
+    for n in range(s.N):
+        if sums[n] != s.L:
+            raise ValidationError("delta", f"row {n} must sum to L={s.L} (C1)", delta[n].tolist())
+    if orders is not None:
+        if len(orders) != s.N:
+            raise ValidationError("order", f"must give N={s.N} orders", len(orders))
+        for n in range(s.N):
+            scheduled = sorted(int(k) for k in range(s.K) if delta[n, k] > 0)
+            if sorted(int(k) for k in orders[n]) != scheduled:
+                raise ValidationError("order", f"cluster {n} must list each device with delta > 0 exactly once",
+                                      list(orders[n]))
+    if m.shape != (s.N,):
+        raise ValidationError("m", f"must have N={s.N} values", m.tolist())
+    if not np.all(np.isfinite(m.astype(float))) or np.any(m != np.round(m)) or np.any(m < 1) or np.any(m > s.b):
+        raise ValidationError("m", f"must be integers in [1, b={s.b}]", m.tolist())
+    if channel.shape != (s.N,):
+        raise ValidationError("channel", f"must have N={s.N} values", channel.tolist())
+    if np.any(channel != np.round(channel)) or np.any(channel < -1) or np.any(channel >= s.J):
+        raise ValidationError("channel", f"must be -1 (none) or a channel index in [0, J={s.J})", channel.tolist())
+    used = channel[channel >= 0]
+    if len(set(used.tolist())) != len(used):
+        raise ValidationError("channel", "a channel may serve at most one cluster (C6)", channel.tolist())
+    if p.shape != (s.N,):
+        raise ValidationError("p_n", f"must have N={s.N} values", p.tolist())
+    if not np.all(np.isfinite(p)):
+        raise ValidationError("p_n", "must be finite", p.tolist())
+    if np.any(p < 0) or np.any(p > s.P_max_n_w):
+        raise ValidationError("p_n", f"must be in [0, P_max_n={s.P_max_n_w}] W (C8)", p.tolist())
+    if np.any((channel >= 0) & (p <= 0)):
+        raise ValidationError("p_n", "must be > 0 for a cluster with a channel", p.tolist())

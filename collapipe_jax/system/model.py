@@ -1,0 +1,100 @@
+"""The whole system model for one (state, decision) pair: `evaluate`.
+
+Composes Eq. 10–16, 25, 26, 28 and 33 over all clusters. Pure `jnp`: `jax.jit`, `jax.vmap`
+over any batch of states and decisions, and `jax.grad` w.r.t. the continuous inputs
+(p_n, p_k, bandwidths, f_k, gains). Integer decisions are inputs, not differentiated.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from collapipe_jax.scenario import Decision, SystemState
+from collapipe_jax.system import convergence, energy, latency
+
+
+@struct.dataclass
+class Metrics:
+    tau_cmp_s: jax.Array  # [N, K] per micro-batch
+    tau_dd_s: jax.Array  # [N, K] charged D2D delay per micro-batch (0 for last/unscheduled)
+    stage_s: jax.Array  # [N, K] t_k of Eq. 15
+    tau_pipe_s: jax.Array  # [N]
+    tau_up_s: jax.Array  # [N]
+    tau_round_s: jax.Array  # []
+    E_com_j: jax.Array  # [N]
+    E_sch_j: jax.Array  # [N, K]
+    E_pipe_j: jax.Array  # [N]
+    eps: jax.Array  # [N]
+    Gamma: jax.Array  # [N]
+    n_stages: jax.Array  # [N] S_n
+
+
+def channel_view(state: SystemState, channel):
+    """Per-cluster (assigned, I, B) of the assigned channel; unassigned: mean I, B of channels."""
+    assigned = channel >= 0
+    idx = jnp.clip(channel, 0)
+    interference = jnp.where(assigned, state.I_i_w[idx], jnp.mean(state.I_i_w))
+    bandwidth = jnp.where(assigned, state.B_U_hz[idx], jnp.mean(state.B_U_hz))
+    return assigned, interference, bandwidth
+
+
+@functools.partial(jax.jit, static_argnames=("variant",))
+def evaluate(state: SystemState, decision: Decision, variant: str = "paper") -> Metrics:
+    """Latency, energy and convergence gap of one decision in one round's state."""
+    latency.check_variant(variant)
+    delta = decision.delta.astype(jnp.float32)
+    m = decision.m.astype(jnp.float32)
+    b_hat = (state.b / m)[:, None]
+    scheduled, last = latency.pipeline_positions(decision.delta, decision.rank)
+
+    cycles = latency.compute_cycles(delta, b_hat, state.o_fwd_flops, state.o_bwd_flops,
+                                    state.phi_flops_per_cycle, variant)
+    tau_cmp = cycles / state.f_hz
+    r_dd = latency.d2d_rate(state.p_k_w, state.h_dd, state.I_dd_w, state.B_dd_hz, state.N0_w_per_hz)
+    tau_dd = latency.d2d_delay(state.z_bits, state.g_bits, r_dd, b_hat, variant)
+    stage = latency.stage_times(tau_cmp, tau_dd, scheduled, last)
+    tau_pipe = latency.pipeline_latency(stage, m)
+
+    assigned, interference, bandwidth = channel_view(state, decision.channel)
+    rate = latency.uplink_rate(decision.p_n_w, state.h_n, interference, bandwidth, state.N0_w_per_hz,
+                               state.fading)
+    tau_up = latency.uplink_delay(state.theta_enc_bits + state.z_enc_bits, rate, assigned)
+
+    e_com = energy.upload_energy(decision.p_n_w, tau_up)
+    e_sch = energy.device_energy(state.kappa, state.f_hz, cycles, state.p_k_w, tau_dd, m, scheduled, last)
+
+    n_stages = jnp.sum(scheduled, axis=-1).astype(jnp.float32)
+    p_eff = jnp.where(assigned, decision.p_n_w, 0.0)
+    eps = convergence.upload_noise_variance(state.C_noise, p_eff, state.h_n, interference)
+    gamma = convergence.convergence_gap(state.beta, state.eta, state.phi_seg, n_stages, eps)
+
+    return Metrics(
+        tau_cmp_s=jnp.where(scheduled, tau_cmp, 0.0),
+        tau_dd_s=jnp.where(scheduled & ~last, tau_dd, 0.0),
+        stage_s=stage,
+        tau_pipe_s=tau_pipe,
+        tau_up_s=tau_up,
+        tau_round_s=latency.round_latency(tau_pipe, tau_up),
+        E_com_j=e_com,
+        E_sch_j=e_sch,
+        E_pipe_j=energy.pipeline_energy(e_sch),
+        eps=eps,
+        Gamma=gamma,
+        n_stages=n_stages,
+    )
+
+
+def round_latency_of_power(p_n_w, state: SystemState, decision: Decision, variant: str = "paper",
+                           temperature: float | None = None):
+    """τ(t) as a function of the CUs' transmit powers (for `jax.grad`); smooth max if T given."""
+    metrics = evaluate(state, decision.replace(p_n_w=p_n_w), variant)
+    if temperature is None:
+        return metrics.tau_round_s
+    return latency.smooth_round_latency(metrics.tau_pipe_s, metrics.tau_up_s, temperature)
+
+
+batched_evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), static_argnums=2)
