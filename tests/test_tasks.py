@@ -192,20 +192,26 @@ def test_load_task_shapes_and_gold_scores(task, tmp_path):
                    cache_dir=tmp_path)
     assert td.n_train == 30 and td.n_test == 12
     assert td.train["tokens"].shape == (30, 16) and td.train["tokens"].dtype == np.int32
-    assert td.train["mask"].dtype == bool
-    assert np.all(td.train["tokens"][~td.train["mask"]] == vocab.PAD)
     assert td.train["tokens"].max() < td.vocab_size
     if task == "multi30k":
-        # teacher forcing: tgt_in is tgt_out shifted right behind BOS
-        assert np.all(td.train["tgt_in"][:, 0] == vocab.BOS)
-        assert np.array_equal(td.train["tgt_in"][:, 1:], np.where(td.train["tgt_out"][:, :-1] == vocab.EOS, 0, td.train["tgt_out"][:, :-1]))
-        assert td.score(np.zeros_like(td.test["tokens"]))["bleu"] == 0.0
+        tgt = td.train["tgt"]
+        assert tgt.shape == (30, 17) and np.all(tgt[:, 0] == vocab.BOS)
+        assert np.all(np.sum(tgt == vocab.EOS, axis=1) == 1)  # every target ends with EOS, even truncated
+        eos = np.argmax(tgt == vocab.EOS, axis=1)
+        assert all(np.all(tgt[i, eos[i] + 1:] == vocab.PAD) and np.all(tgt[i, 1:eos[i]] > vocab.EOS) for i in range(30))
+        assert td.score(np.zeros((12, 16), np.int32))["bleu"] == 0.0
+        gold = td.test["tgt"][:, 1:]  # the references themselves, truncated, unknown characters dropped
+        assert td.score(gold)["bleu"] > td.score(np.roll(gold, 1, axis=0))["bleu"] + 20.0
     elif task == "ner":
-        assert td.score(td.test["tags"])["entity_f1"] == 1.0
+        labels = td.test["labels"]
+        assert np.all(labels[:, 0] == -1)
+        assert np.all((labels >= 0) == ((td.test["tokens"] != vocab.PAD) & (np.arange(16)[None] > 0)))
+        assert td.score(np.maximum(labels, 0))["entity_f1"] == 1.0
+        assert td.score(np.zeros_like(labels))["entity_f1"] == 0.0
         assert td.n_labels == len(NER_TAGS)
     else:
         s = td.score(td.test["label"])
         assert s["accuracy"] == 1.0 and s["macro_f1"] == 1.0
-        assert np.all(td.train["tokens"][:, 0] == vocab.BOS)
+        assert np.all(td.train["tokens"][:, 0] == vocab.CLS)
     with pytest.raises(ValidationError, match="predictions"):
         td.score(np.zeros((3, 16), dtype=np.int32))

@@ -1,18 +1,18 @@
 """The three tasks as fixed-shape numpy arrays plus the metric that scores model predictions.
 
-Batch keys (shared with the models): every task has the encoder input
-  tokens int32 [B, T], mask bool [B, T]  (mask: True at real tokens);
-and then
-  multi30k (seq2seq):       tgt_in, tgt_out int32 [B, T], tgt_mask bool [B, T]
-                            (tgt_in = [BOS] y[:T-1], tgt_out = (y [EOS])[:T], teacher forcing)
-  ner (tagging):            tags int32 [B, T] (index into NER_TAGS; 0 = "O" at padding, masked)
-  toutiao (classification): label int32 [B]   (tokens start with [CLS] = BOS for the pooled head)
+Batch keys are the models' (models/transformer.py, models/bert.py); ids PAD 0, BOS/[CLS] 1, EOS 2:
+  multi30k (seq2seq):       tokens int32 [B, T] (German BPE ids), tgt int32 [B, T + 1]
+                            (BOS, English BPE ids, EOS, PAD...; the decoder reads tgt[:, :-1]
+                            and predicts tgt[:, 1:])
+  ner (tagging):            tokens int32 [B, T] ([CLS], characters), labels int32 [B, T]
+                            (index into NER_TAGS; −1 at [CLS] and padding: not scored)
+  toutiao (classification): tokens int32 [B, T] ([CLS], characters), label int32 [B]
+Sequences longer than T are truncated.
 
 `TaskData.score(predictions)` turns predictions on the test split into metrics:
-  multi30k: token ids [D, T] of greedy decodes → {"bleu"} against the raw test_2016_flickr English
-  ner:      tag ids [D, T] → seqeval {"entity_f1", "entity_precision", "entity_recall"}
-            (on the first T characters of each sentence: sentences longer than seq_len are scored
-            on what the model sees)
+  multi30k: token ids [D, T'] of greedy decodes → {"bleu"} against the raw test_2016_flickr English
+  ner:      tag ids [D, T] (position 0 = [CLS]) → seqeval {"entity_f1", "entity_precision",
+            "entity_recall"} on the characters the model sees (the first T − 1)
   toutiao:  class ids [D] → {"accuracy", "macro_f1", "micro_f1"}
 """
 
@@ -28,7 +28,7 @@ from collapipe_jax.errors import ValidationError
 from collapipe_jax.tasks import data as data_lib
 from collapipe_jax.tasks import metrics
 from collapipe_jax.tasks.batching import pad_rows
-from collapipe_jax.tasks.vocab import BOS, EOS, SPECIALS, build_char_vocab, train_bpe
+from collapipe_jax.tasks.vocab import BOS, CLS, EOS, PAD, SPECIALS, build_char_vocab, train_bpe
 
 TASKS = ("multi30k", "ner", "toutiao")
 NER_TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
@@ -91,10 +91,9 @@ def _multi30k(root, seq_len, vocab_size, max_examples, max_eval_examples, cache_
     def encode(pairs):
         src = [e.ids for e in tok.encode_batch([de for de, _ in pairs])]
         tgt = [e.ids for e in tok.encode_batch([en for _, en in pairs])]
-        tokens, mask = pad_rows(src, seq_len)
-        tgt_in, _ = pad_rows([[BOS] + y for y in tgt], seq_len)
-        tgt_out, tgt_mask = pad_rows([y + [EOS] for y in tgt], seq_len)
-        return {"tokens": tokens, "mask": mask, "tgt_in": tgt_in, "tgt_out": tgt_out, "tgt_mask": tgt_mask}, src
+        tokens, _ = pad_rows(src, seq_len)
+        tgt_ids, _ = pad_rows([[BOS] + y[: seq_len - 1] + [EOS] for y in tgt], seq_len + 1)
+        return {"tokens": tokens, "tgt": tgt_ids}, src
 
     train_arrays, train_src = encode(train)
     test_arrays, _ = encode(test)
@@ -124,18 +123,18 @@ def _ner(root, seq_len, max_examples, max_eval_examples) -> TaskData:
     tag_id = {t: i for i, t in enumerate(NER_TAGS)}
 
     def encode(sents):
-        tokens, mask = pad_rows([vocab.encode(chars) for chars, _ in sents], seq_len)
-        tags, _ = pad_rows([[tag_id[t] for t in tags] for _, tags in sents], seq_len, pad=0)
-        return {"tokens": tokens, "mask": mask, "tags": tags}
+        tokens, mask = pad_rows([[CLS] + vocab.encode(chars) for chars, _ in sents], seq_len)
+        labels, _ = pad_rows([[-1] + [tag_id[t] for t in tags] for _, tags in sents], seq_len, pad=-1)
+        return {"tokens": tokens, "labels": labels}
 
-    gold = [tags[:seq_len] for _, tags in test]
+    gold = [tags[: seq_len - 1] for _, tags in test]
 
     def score(pred_ids):
         pred_ids = np.asarray(pred_ids)
         _check_rows(pred_ids, len(gold))
         if pred_ids.min(initial=0) < 0 or pred_ids.max(initial=0) >= len(NER_TAGS):
             raise ValidationError("predictions", f"tag ids must lie in 0..{len(NER_TAGS) - 1}", None)
-        pred = [[NER_TAGS[int(i)] for i in row[: len(g)]] for row, g in zip(pred_ids, gold)]
+        pred = [[NER_TAGS[int(i)] for i in row[1 : 1 + len(g)]] for row, g in zip(pred_ids, gold)]
         return metrics.entity_scores(gold, pred)
 
     def dominant_type(tags):
@@ -153,8 +152,8 @@ def _toutiao(root, seq_len, max_examples, max_eval_examples, seed) -> TaskData:
     vocab = build_char_vocab(title for title, _ in train)
 
     def encode(rows):
-        tokens, mask = pad_rows([[BOS] + vocab.encode(title) for title, _ in rows], seq_len)
-        return {"tokens": tokens, "mask": mask, "label": np.array([y for _, y in rows], dtype=np.int32)}
+        tokens, _ = pad_rows([[CLS] + vocab.encode(title) for title, _ in rows], seq_len)
+        return {"tokens": tokens, "label": np.array([y for _, y in rows], dtype=np.int32)}
 
     test_arrays = encode(test)
 

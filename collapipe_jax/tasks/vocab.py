@@ -2,8 +2,8 @@
 (Chinese NER, Toutiao). Both are deterministic functions of their training text, and the BPE is
 cached as JSON under a cache directory keyed by a hash of that text and the settings.
 
-Special ids are shared by every vocabulary so the models need one convention:
-PAD = 0, UNK = 1, BOS = 2 (also [CLS] for classification), EOS = 3.
+Special ids are shared by every vocabulary and match the models' conventions
+(models/transformer.py, models/bert.py): PAD = 0, BOS = 1 (= BERT's [CLS]), EOS = 2, UNK = 3.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from collections import Counter
 
 from collapipe_jax.errors import ValidationError
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
-SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+CLS = BOS
+SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
 
 
 @dataclasses.dataclass(frozen=True)
