@@ -59,6 +59,11 @@ class RoundOutput:
     loss_sum: jax.Array  # float [N]
     weight_sum: jax.Array  # float [N]
     grad_norm: jax.Array  # float [N]: ‖∇_θ F_n‖ of the local step
+    params_finite: jax.Array  # bool []: every new client and server parameter is finite
+
+
+def all_finite(*trees) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
 
 
 def eps_of(c_noise, p_n, h_n, interference):
@@ -143,7 +148,9 @@ def make_round(
             new_client, g_server, _ = aggregate(client, uploaded, g_server_all, uploads)
         updates, server_opt_state = server_opt.update(g_server, server_opt_state, server)
         new_server = optax.apply_updates(server, updates)
-        return new_client, new_server, server_opt_state, RoundOutput(loss, loss_sum, weight_sum, gnorm)
+        return new_client, new_server, server_opt_state, RoundOutput(
+            loss, loss_sum, weight_sum, gnorm, all_finite(new_client, new_server)
+        )
 
     return jax.jit(round_fn)
 
@@ -168,7 +175,8 @@ def looped_round(
         else:
             new_client, g_server, _ = aggregate(client, uploaded, g_server_all, uploads)
         updates, server_opt_state = server_opt.update(g_server, server_opt_state, server)
-        return new_client, optax.apply_updates(server, updates), server_opt_state
+        new_server = optax.apply_updates(server, updates)
+        return new_client, new_server, server_opt_state, all_finite(new_client, new_server)
 
     def round_fn(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
         n_clusters = uploads.active.shape[0]
@@ -181,9 +189,9 @@ def looped_round(
             up = local if independent else upload(client, local, uploads.eps[n], keys[n], noise_mode)
             outs.append((up, g_s, loss, ls, ws, gn))
         stack = lambda i: jax.tree.map(lambda *xs: jnp.stack(xs), *[o[i] for o in outs])  # noqa: E731
-        new_client, new_server, server_opt_state = finish(
+        new_client, new_server, server_opt_state, finite = finish(
             client, server, server_opt_state, stack(0), stack(1), uploads
         )
-        return new_client, new_server, server_opt_state, RoundOutput(stack(2), stack(3), stack(4), stack(5))
+        return new_client, new_server, server_opt_state, RoundOutput(stack(2), stack(3), stack(4), stack(5), finite)
 
     return round_fn

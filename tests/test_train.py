@@ -1,0 +1,186 @@
+"""The training driver: tiny two-round runs per task, pipelined vs unsegmented, resume, errors."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from collapipe_jax import train as train_mod
+from collapipe_jax.errors import InfeasibleError, ValidationError
+from collapipe_jax.train import TrainConfig, train
+
+DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+if not DATA.is_dir():
+    DATA = pathlib.Path("/work/shared/data")
+
+TINY = dict(rounds=2, batch=4, clusters=2, micro_batches=2, max_examples=24, max_eval_examples=8, seq_len=16,
+            data_dir=str(DATA), progress=False)
+
+
+def tiny(tmp_path, **changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, "cache_dir": str(tmp_path / "cache"), "policy": "uniform", **changes})
+
+
+def losses(result):
+    return np.array([r["loss"] for r in result["rounds"]])
+
+
+METRIC = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
+
+
+@pytest.mark.parametrize("task", ["toutiao", "ner", "multi30k"])
+def test_two_round_run_per_task(task, tmp_path):
+    # toutiao runs the GPipe path; the other two the unsegmented encoder (its compile is cheap)
+    result = train(tiny(tmp_path, task=task, no_pipeline=task != "toutiao"))
+    assert [r["round"] for r in result["rounds"]] == [0, 1]
+    assert np.all(np.isfinite(losses(result))) and np.all(losses(result) > 0)
+    for r in result["rounds"]:
+        value = r["metrics"][METRIC[task]]
+        assert np.isfinite(value) and (0 <= value <= 100 if task == "multi30k" else 0 <= value <= 1)
+        assert r["tau_round_s"] > 0 and r["energy_j"] > 0
+    assert result["final_metrics"] == result["rounds"][-1]["metrics"]
+    assert sum(result["samples_per_cluster"]) == 24
+
+
+def test_no_pipeline_gives_same_losses(tmp_path):
+    piped = train(tiny(tmp_path, task="toutiao"))
+    plain = train(tiny(tmp_path, task="toutiao", no_pipeline=True))
+    assert piped["pipelined"] and not plain["pipelined"]
+    np.testing.assert_allclose(losses(piped), losses(plain), rtol=1e-4)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "a"))
+    full = train(cfg)
+
+    # kill the second run during round 1's evaluation (after round 0's checkpoint)
+    real_eval = train_mod.evaluate_model
+    calls = {"n": 0}
+
+    def dying_eval(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate_model", dying_eval)
+    cfg_b = tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b)
+    monkeypatch.setattr(train_mod, "evaluate_model", real_eval)
+    with pytest.raises(ValidationError, match="--resume"):
+        train(cfg_b)  # a checkpoint is there: refuse to overwrite it silently
+    resumed = train(tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), resume=True))
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2]
+    np.testing.assert_array_equal(losses(resumed), losses(full))
+    assert resumed["final_metrics"] == full["final_metrics"]
+    assert [r["tau_round_s"] for r in resumed["rounds"]] == [r["tau_round_s"] for r in full["rounds"]]
+    saved = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert saved["final_metrics"] == full["final_metrics"]
+    csv_lines = (tmp_path / "b" / "rounds.csv").read_text().strip().splitlines()
+    assert csv_lines[0].startswith("round,loss,tau_round_s,energy_j") and len(csv_lines) == 4
+    with pytest.raises(ValidationError, match="other settings"):
+        train(tiny(tmp_path, task="toutiao", rounds=4, lr=0.5, checkpoint_dir=str(tmp_path / "b"), resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = train_mod.compiled_round
+    calls = {"n": 0}
+
+    def poisoned(*key):
+        fn = real(*key)
+
+        def round_fn(*args):
+            out = fn(*args)
+            calls["n"] += 1
+            if calls["n"] == 2:  # round 1 diverges
+                out = (out[0], out[1], out[2], out[3].replace(loss=out[3].loss * np.nan))
+            return out
+
+        return round_fn
+
+    monkeypatch.setattr(train_mod, "compiled_round", poisoned)
+    ckpt = tmp_path / "ck"
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"non-finite training loss at round 1.*round 0"):
+        train(tiny(tmp_path, task="toutiao", rounds=3, no_pipeline=True, checkpoint_dir=str(ckpt)))
+    assert train_mod.Checkpoints(str(ckpt)).latest() == 0
+
+
+def test_missing_data_file_is_named(tmp_path):
+    (tmp_path / "toutiao").mkdir()
+    with pytest.raises(ValidationError, match="toutiao_subset.txt"):
+        train(tiny(tmp_path, task="toutiao", data_dir=str(tmp_path)))
+
+
+def test_bad_config_values():
+    with pytest.raises(ValidationError, match="framework"):
+        TrainConfig(framework="fedprox")
+    with pytest.raises(ValidationError, match="micro-batches"):
+        TrainConfig(batch=2, micro_batches=4)
+    with pytest.raises(ValidationError, match="policy"):
+        TrainConfig(framework="vanilla-fl", policy="random")
+
+
+# ---------------------------------------------------------------- baseline decisions
+
+
+def _state_and_scenario(**changes):
+    import jax
+
+    from collapipe_jax.scenario import draw_state, scenario_from_model
+
+    sc = scenario_from_model("tiny", **changes)
+    return sc, draw_state(sc, jax.random.PRNGKey(4))
+
+
+def test_vanilla_fl_picks_fastest_device_that_fits():
+    sc, state = _state_and_scenario()
+    speed = np.asarray(state.phi_flops_per_cycle) * np.asarray(state.f_hz)
+    mem = np.array(state.gamma_max_k_bytes)
+    mem[0, np.argmax(speed[0])] = 0.5 * sc.L * sc.gamma0_bytes  # the fastest device of cluster 0 is too small
+    state = state.replace(gamma_max_k_bytes=mem)
+    d = train_mod.vanilla_fl_decision(sc, state)
+    delta = np.asarray(d.delta)
+    assert np.all(delta.sum(axis=1) == sc.L) and np.all((delta > 0).sum(axis=1) == 1)
+    assert np.argmax(delta[0]) == np.argsort(speed[0])[-2]  # the second fastest
+    assert all(np.argmax(delta[n]) == np.argmax(speed[n]) for n in range(1, sc.N))
+    assert np.all(np.asarray(d.m) == 1)
+    state = state.replace(gamma_max_k_bytes=np.zeros_like(mem))
+    with pytest.raises(InfeasibleError, match="C7"):
+        train_mod.vanilla_fl_decision(sc, state)
+
+
+def test_proportional_split_hand_worked():
+    # L = 7, speeds 3:2:1 → shares 3.5, 2.33, 1.17 → floors 3, 2, 1, the extra to the largest remainder
+    assert train_mod.proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([9, 9, 9])).tolist() == [4, 2, 1]
+    # memory cap of the fastest device at 2 pushes the rest down the remainders
+    assert train_mod.proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([2, 9, 9])).tolist() == [2, 3, 2]
+    with pytest.raises(InfeasibleError):
+        train_mod.proportional_split(7, np.array([1.0, 1.0]), np.array([3, 3]))
+
+
+def test_titanic_decision_selects_fast_devices_in_speed_order():
+    from collapipe_jax.scenario import orders_of
+
+    sc, state = _state_and_scenario(L=6)
+    d = train_mod.titanic_decision(sc, state)
+    speed = np.asarray(state.phi_flops_per_cycle) * np.asarray(state.f_hz)
+    for n, order in enumerate(orders_of(d)):
+        assert set(order) <= set(np.argsort(-speed[n])[: (sc.K + 1) // 2].tolist())
+        assert list(speed[n, order]) == sorted(speed[n, order], reverse=True)
+    assert np.all(np.asarray(d.delta).sum(axis=1) == sc.L)
+
+
+def test_cli_train_json(tmp_path, capsys):
+    from collapipe_jax import cli
+
+    code = cli.main(["train", "--task", "ner", "--no-pipeline", "--policy", "uniform", "--rounds", "1", "--batch", "4",
+                     "--clusters", "2", "--micro-batches", "2", "--max-examples", "12", "--max-eval-examples", "6",
+                     "--seq-len", "16", "--data-dir", str(DATA), "--no-progress", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"rounds", "final_metrics"}
+    assert set(out["rounds"][0]) >= {"round", "loss", "metrics", "tau_round_s", "energy_j"}
+    code = cli.main(["train", "--task", "ner", "--data-dir", str(tmp_path), "--no-progress"])
+    assert code == 2 and "example_test.txt" in capsys.readouterr().err
