@@ -29,11 +29,18 @@ def losses(result):
 METRIC = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
 
 
-@pytest.mark.parametrize("task", ["toutiao", "ner", "multi30k"])
-def test_two_round_run_per_task(task, tmp_path):
-    # toutiao runs the GPipe path; the other two the unsegmented encoder (its compile is cheap)
-    result = train(tiny(tmp_path, task=task, no_pipeline=task != "toutiao"))
-    assert [r["round"] for r in result["rounds"]] == [0, 1]
+@pytest.fixture(scope="module")
+def toutiao_runs(tmp_path_factory):
+    """One pipelined (with checkpoints) and one unsegmented 3-round toutiao run, shared by the
+    tests below so that each program is compiled once."""
+    tmp = tmp_path_factory.mktemp("toutiao")
+    piped = train(tiny(tmp, task="toutiao", rounds=3, checkpoint_dir=str(tmp / "a")))
+    plain = train(tiny(tmp, task="toutiao", rounds=3, no_pipeline=True))
+    return piped, plain
+
+
+def check_run(result, task, rounds):
+    assert [r["round"] for r in result["rounds"]] == list(range(rounds))
     assert np.all(np.isfinite(losses(result))) and np.all(losses(result) > 0)
     for r in result["rounds"]:
         value = r["metrics"][METRIC[task]]
@@ -43,16 +50,37 @@ def test_two_round_run_per_task(task, tmp_path):
     assert sum(result["samples_per_cluster"]) == 24
 
 
-def test_no_pipeline_gives_same_losses(tmp_path):
-    piped = train(tiny(tmp_path, task="toutiao"))
-    plain = train(tiny(tmp_path, task="toutiao", no_pipeline=True))
+def test_toutiao_run(toutiao_runs):
+    check_run(toutiao_runs[0], "toutiao", 3)
+    assert toutiao_runs[0]["pipelined"]
+
+
+def test_ner_run(tmp_path):
+    check_run(train(tiny(tmp_path, task="ner", no_pipeline=True)), "ner", 2)
+
+
+@pytest.mark.slow
+def test_multi30k_run(tmp_path):
+    check_run(train(tiny(tmp_path, task="multi30k", no_pipeline=True)), "multi30k", 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["ner", "multi30k"])
+def test_pipelined_runs_other_tasks(task, tmp_path):
+    piped = train(tiny(tmp_path, task=task))
+    check_run(piped, task, 2)
+    plain = train(tiny(tmp_path, task=task, no_pipeline=True))
+    np.testing.assert_allclose(losses(piped), losses(plain), rtol=1e-4)
+
+
+def test_no_pipeline_gives_same_losses(toutiao_runs):
+    piped, plain = toutiao_runs
     assert piped["pipelined"] and not plain["pipelined"]
     np.testing.assert_allclose(losses(piped), losses(plain), rtol=1e-4)
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
-    cfg = tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "a"))
-    full = train(cfg)
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, toutiao_runs):
+    full = toutiao_runs[0]
 
     # kill the second run during round 1's evaluation (after round 0's checkpoint)
     real_eval = train_mod.evaluate_model
@@ -175,8 +203,9 @@ def test_titanic_decision_selects_fast_devices_in_speed_order():
 def test_cli_train_json(tmp_path, capsys):
     from collapipe_jax import cli
 
+    # the settings of test_ner_run, so the compiled programs are reused
     code = cli.main(["train", "--task", "ner", "--no-pipeline", "--policy", "uniform", "--rounds", "1", "--batch", "4",
-                     "--clusters", "2", "--micro-batches", "2", "--max-examples", "12", "--max-eval-examples", "6",
+                     "--clusters", "2", "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8",
                      "--seq-len", "16", "--data-dir", str(DATA), "--no-progress", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
