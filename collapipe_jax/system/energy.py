@@ -20,9 +20,9 @@ def device_energy(kappa, f_hz, cycles, p_k, tau_dd, m, scheduled, last):
     `cycles` are one micro-batch's; m micro-batches pass through each stage per round.
     """
     per_micro = kappa * f_hz**2 * cycles + jnp.where(last, 0.0, p_k * tau_dd)
-    return jnp.where(scheduled, m[..., None] * per_micro, 0.0)
+    return jnp.where(scheduled, m[:, None] * per_micro, 0.0)
 
 
 def pipeline_energy(e_sch):
     """Eq. 16: E^pipe_n = Σ_k E^sch_k."""
-    return jnp.sum(e_sch, axis=-1)
+    return jnp.sum(e_sch, axis=1)

@@ -1,5 +1,11 @@
 """Latency model: Eq. 10, 11, 13/33, 15 and 26. Pure `jnp`; jit, vmap and grad friendly.
 
+Axis convention: cluster axis 0, device axis 1, then any number of *trailing* batch axes
+(per-device arrays [N, K, ...], per-cluster [N, ...], per-channel [J, ...], scalars [...]). One
+configuration has no batch axes; `jax.vmap` adds leading ones as usual, while putting a large
+batch in the trailing (minor) axes lets XLA vectorise across configurations (the fast path of
+`evaluate_batch_minor`).
+
 Conventions: b̂ = b / m is a real number (as in the paper); a device is *scheduled* when
 δ_k > 0; `rank` gives its position in the cluster's pipeline order; the last scheduled device
 sends nothing onwards, which is the −τ^dd term of Eq. 15 (DESIGN.md §3).
@@ -81,7 +87,7 @@ def compute_delay(delta, b_hat, o_fwd, o_bwd, phi, f_hz, variant: str = "paper")
 def pipeline_positions(delta, rank):
     """(scheduled, last) masks [.., K]: δ_k > 0, and the last device in pipeline order."""
     scheduled = delta > 0
-    n_stages = jnp.sum(scheduled, axis=-1, keepdims=True)
+    n_stages = jnp.sum(scheduled, axis=1, keepdims=True)
     last = scheduled & (rank == n_stages - 1)
     return scheduled, last
 
@@ -93,15 +99,15 @@ def stage_times(tau_cmp, tau_dd, scheduled, last):
 
 def pipeline_latency(stage_s, m):
     """Eq. 15: τ^pipe = Σ_k t_k + (m − 1) max_k t_k (GPipe fill/drain plus steady state)."""
-    return jnp.sum(stage_s, axis=-1) + (m - 1) * jnp.max(stage_s, axis=-1)
+    return jnp.sum(stage_s, axis=1) + (m - 1) * jnp.max(stage_s, axis=1)
 
 
 def round_latency(tau_pipe, tau_up):
     """Eq. 26: τ(t) = max_n (τ^pipe_n + τ^up_n): the server waits for the slowest cluster."""
-    return jnp.max(tau_pipe + tau_up, axis=-1)
+    return jnp.max(tau_pipe + tau_up, axis=0)
 
 
 def smooth_round_latency(tau_pipe, tau_up, temperature):
     """T · logsumexp((τ^pipe + τ^up)/T): a smooth upper bound of Eq. 26, exact as T → 0."""
     total = tau_pipe + tau_up
-    return temperature * jax.nn.logsumexp(total / temperature, axis=-1)
+    return temperature * jax.nn.logsumexp(total / temperature, axis=0)

@@ -96,7 +96,7 @@ def format_table(headers: list[str], rows: list[list]) -> str:
         if v is None:
             return "-"
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{v + 0.0:.4g}"  # + 0.0 prints -0.0 as 0
         return str(v)
 
     text = [[cell(v) for v in row] for row in rows]

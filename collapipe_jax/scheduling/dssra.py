@@ -1,0 +1,241 @@
+"""DSSRA (Alg. 4): per round, alternate Sub-1 (segments, Alg. 2) and Sub-2 (channels and power,
+Alg. 3) until the queues' next values Y_n(t+1) stop changing; the queues persist across rounds.
+
+Round objective (lyapunov.py): V·τ(t) + Σ_n Y_n·Γ_n (``drift``) or V·τ(t) + Σ_n Y_n (S_n + p_n)
+(``paper``, Eq. 32), τ(t) = max_n (τ_pipe_n + τ^up_n) (Eq. 26).
+
+Sub-1 inside Alg. 4: each cluster's exact front (best plan per stage count S, segments.py) is
+solved once per round: it does not depend on channels or powers. Given Sub-2's upload delays,
+the per-cluster choice of S is then exact by enumerating the bottleneck value (the max couples
+the clusters; each cluster takes the cheapest Y-term among its plans that fit under it).
+Sub-2 given the plans is resources.solve_resources. Each step is exact given the other
+block, so the objective never increases from one iteration to the next.
+
+Everything here is host NumPy in float64; `check_decision` re-checks C1–C11' on what is
+returned, and an instance with no feasible decision raises InfeasibleError naming the
+constraint and cluster (C7, C9', C11'), never a violating decision or a NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from collapipe_jax.errors import InfeasibleError, ValidationError
+from collapipe_jax.scenario import Decision, Scenario, SystemState, make_decision
+from collapipe_jax.scheduling import lyapunov as lyap
+from collapipe_jax.scheduling import resources as rs
+from collapipe_jax.scheduling import segments as sg
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundProblem:
+    """One round's scheduling problem on the host (float64), built from a SystemState."""
+
+    scenario: Scenario
+    clusters: tuple[sg.ClusterDevices, ...]
+    uplink: rs.Uplink
+    V: float
+    Gamma_max: float
+    variant: str = "paper"
+    lyapunov: str = "drift"
+
+    @property
+    def N(self) -> int:
+        return len(self.clusters)
+
+
+def round_problem(scenario: Scenario, state: SystemState, variant: str = "paper", lyapunov: str = "drift",
+                  V: float | None = None) -> RoundProblem:
+    """Host copy of one round's draw plus the scenario's L, V, Γ^max."""
+    from collapipe_jax.system.latency import check_variant
+
+    check_variant(variant)
+    lyap.check_lyapunov(lyapunov)
+    V = scenario.V if V is None else V
+    if not (np.isfinite(V) and V >= 0):
+        raise ValidationError("V", "must be a finite number >= 0", V)
+    a = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+    f = lambda x: float(np.asarray(x))  # noqa: E731
+    r_dd = sg.d2d_rate(a(state.p_k_w), f(state.h_dd), f(state.I_dd_w), f(state.B_dd_hz), f(state.N0_w_per_hz))
+    clusters = tuple(
+        sg.ClusterDevices(
+            f_hz=a(state.f_hz)[n], phi=a(state.phi_flops_per_cycle)[n], p_k_w=a(state.p_k_w)[n], r_dd_bps=r_dd[n],
+            gamma_max_bytes=a(state.gamma_max_k_bytes)[n], E_max_j=a(state.E_max_k_j)[n],
+            L=scenario.L, b=scenario.b, o_fwd=f(state.o_fwd_flops), o_bwd=f(state.o_bwd_flops),
+            z_bits=f(state.z_bits), g_bits=f(state.g_bits), gamma0_bytes=f(state.gamma0_bytes),
+            kappa=f(state.kappa), variant=variant)
+        for n in range(scenario.N))
+    uplink = rs.Uplink(
+        h_n=a(state.h_n), I_i_w=a(state.I_i_w), B_U_hz=a(state.B_U_hz), P_max_n_w=a(state.P_max_n_w),
+        E_max_n_j=a(state.E_max_n_j), N0_w_per_hz=f(state.N0_w_per_hz),
+        bits=f(state.theta_enc_bits) + f(state.z_enc_bits), C_noise=f(state.C_noise), beta=f(state.beta),
+        eta=f(state.eta), phi_seg=f(state.phi_seg), fading=state.fading)
+    return RoundProblem(scenario, clusters, uplink, float(V), float(scenario.Gamma_max), variant, lyapunov)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundResult:
+    """A policy's decision for one round with its host-side evaluation."""
+
+    decision: Decision
+    plans: tuple[sg.SegmentPlan, ...]
+    channel: np.ndarray  # [N] −1 = none
+    p_n_w: np.ndarray  # [N]
+    tau_pipe_s: np.ndarray  # [N]
+    tau_up_s: np.ndarray  # [N]
+    tau_round_s: float
+    Gamma: np.ndarray  # [N]
+    objective: float  # the round objective with the queues Y passed in
+    iterations: int = 1
+    fallback: bool = False
+    solve_ms: float = 0.0
+    policy: str = "dssra"
+
+
+# --------------------------------------------------------------------------- host evaluation
+
+
+def evaluate_host(problem: RoundProblem, plans, channel, p_n_w, Y) -> dict:
+    """τ_pipe, τ^up, τ, Γ and the round objective of a decision (float64 mirror of the model)."""
+    up = problem.uplink
+    channel = np.asarray(channel)
+    p = np.asarray(p_n_w, float)
+    tau_pipe = np.array([pl.tau_pipe_s for pl in plans])
+    tau_up = np.array([float(rs.upload_delay(up, p[n], n, channel[n])) if channel[n] >= 0 else 0.0
+                       for n in range(problem.N)])
+    S = np.array([pl.S for pl in plans])
+    gamma = rs.convergence_gap(up, S, p, channel)
+    tau_round = float(np.max(tau_pipe + tau_up))
+    obj = lyap.round_objective(problem.lyapunov, problem.V, tau_round, Y, gamma, S, p)
+    return dict(tau_pipe=tau_pipe, tau_up=tau_up, tau_round=tau_round, Gamma=gamma, objective=obj, S=S)
+
+
+def check_decision(problem: RoundProblem, plans, channel, p_n_w) -> list[dict]:
+    """Every constraint C1, C2, C6, C7, C8, C9', C11' on a decision; [] when all hold."""
+    out = []
+    up = problem.uplink
+    channel = np.asarray(channel)
+    p = np.asarray(p_n_w, float)
+    for n, (dev, plan) in enumerate(zip(problem.clusters, plans)):
+        for name in sg.plan_violations(dev, plan.m, plan.delta, plan.order):
+            out.append({"constraint": name, "cluster": n})
+        if not (1 <= plan.m <= dev.b):
+            out.append({"constraint": "m", "cluster": n})
+    used = channel[channel >= 0]
+    if len(set(used.tolist())) != len(used) or np.any(channel >= up.J) or np.any(channel < -1):
+        out.append({"constraint": "C6", "cluster": None})
+    for n in range(problem.N):
+        if not np.isfinite(p[n]) or p[n] < 0 or p[n] > up.P_max_n_w[n]:
+            out.append({"constraint": "C8", "cluster": n})
+        if channel[n] >= 0:
+            if p[n] <= 0 or float(rs.upload_energy(up, p[n], n, channel[n])) > up.E_max_n_j[n]:
+                out.append({"constraint": "C11'", "cluster": n})
+    return out
+
+
+def build_result(problem: RoundProblem, plans, channel, p_n_w, Y, policy: str, iterations: int = 1,
+                 fallback: bool = False, started: float | None = None) -> RoundResult:
+    """Check, evaluate and package a decision; a violated constraint here is a bug, not input."""
+    channel = np.asarray(channel, int)
+    p = np.where(channel >= 0, np.asarray(p_n_w, float), 0.0)
+    bad = check_decision(problem, plans, channel, p)
+    if bad:  # pragma: no cover - every policy builds decisions inside the feasible set
+        raise RuntimeError(f"{policy} produced a decision violating {bad}")
+    ev = evaluate_host(problem, plans, channel, p, Y)
+    if not (np.isfinite(ev["objective"]) and np.all(np.isfinite(ev["Gamma"]))):  # pragma: no cover
+        raise RuntimeError(f"{policy} produced a non-finite evaluation")
+    s = problem.scenario
+    delta = np.array([pl.delta for pl in plans], int)
+    decision = make_decision(s, delta, [pl.m for pl in plans], channel, p, orders=[list(pl.order) for pl in plans])
+    ms = 0.0 if started is None else (time.perf_counter() - started) * 1e3
+    return RoundResult(decision, tuple(plans), channel, p, ev["tau_pipe"], ev["tau_up"], ev["tau_round"],
+                       ev["Gamma"], ev["objective"], iterations, fallback, ms, policy)
+
+
+# --------------------------------------------------------------------------- Sub-1 choice of S
+
+
+def s_term_coefficient(problem: RoundProblem) -> float:
+    """Y_n is multiplied by coef · S_n: β η² ϕ/2 (drift, Eq. 28) or 1 (paper, Eq. 32)."""
+    up = problem.uplink
+    return 0.5 * up.beta * up.eta**2 * up.phi_seg if problem.lyapunov == "drift" else 1.0
+
+
+def choose_stage_counts(fronts, tau_up, weights, V, coef) -> list[int]:
+    """Exact min over S-vectors of V max_n (F_n[S_n] + τ^up_n) + Σ_n w_n coef S_n (Sub-1 given Sub-2).
+
+    Enumerate the bottleneck T over all F_n[S] + τ^up_n; for each T every cluster takes, among
+    its plans under T, the least w coef S (ties: the faster plan).
+    """
+    N = len(fronts)
+    K = len(fronts[0].plans)
+    lat = np.full((N, K), np.inf)
+    for n, front in enumerate(fronts):
+        for i, p in enumerate(front.plans):
+            if p is not None:
+                lat[n, i] = p.tau_pipe_s + tau_up[n]
+    S = np.arange(1, K + 1)
+    cost = np.asarray(weights, float)[:, None] * coef * S[None, :]
+    best, choice = np.inf, None
+    for T in np.unique(lat[np.isfinite(lat)]):
+        fits = lat <= T
+        if not fits.any(axis=1).all():
+            continue  # some cluster has no plan this fast
+        c = np.where(fits, cost, np.inf)
+        cmin = c.min(axis=1, keepdims=True)
+        # among the cheapest plans under T, the fastest
+        pick = np.argmin(np.where(c == cmin, lat, np.inf), axis=1)
+        rows = np.arange(N)
+        total = V * float(np.max(lat[rows, pick])) + float(np.sum(c[rows, pick]))
+        if total < best:
+            best, choice = total, pick
+    return [int(i) for i in choice]
+
+
+# --------------------------------------------------------------------------- Alg. 4
+
+
+def solve_fronts(problem: RoundProblem, solver: str = "exact", m_rule: str = "stationary"):
+    return [sg.solve_segments(dev, m_rule=m_rule, solver=solver, cluster=n) for n, dev in enumerate(problem.clusters)]
+
+
+def dssra_round(problem: RoundProblem, Y, solver: str = "exact", m_rule: str = "stationary",
+                max_iter: int = 10, weights=None, V: float | None = None, policy: str = "dssra",
+                fronts=None) -> RoundResult:
+    """Alg. 4 for one round: Sub-1 ⇄ Sub-2 until the next queue values Y(t+1) stop changing.
+
+    `weights` replace Y inside the optimisation (baselines use it), `V` overrides problem.V.
+    """
+    started = time.perf_counter()
+    Y = np.asarray(Y, float)
+    w = Y if weights is None else np.asarray(weights, float)
+    V = problem.V if V is None else float(V)
+    fronts = solve_fronts(problem, solver, m_rule) if fronts is None else fronts
+    p_ub = rs.power_upper_bounds(problem.uplink)
+    coef = s_term_coefficient(problem)
+    # start from the fastest plan of every cluster
+    pick = [int(np.argmin([p.tau_pipe_s if p is not None else np.inf for p in f.plans])) for f in fronts]
+    previous_y, fallback, it = None, False, 0
+    best = None
+    for it in range(1, max_iter + 1):
+        plans = [fronts[n].plans[pick[n]] for n in range(problem.N)]
+        tau_pipe = np.array([p.tau_pipe_s for p in plans])
+        S = np.array([p.S for p in plans])
+        res = rs.solve_resources(problem.uplink, tau_pipe, S, w, V, problem.lyapunov, p_ub=p_ub)
+        fallback |= res.fallback
+        ev = evaluate_host(problem, plans, res.channel, res.p_n_w, w)
+        obj = lyap.round_objective(problem.lyapunov, V, ev["tau_round"], w, ev["Gamma"], S, res.p_n_w)
+        if best is None or obj < best[0]:
+            best = (obj, plans, res.channel, res.p_n_w)
+        next_y = lyap.update_queues(Y, ev["Gamma"], problem.Gamma_max)
+        stable = previous_y is not None and np.allclose(next_y, previous_y, rtol=1e-12, atol=0.0)
+        previous_y = next_y
+        new_pick = choose_stage_counts(fronts, res.tau_up_s, w, V, coef)
+        if new_pick == pick or stable:
+            break  # Sub-2 would return the same channels and powers: Y(t+1) has settled
+        pick = new_pick
+    _, plans, channel, p = best
+    return build_result(problem, plans, channel, p, Y, policy, it, fallback, started)

@@ -1,0 +1,583 @@
+"""Sub-problem 1 (Alg. 2, Eq. 37–39): micro-batches m, segments δ, stage count S and pipeline order
+for one cluster, on the host in NumPy (float64).
+
+For a cluster with K devices and m micro-batches (b̂ = b/m), a device k holding δ_k TEBs has the
+stage time (Eq. 13/33, 11, 15)
+
+    t_k = δ_k c_k(m) + d_k(m)·[k is not last in pipeline order],
+    c_k = (b̂ o_l + o'_l)/(ϕ_k f_k)          (paper)    or  b̂ (o_l + o'_l)/(ϕ_k f_k)   (consistent)
+    d_k = (z + g)/r^dd_k                    (paper)    or  b̂ (z + g)/r^dd_k          (consistent)
+
+and the cluster's pipeline latency is τ_pipe = Σ_k t_k + (m − 1) max_k t_k (Eq. 15). The device
+energy (Eq. 14) E_k = m (κ f_k² δ_k cycles_k + p_k d_k [not last]) must stay ≤ E_k^max (C9') and the
+memory δ_k γ_0 ≤ γ_k^max (C7); Σ_k δ_k = L (C1), S ≤ K (C2).
+
+Only the *last* device of the order is special in Eq. 15 (it sends nothing on), so an order is
+"which device is last" plus any order of the others; plans list the others by index.
+
+Exact solver (the default). For a fixed m and a bottleneck bound T, the cheapest allocation
+with every t_k ≤ T is a knapsack-like dynamic programme over the devices with state
+(TEBs placed, devices used, last chosen?). τ_pipe of the optimum equals
+min_T [Σ-optimum(T) + (m − 1)·T] over the finitely many candidate values T ∈ {t_k(δ, role)}
+(at T = the optimum's own bottleneck the DP reaches its Σ, and every (T, DP value) pair is an
+upper bound of a real plan's τ_pipe). The DP is vectorised over all candidate T at once and
+keeps the best plan for every stage count S = 1..K (the Y·Γ term of the round objective
+depends on S, so Alg. 4 chooses S from this front).
+
+m (Alg. 2): with δ and the order fixed, each stage time is t_k(m) = α_k/m + β_k, so with
+bottleneck stage * the latency is τ_pipe(m) = (Σ_k α_k − α_*)/m + β_* m + const (Eq. 38), whose
+stationary point is m° = sqrt((Σ_k α_k − α_*)/β_*); the better of ⌊m°⌋, ⌈m°⌉ (clipped to
+[1, b], constraints checked) is taken, δ is re-solved for that m, and so on until m repeats.
+`m_rule="exhaustive"` instead solves every m in 1..b (exact over m as well).
+
+Paper path: the same fixed-m problem as a MILP with C2' (Σ_k x_k = S) through cvxpy + HiGHS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from collapipe_jax.errors import InfeasibleError, ValidationError
+
+SEGMENT_SOLVERS = ("exact", "milp")
+M_RULES = ("stationary", "exhaustive")
+NONLAST, LAST = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterDevices:
+    """One cluster's devices (arrays [K], SI units) and the model sizes; float64 host copy."""
+
+    f_hz: np.ndarray
+    phi: np.ndarray  # FLOPs per cycle
+    p_k_w: np.ndarray
+    r_dd_bps: np.ndarray  # Eq. 11 D2D rate of each device
+    gamma_max_bytes: np.ndarray
+    E_max_j: np.ndarray
+    L: int
+    b: int
+    o_fwd: float
+    o_bwd: float
+    z_bits: float
+    g_bits: float
+    gamma0_bytes: float
+    kappa: float
+    variant: str = "paper"
+
+    @property
+    def K(self) -> int:
+        return int(self.f_hz.shape[0])
+
+
+def d2d_rate(p_k, h_dd, i_dd, b_dd, n0):
+    """Eq. 11: r^dd_k = B^dd log2(1 + p_k h^dd / (I^dd + B^dd N0))."""
+    return b_dd * np.log2(1.0 + np.asarray(p_k, float) * h_dd / (i_dd + b_dd * n0))
+
+
+@dataclasses.dataclass(frozen=True)
+class MTerms:
+    """Per-device terms for one m: c (s per TEB), d (D2D s), cycles per TEB, energy tables."""
+
+    m: int
+    c: np.ndarray  # [K] compute seconds per TEB per micro-batch
+    d: np.ndarray  # [K] D2D seconds per micro-batch
+    cycles: np.ndarray  # [K] CPU cycles per TEB per micro-batch
+    stage: np.ndarray  # [K, L+1, 2] t_k for δ = 0..L and role (non-last, last)
+    energy: np.ndarray  # [K, L+1, 2] E^sch_k (Eq. 14)
+    allowed: np.ndarray  # [K, L+1, 2] bool: C7 and C9' hold (δ ≥ 1)
+
+
+def m_terms(dev: ClusterDevices, m: int) -> MTerms:
+    """Stage times and energies of every (device, δ, role) at m micro-batches (Eq. 11, 13/33, 14)."""
+    if not (1 <= m <= dev.b):
+        raise ValidationError("m", f"must be in [1, b={dev.b}]", m)
+    b_hat = dev.b / m
+    if dev.variant == "consistent":
+        cycles = b_hat * (dev.o_fwd + dev.o_bwd) / dev.phi
+        d = b_hat * (dev.z_bits + dev.g_bits) / dev.r_dd_bps
+    else:
+        cycles = (b_hat * dev.o_fwd + dev.o_bwd) / dev.phi
+        d = (dev.z_bits + dev.g_bits) / dev.r_dd_bps
+    c = cycles / dev.f_hz
+    deltas = np.arange(dev.L + 1, dtype=float)
+    nonlast = np.array([1.0, 0.0])  # role 0 sends its activations on, role 1 (last) does not
+    stage = deltas[None, :, None] * c[:, None, None] + d[:, None, None] * nonlast[None, None, :]
+    energy = m * (dev.kappa * dev.f_hz[:, None, None] ** 2 * (deltas[None, :, None] * cycles[:, None, None])
+                  + (dev.p_k_w * d)[:, None, None] * nonlast[None, None, :])
+    mem_ok = deltas[None, :] * dev.gamma0_bytes <= dev.gamma_max_bytes[:, None]
+    allowed = (mem_ok[:, :, None] & (energy <= dev.E_max_j[:, None, None])) & (deltas[None, :, None] >= 1)
+    return MTerms(m=m, c=c, d=d, cycles=cycles, stage=stage, energy=energy, allowed=allowed)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentPlan:
+    """δ per device, pipeline order (scheduled devices, last one last), m and its τ_pipe."""
+
+    delta: tuple[int, ...]
+    order: tuple[int, ...]
+    m: int
+    tau_pipe_s: float
+
+    @property
+    def S(self) -> int:
+        return len(self.order)
+
+
+def stage_times(dev: ClusterDevices, m: int, delta, order) -> np.ndarray:
+    """t_k of Eq. 15 for a plan (0 for unscheduled devices)."""
+    terms = m_terms(dev, m)
+    delta = np.asarray(delta, int)
+    t = np.zeros(dev.K)
+    for pos, k in enumerate(order):
+        role = LAST if pos == len(order) - 1 else NONLAST
+        t[k] = terms.stage[k, delta[k], role]
+    return t
+
+
+def pipeline_latency(dev: ClusterDevices, m: int, delta, order) -> float:
+    """Eq. 15: τ_pipe = Σ_k t_k + (m − 1) max_k t_k."""
+    t = stage_times(dev, m, delta, order)
+    return float(t.sum() + (m - 1) * t.max())
+
+
+def plan_violations(dev: ClusterDevices, m: int, delta, order) -> list[str]:
+    """Names of the constraints (C1, C2, C7, C9') a plan breaks; [] when it is feasible."""
+    terms = m_terms(dev, m)
+    delta = np.asarray(delta, int)
+    out = []
+    if delta.sum() != dev.L or np.any(delta < 0):
+        out.append("C1")
+    if sorted(order) != [k for k in range(dev.K) if delta[k] > 0] or len(order) > dev.K:
+        out.append("C2")
+    for pos, k in enumerate(order):
+        role = LAST if pos == len(order) - 1 else NONLAST
+        if delta[k] * dev.gamma0_bytes > dev.gamma_max_bytes[k]:
+            out.append("C7")
+        if terms.energy[k, delta[k], role] > dev.E_max_j[k]:
+            out.append("C9'")
+    return sorted(set(out))
+
+
+# --------------------------------------------------------------------------- exact solver
+
+
+ENUM_MAX_K = 7  # up to this K the subset enumeration is faster than the DP
+
+
+def front_exact(dev: ClusterDevices, m: int, method: str = "auto") -> list[SegmentPlan | None]:
+    """Exact min-τ_pipe plan for every S = 1..K at fixed m: subset enumeration for small K,
+    the DP otherwise (`method` = "auto" | "enum" | "dp"; both are exact)."""
+    if method == "enum" or (method == "auto" and dev.K <= ENUM_MAX_K):
+        return front_enum(dev, m)
+    return front_dp(dev, m)
+
+
+def _subsets(K: int):
+    """Every (scheduled set, last device) pair: member [C, K], is_last [C, K], size [C]."""
+    key = K
+    if key not in _SUBSET_CACHE:
+        member, last = [], []
+        for mask in range(1, 1 << K):
+            bits = [(mask >> k) & 1 for k in range(K)]
+            for k in range(K):
+                if bits[k]:
+                    member.append(bits)
+                    last.append([int(i == k) for i in range(K)])
+        member = np.asarray(member, bool)
+        _SUBSET_CACHE[key] = (member, np.asarray(last, bool), member.sum(axis=1))
+    return _SUBSET_CACHE[key]
+
+
+_SUBSET_CACHE: dict[int, tuple] = {}
+
+
+def front_enum(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
+    """Exact front by enumerating every (device set, last device) and every bound T.
+
+    For a fixed set A, last device ℓ and bound T, device k may hold 1..U_k TEBs (U_k from C7,
+    C9' and t_k ≤ T); the least Σ t_k gives every device one TEB and the remaining L − |A| to
+    the smallest c_k first (a greedy fill with integer caps is optimal for a linear cost).
+    Minimising Σ t + (m − 1) T over the candidate T is exact by the argument of the DP.
+    """
+    terms = m_terms(dev, m)
+    K, L = dev.K, dev.L
+    stage = np.where(terms.allowed, terms.stage, np.inf)
+    T = np.unique(stage[np.isfinite(stage)])
+    if T.size == 0:
+        return [None] * K
+    member, is_last, size = _subsets(K)
+    order = np.argsort(terms.c, kind="stable")  # fill the cheapest TEB slots first
+    member, is_last = member[:, order], is_last[:, order]
+    stage = stage[order]
+    c, d = terms.c[order], terms.d[order]
+
+    def evaluate(T, member, is_last, size):
+        # U[T, k, role]: largest δ with the (device, δ, role) allowed and t_k ≤ T (prefixes in δ)
+        U = np.sum(stage[None, :, 1:, :] <= T[:, None, None, None], axis=2).astype(np.int16)
+        cap = np.where(is_last[None], U[:, None, :, LAST], U[:, None, :, NONLAST])  # [nT, C, K]
+        cap = np.where(member[None], cap, np.int16(0))
+        ok = np.all(~member[None] | (cap >= 1), axis=2)
+        room = np.where(member[None], cap - np.int16(1), np.int16(0))
+        rest = (L - size).astype(np.int16)[None, :]  # TEBs beyond one per device
+        before = np.cumsum(room, axis=2, dtype=np.int16) - room
+        extra = np.clip(rest[..., None] - before, 0, room)
+        ok &= (rest >= 0) & (room.sum(axis=2) >= rest)
+        delta = np.where(member[None], 1 + extra, 0)  # [nT, C, K]
+        sum_t = delta @ c + (member & ~is_last) @ d  # [nT, C]
+        return np.where(ok, sum_t + (m - 1) * T[:, None], np.inf), delta
+
+    # pruning (exact): the optimum for S has bottleneck T* with m T* ≤ OPT_S ≤ UB_S, and UB_S
+    # comes from the largest bound, where every allowed (device, δ, role) is usable
+    T_top = T[-1]
+    top, _ = evaluate(T[-1:], member, is_last, size)
+    top = top[0]
+    upper = np.array([top[size == s_].min() for s_ in range(1, K + 1)])
+    if not np.isfinite(upper).any():
+        return [None] * K
+    T = T[T <= np.max(upper[np.isfinite(upper)]) / m * (1 + 1e-12)]
+    # a set's Σ t can only grow as T shrinks, and its bottleneck is at least the mean stage,
+    # so Σ_top (1 + (m − 1)/S) bounds it from below: drop sets that cannot beat UB_S
+    sum_top = top - (m - 1) * T_top
+    keep = np.isfinite(top) & (sum_top * (1 + (m - 1) / size) <= upper[size - 1] * (1 + 1e-9))
+    member, is_last, size = member[keep], is_last[keep], size[keep]
+    total, delta = evaluate(T, member, is_last, size)
+    plans: list[SegmentPlan | None] = []
+    inverse = np.argsort(order)
+    for s in range(1, K + 1):
+        cols = np.nonzero(size == s)[0]
+        if cols.size == 0:
+            plans.append(None)
+            continue
+        sub = total[:, cols]
+        flat = int(np.argmin(sub))
+        i, j = divmod(flat, cols.size)
+        if not np.isfinite(sub[i, j]):
+            plans.append(None)
+            continue
+        col = cols[j]
+        dl = delta[i, col][inverse]
+        last = int(order[np.argmax(is_last[col])])
+        ordr = tuple([k for k in range(K) if dl[k] > 0 and k != last] + [last])
+        plans.append(SegmentPlan(tuple(int(v) for v in dl), ordr, m, pipeline_latency(dev, m, dl, ordr)))
+    return plans
+
+
+def front_dp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
+    """Exact min-τ_pipe plan for every stage count S = 1..K at fixed m (None: no feasible plan).
+
+    Pruning (keeps exactness): the optimum for S has bottleneck T* with m·T* ≤ Σ t + (m−1) T* =
+    OPT_S, so only bounds T ≤ max_S UB_S / m matter, UB_S from a first pass on a coarse subset
+    of the candidate bounds (which includes the largest one, so no feasible S is missed).
+    """
+    terms = m_terms(dev, m)
+    K, L = dev.K, dev.L
+    stage = np.where(terms.allowed, terms.stage, np.inf)
+    candidates = np.unique(stage[np.isfinite(stage)])
+    if candidates.size == 0:
+        return [None] * K
+    # S = 1 directly: one device holds all L TEBs and is the last stage
+    single = np.where(terms.allowed[:, L, LAST], stage[:, L, LAST], np.inf) if L < stage.shape[1] else None
+    plans: list[SegmentPlan | None] = [None]
+    if np.isfinite(single).any():
+        k = int(np.argmin(single))
+        delta = [0] * K
+        delta[k] = L
+        plans[0] = SegmentPlan(tuple(delta), (k,), m, pipeline_latency(dev, m, delta, (k,)))
+    if K == 1:
+        return plans
+    # no plan at all has its bottleneck below T_lb: the first bound under which the devices can
+    # hold L TEBs (all devices with room, the best one as last stage)
+    U = np.sum(stage[None, :, 1:, :] <= candidates[:, None, None, None], axis=2)  # [nT, K, 2]
+    room = U[:, :, LAST] - U[:, :, NONLAST] + U[:, :, NONLAST].sum(axis=1, keepdims=True)
+    holds = np.any((U[:, :, LAST] >= 1) & (room >= L), axis=1)
+    if not holds.any():
+        return plans + [None] * (K - 1)
+    candidates = candidates[int(np.argmax(holds)):]
+    coarse = candidates[np.unique(np.linspace(0, candidates.size - 1, min(12, candidates.size)).round().astype(int))]
+    total, _, _ = _segment_dp(stage, coarse, K, L, m)
+    upper = np.min(total, axis=0)[2:]  # UB_S for S = 2..K
+    finite = np.isfinite(upper)
+    if not finite.any():
+        return plans + [None] * (K - 1)
+    T = candidates[candidates <= np.max(upper[finite]) / m * (1 + 1e-12)]
+    total, tables, final = _segment_dp(stage, T, K, L, m)
+    for s in range(2, K + 1):
+        i = int(np.argmin(total[:, s]))
+        if not np.isfinite(total[i, s]):
+            plans.append(None)
+            continue
+        delta, last = _backtrack(tables, final, stage, T[i], i, L, s)
+        order = tuple([k for k in range(K) if delta[k] > 0 and k != last] + [last])
+        plans.append(SegmentPlan(tuple(delta), order, m, pipeline_latency(dev, m, delta, order)))
+    return plans
+
+
+def _segment_dp(stage, T, K, L, m):
+    """DP over devices, vectorised over the bounds T and δ: value[T, l, s, last chosen] = least
+    Σ t_k placing l TEBs on s devices with every t_k ≤ T. Returns (Σ + (m−1) T per S, tables,
+    final table)."""
+    nT = T.size
+    best = np.full((nT, L + 1, K + 1, 2), np.inf)
+    best[:, 0, 0, 0] = 0.0
+    usable = np.isfinite(stage[:, 1:, :]).any(axis=(0, 2))
+    D = int(np.nonzero(usable)[0].max()) + 1 if usable.any() else 1  # largest δ any device may hold
+    # source index l − δ for target l and δ = 1..D; L + 1 points at an all-inf pad row
+    l_idx = np.arange(L + 1)[:, None] - np.arange(1, D + 1)[None, :]
+    l_idx = np.where(l_idx >= 0, l_idx, L + 1)
+    pad = np.full((nT, 1, K + 1, 2), np.inf)
+    tables = []
+    for k in range(K):
+        # the bound T caps every stage time: [nT, D, 2] additions for δ = 1..D
+        add = np.where(stage[None, k, 1:D + 1, :] <= T[:, None, None], stage[None, k, 1:D + 1, :], np.inf)
+        src = np.concatenate([best, pad], axis=1)[:, l_idx]  # [nT, L+1, D, K+1, 2]
+        new = best.copy()
+        nonlast = np.min(src + add[:, None, :, None, None, NONLAST], axis=2)  # [nT, L+1, K+1, 2]
+        last = np.min(src[..., 0] + add[:, None, :, None, LAST], axis=2)  # [nT, L+1, K+1]
+        np.minimum(new[:, :, 1:, :], nonlast[:, :, :K, :], out=new[:, :, 1:, :])
+        np.minimum(new[:, :, 1:, 1], last[:, :, :K], out=new[:, :, 1:, 1])
+        tables.append(best)
+        best = new
+    total = best[:, L, :, 1] + (m - 1) * T[:, None]  # [nT, K+1]
+    return total, tables, best
+
+
+def _backtrack(tables, final, stage, T, i, L, s):
+    """Recover δ and the last device from the DP tables of one bound index i."""
+    K = len(tables)
+    delta = [0] * K
+    last = -1
+    l, used, flag = L, s, 1
+    value = final[i, l, used, flag]
+    for k in range(K - 1, -1, -1):
+        prev = tables[k]
+        if prev[i, l, used, flag] == value:
+            continue  # device k skipped
+        found = False
+        for d in range(1, l + 1):
+            if used == 0:
+                break
+            t_nl = stage[k, d, NONLAST]
+            if t_nl <= T and prev[i, l - d, used - 1, flag] + t_nl == value:
+                delta[k], l, used, value, found = d, l - d, used - 1, prev[i, l - d, used - 1, flag], True
+                break
+            t_l = stage[k, d, LAST]
+            if flag == 1 and t_l <= T and prev[i, l - d, used - 1, 0] + t_l == value:
+                delta[k], last = d, k
+                l, used, flag, value, found = l - d, used - 1, 0, prev[i, l - d, used - 1, 0], True
+                break
+        if not found:  # pragma: no cover - the DP values are exact sums, so this cannot happen
+            raise RuntimeError("segment DP backtrack failed")
+    return delta, last
+
+
+# --------------------------------------------------------------------------- MILP (paper path)
+
+_MILP_CACHE: dict[tuple[int, int], tuple] = {}
+
+
+def _milp_problem(K: int, L: int):
+    """cvxpy MILP for fixed (m, S), built once per (K, L) with Parameters (DPP)."""
+    import cvxpy as cp
+
+    key = (K, L)
+    if key in _MILP_CACHE:
+        return _MILP_CACHE[key]
+    delta = cp.Variable(K, integer=True)
+    x = cp.Variable(K, boolean=True)  # device scheduled (δ_k > 0)
+    y = cp.Variable(K, boolean=True)  # device is last in pipeline order
+    tmax = cp.Variable()
+    c = cp.Parameter(K, nonneg=True)
+    d = cp.Parameter(K, nonneg=True)
+    cap_nl = cp.Parameter(K, nonneg=True)  # largest δ allowed by C7 and C9' as a non-last stage
+    cap_l = cp.Parameter(K, nonneg=True)  # ... as the last stage
+    m_minus_1 = cp.Parameter(nonneg=True)
+    S = cp.Parameter(nonneg=True)
+    stage = cp.multiply(c, delta) + cp.multiply(d, x - y)
+    constraints = [
+        cp.sum(delta) == L,  # C1
+        delta >= x,
+        delta <= cp.multiply(cap_nl, x - y) + cp.multiply(cap_l, y),  # C7, C9' (and δ = 0 off)
+        y <= x,
+        cp.sum(y) == 1,
+        cp.sum(x) == S,  # C2': the number of scheduled devices
+        tmax >= stage,
+    ]
+    problem = cp.Problem(cp.Minimize(cp.sum(stage) + m_minus_1 * tmax), constraints)
+    params = dict(c=c, d=d, cap_nl=cap_nl, cap_l=cap_l, m_minus_1=m_minus_1, S=S)
+    _MILP_CACHE[key] = (problem, params, delta, y)
+    return _MILP_CACHE[key]
+
+
+def _caps(terms: MTerms, role: int) -> np.ndarray:
+    """Largest δ with (device, δ, role) allowed (feasibility is monotone in δ); 0 if none."""
+    allowed = terms.allowed[:, :, role]
+    # first δ ≥ 1 that is not allowed, minus one
+    blocked = ~allowed[:, 1:]
+    first_blocked = np.where(blocked.any(axis=1), blocked.argmax(axis=1), allowed.shape[1] - 1)
+    return first_blocked.astype(float)
+
+
+def front_milp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
+    """The paper's integer programme (C2' as Σ x_k = S), one MILP per S, HiGHS through cvxpy."""
+    import cvxpy as cp
+
+    terms = m_terms(dev, m)
+    problem, params, delta, y = _milp_problem(dev.K, dev.L)
+    params["c"].value = terms.c
+    params["d"].value = terms.d
+    params["cap_nl"].value = _caps(terms, NONLAST)
+    params["cap_l"].value = _caps(terms, LAST)
+    params["m_minus_1"].value = float(m - 1)
+    plans: list[SegmentPlan | None] = []
+    for s in range(1, dev.K + 1):
+        params["S"].value = float(s)
+        problem.solve(solver=cp.HIGHS)
+        if problem.status not in ("optimal", "optimal_inaccurate"):
+            plans.append(None)
+            continue
+        dl = np.rint(delta.value).astype(int)
+        last = int(np.argmax(y.value))
+        order = tuple([k for k in range(dev.K) if dl[k] > 0 and k != last] + [last])
+        plans.append(SegmentPlan(tuple(int(v) for v in dl), order, m, pipeline_latency(dev, m, dl, order)))
+    return plans
+
+
+# --------------------------------------------------------------------------- m (Eq. 38)
+
+
+def stationary_m(dev: ClusterDevices, plan: SegmentPlan) -> float:
+    """Stationary point of τ_pipe(m) (Eq. 38) for the plan's δ, order and bottleneck stage.
+
+    t_k(m) = α_k/m + β_k; with the bottleneck * at the plan's m,
+    τ_pipe(m) = (Σα − α_*)/m + β_* m + const  ⇒  m° = sqrt((Σα − α_*)/β_*) (b when β_* = 0).
+    """
+    delta = np.asarray(plan.delta, float)
+    nonlast = np.zeros(dev.K)
+    nonlast[list(plan.order[:-1])] = 1.0
+    pf = dev.phi * dev.f_hz
+    if dev.variant == "consistent":
+        alpha = delta * dev.b * (dev.o_fwd + dev.o_bwd) / pf + nonlast * dev.b * (dev.z_bits + dev.g_bits) / dev.r_dd_bps
+        beta = np.zeros(dev.K)
+    else:
+        alpha = delta * dev.b * dev.o_fwd / pf
+        beta = delta * dev.o_bwd / pf + nonlast * (dev.z_bits + dev.g_bits) / dev.r_dd_bps
+    scheduled = delta > 0
+    t = np.where(scheduled, alpha / plan.m + beta, -np.inf)
+    star = int(np.argmax(t))
+    numerator = float(alpha[scheduled].sum() - alpha[star])
+    if beta[star] <= 0:
+        return float(dev.b)
+    return math.sqrt(max(numerator, 0.0) / beta[star])
+
+
+def better_integer_neighbour(dev: ClusterDevices, plan: SegmentPlan, m_real: float) -> int | None:
+    """⌊m°⌋ or ⌈m°⌉ in [1, b], whichever gives the smaller τ_pipe with the plan's δ and order
+    while C9' still holds at that m; None if neither does."""
+    lo = min(max(int(math.floor(m_real)), 1), dev.b)
+    hi = min(max(int(math.ceil(m_real)), 1), dev.b)
+    best, best_tau = None, math.inf
+    for m in sorted({lo, hi}):
+        if plan_violations(dev, m, plan.delta, plan.order):
+            continue
+        tau = pipeline_latency(dev, m, plan.delta, plan.order)
+        if tau < best_tau:
+            best, best_tau = m, tau
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentFront:
+    """Best plan per stage count S = 1..K (None where infeasible) and the m values solved."""
+
+    plans: tuple[SegmentPlan | None, ...]
+    m_explored: tuple[int, ...]
+
+    def feasible(self) -> list[int]:
+        return [i for i, p in enumerate(self.plans) if p is not None]
+
+
+def _merge(best: list, plans: list) -> None:
+    for i, p in enumerate(plans):
+        if p is not None and (best[i] is None or p.tau_pipe_s < best[i].tau_pipe_s):
+            best[i] = p
+
+
+def solve_segments(dev: ClusterDevices, m_rule: str = "stationary", solver: str = "exact",
+                   max_m_solves: int = 3, cluster: int | None = None) -> SegmentFront:
+    """Alg. 2 for one cluster: the best (m, δ, order) per stage count S.
+
+    Raises InfeasibleError naming C7 (memory cannot hold the L TEBs) or C9' (no allocation
+    meets the device energy budgets even with m = 1, which needs the least energy).
+    """
+    if solver not in SEGMENT_SOLVERS:
+        raise ValidationError("solver", f"must be one of {list(SEGMENT_SOLVERS)}", solver)
+    if m_rule not in M_RULES:
+        raise ValidationError("m_rule", f"must be one of {list(M_RULES)}", m_rule)
+    _check_capacity(dev, cluster)
+    solve = front_exact if solver == "exact" else front_milp
+    best: list[SegmentPlan | None] = [None] * dev.K
+    solved: list[int] = []
+    if m_rule == "exhaustive":
+        for m in range(1, dev.b + 1):
+            _merge(best, solve(dev, m))
+            solved.append(m)
+    else:
+        queue = [_initial_m(dev)]
+        while queue and len(solved) < max_m_solves:
+            m = queue.pop(0)
+            if m in solved:
+                continue
+            plans = solve(dev, m)
+            solved.append(m)
+            _merge(best, plans)
+            proposals = []
+            for p in plans:
+                if p is None:
+                    continue
+                nxt = better_integer_neighbour(dev, p, stationary_m(dev, p))
+                if nxt is None or nxt == p.m:
+                    continue
+                # m-step for this δ (free), then queue a δ-step at the new m
+                moved = SegmentPlan(p.delta, p.order, nxt, pipeline_latency(dev, nxt, p.delta, p.order))
+                _merge(best, [moved if q is p else None for q in plans])
+                proposals.append((moved.tau_pipe_s, nxt))
+            for _, nxt in sorted(proposals):  # the most promising stage counts first
+                if nxt not in solved and nxt not in queue:
+                    queue.append(nxt)
+        if all(p is None for p in best) and 1 not in solved:
+            _merge(best, solve(dev, 1))  # m = 1 needs the least device energy
+            solved.append(1)
+    if all(p is None for p in best):
+        raise InfeasibleError({
+            "constraint": "C9'", "cluster": cluster,
+            "message": f"cluster {cluster}: no allocation of L={dev.L} TEBs meets the device energy "
+                       f"budgets E_max_k (C9') together with memory (C7), for any micro-batch count tried",
+        })
+    return SegmentFront(tuple(best), tuple(solved))
+
+
+def _initial_m(dev: ClusterDevices) -> int:
+    """Stationary m of the uniform split over all K devices (index order), as Alg. 2's start."""
+    base, extra = divmod(dev.L, dev.K)
+    delta = tuple(base + (1 if k < extra else 0) for k in range(dev.K))
+    order = tuple(k for k in range(dev.K) if delta[k] > 0)
+    m0 = max(1, dev.b // 2)
+    plan = SegmentPlan(delta, order, m0, 0.0)
+    m_real = stationary_m(dev, plan)
+    return min(max(int(round(m_real)), 1), dev.b)
+
+
+def _check_capacity(dev: ClusterDevices, cluster) -> None:
+    """C7 alone: the devices' memory must be able to hold the L TEBs."""
+    deltas = np.arange(dev.L + 1)
+    fits = deltas[None, :] * dev.gamma0_bytes <= dev.gamma_max_bytes[:, None]  # the C7 test itself
+    capacity = int((fits.sum(axis=1) - 1).sum())
+    if capacity < dev.L:
+        raise InfeasibleError({
+            "constraint": "C7", "cluster": cluster,
+            "message": f"cluster {cluster}: the devices' memory holds at most {capacity} of L={dev.L} TEBs "
+                       f"(gamma0={dev.gamma0_bytes:.4g} B per TEB) (C7)",
+        })

@@ -1,0 +1,85 @@
+"""The `collapipe` command: contract keys, one-line errors with exit code 2, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from collapipe_jax.cli import main
+
+LATENCY_INPUT_KEYS = [
+    "N", "K", "J", "L", "b", "f_hz", "phi_flops_per_cycle", "p_k_w", "h_dd", "I_dd_w", "B_dd_hz", "N0_w_per_hz",
+    "B_U_hz", "h_n", "I_i_w", "p_n_w", "o_fwd_flops", "o_bwd_flops", "z_bits", "g_bits", "z_enc_bits",
+    "theta_enc_bits", "kappa", "gamma0_bytes", "gamma_max_k_bytes", "E_max_k_j", "E_max_n_j", "P_max_n_w",
+    "delta", "order", "m", "assignment",
+]
+LATENCY_KEYS = ["tau_dd_s", "tau_pipe_s", "tau_up_s", "tau_round_s", "E_com_j", "E_sch_j", "E_pipe_j", "Gamma"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_latency_json_has_every_contract_key(capsys):
+    code, out, _ = run_cli(capsys, "latency", "--json", "--delta", "1,2,3,2,2,2;2,2,2,2,2,2;12,0,0,0,0,0",
+                           "--m", "2,4,8", "--p-n", "0.2,0.3,0.4", "--order", "5,4,3,2,1,0;0,1,2,3,4,5;0")
+    assert code == 0
+    result = json.loads(out)
+    for key in LATENCY_KEYS + ["inputs"]:
+        assert key in result, key
+    for key in LATENCY_INPUT_KEYS:
+        assert key in result["inputs"], key
+    inputs = result["inputs"]
+    assert inputs["delta"][2] == [12, 0, 0, 0, 0, 0] and inputs["order"] == [[5, 4, 3, 2, 1, 0], list(range(6)), [0]]
+    assert inputs["m"] == [2, 4, 8] and inputs["p_n_w"] == pytest.approx([0.2, 0.3, 0.4])
+    assert inputs["assignment"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    assert len(result["E_sch_j"]) == 3 and len(result["E_sch_j"][0]) == 6
+    assert result["tau_round_s"] == pytest.approx(max(a + b for a, b in zip(result["tau_pipe_s"], result["tau_up_s"])))
+
+
+def test_sensitivity_json_and_gradient_sign(capsys):
+    code, out, _ = run_cli(capsys, "sensitivity", "--json", "--preset", "paper-transformer", "--seed", "3")
+    assert code == 0
+    result = json.loads(out)
+    for key in ("inputs", "tau_round_s", "dtau_dp_n", "smooth_temperature_s", "tau_round_smooth_s",
+                "dtau_smooth_dp_n"):
+        assert key in result
+    # more power, faster upload: only the slowest cluster moves the hard max, and downwards
+    hard = result["dtau_dp_n"]
+    assert sum(1 for g in hard if g != 0) == 1 and min(hard) < 0
+    assert all(g <= 0 for g in result["dtau_smooth_dp_n"])
+    assert result["tau_round_smooth_s"] >= result["tau_round_s"]
+
+
+def test_table_output_is_readable(capsys):
+    code, out, _ = run_cli(capsys, "latency", "--preset", "paper-transformer")
+    assert code == 0 and "round latency" in out and "tau_pipe[s]" in out
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["latency", "--delta", "1,1,1,1,1,1"], "delta"),  # sums to 6, not L = 12
+    (["latency", "--delta", "2,2,2"], "delta"),
+    (["latency", "--p-n", "-0.1"], "p_n"),
+    (["latency", "--p-n", "0.1,0.2"], "p_n"),
+    (["latency", "--p-n", "nan"], "p_n"),
+    (["latency", "--m", "x"], "m"),
+    (["latency", "--channel", "0,0,1"], "channel"),
+    (["latency", "--preset", "nope"], "preset"),
+    (["latency", "--variant", "other"], "arguments"),
+    (["sensitivity", "--temperature", "-1"], "temperature"),
+    (["latency", "--host-devices", "0"], "host-devices"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, field):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"invalid {field}" in lines[0] and "Traceback" not in err
+
+
+def test_console_script_exit_code_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "collapipe_jax.cli", "latency", "--delta", "1;2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

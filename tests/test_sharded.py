@@ -1,0 +1,43 @@
+"""Sharded evaluation over 8 host devices equals the single-device result."""
+
+import jax
+import numpy as np
+import pytest
+
+from collapipe_jax.scenario import scenario_preset
+from collapipe_jax.system import evaluate
+from collapipe_jax.system.sharded import batch_mesh, evaluate_sharded, stack
+from tests.test_system import _random_batch
+
+
+@pytest.mark.parametrize("batch", [16, 13])  # 13: padded to a multiple of the device count
+def test_sharded_equals_single_device(batch):
+    assert jax.device_count() == 8
+    scenario = scenario_preset("paper-bert")
+    states, decisions = _random_batch(scenario, batch, seed=2)
+    states, decisions = stack(states), stack(decisions)
+    sharded = evaluate_sharded(states, decisions, "consistent")
+    single = evaluate_sharded(states, decisions, "consistent", mesh=batch_mesh(jax.devices()[:1]))
+    loop = [evaluate(jax.tree.map(lambda x: x[i], states), jax.tree.map(lambda x: x[i], decisions), "consistent")
+            for i in range(batch)]
+    assert sharded.tau_round_s.shape == (batch,)
+    assert len(sharded.tau_round_s.sharding.device_set) == 8
+    for name in ("tau_round_s", "tau_pipe_s", "E_sch_j", "Gamma"):
+        np.testing.assert_allclose(getattr(sharded, name), getattr(single, name), rtol=1e-6)
+        np.testing.assert_allclose(getattr(sharded, name), np.stack([getattr(m, name) for m in loop]), rtol=1e-6)
+
+
+def test_chunked_power_grad_equals_per_configuration_grad():
+    from collapipe_jax.system import round_latency_of_power
+    from collapipe_jax.system.sharded import chunked_power_grad, from_chunks, to_chunks
+
+    scenario = scenario_preset("paper-transformer")
+    states, decisions = _random_batch(scenario, 16, seed=6)
+    states, decisions = stack(states), stack(decisions)
+    fn = chunked_power_grad(batch_mesh(), "paper")
+    tau, grad = from_chunks(fn(to_chunks((states, decisions), 2)))
+    for i in range(16):
+        s, d = jax.tree.map(lambda x: x[i], states), jax.tree.map(lambda x: x[i], decisions)
+        expected = jax.grad(round_latency_of_power)(d.p_n_w, s, d)
+        np.testing.assert_allclose(grad[i], expected, rtol=1e-5)
+        np.testing.assert_allclose(tau[i], evaluate(s, d).tau_round_s, rtol=1e-6)

@@ -1,0 +1,213 @@
+"""The system model against plain-Python arithmetic on a 2-cluster, 3-device instance."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapipe_jax.scenario import Scenario, draw_state, make_decision
+from collapipe_jax.system import evaluate, round_latency_of_power
+from collapipe_jax.system import latency as lat
+
+F = [[4e8, 2e8, 6e8], [1e8, 8e8, 3e8]]
+PHI = [[10.0, 20.0, 16.0], [24.0, 12.0, 18.0]]
+PK = [[0.08, 0.07, 0.1], [0.09, 0.1, 0.075]]
+H = [0.975, 0.98]
+I_CH = [0.06, 0.08]
+B_CH = [0.4e6, 0.6e6]
+
+
+def instance():
+    scenario = Scenario(N=2, K=3, J=2, L=5, b=8, z_bits=2e5, g_bits=1.5e5, z_enc_bits=1e6,
+                        theta_enc_bits=3e6, gamma0_bytes=1e8, o_fwd_flops=3e6, o_bwd_flops=5e6)
+    state = draw_state(scenario, jax.random.PRNGKey(0)).replace(
+        f_hz=jnp.array(F), phi_flops_per_cycle=jnp.array(PHI), p_k_w=jnp.array(PK),
+        h_n=jnp.array(H), I_i_w=jnp.array(I_CH), B_U_hz=jnp.array(B_CH))
+    # cluster 0: devices 2 → 0 (device 1 idle), channel 1; cluster 1: 0 → 1 → 2, channel 0
+    decision = make_decision(scenario, [[2, 0, 3], [1, 3, 1]], [2, 4], [1, 0], [0.3, 0.45],
+                             orders=[[2, 0], [0, 1, 2]])
+    return scenario, state, decision
+
+
+def by_hand(scenario, decision_lists, variant):
+    s = scenario
+    delta, orders, m, channel, p = decision_lists
+    n0 = 10 ** (-17.4) / 1000
+    out = {"tau_pipe": [], "tau_up": [], "E_com": [], "E_sch": [], "Gamma": []}
+    for n in range(2):
+        b_hat = s.b / m[n]
+        stages, energies = [], []
+        for k in range(3):
+            if delta[n][k] == 0:
+                energies.append(0.0)
+                continue
+            if variant == "paper":
+                flops = delta[n][k] * (b_hat * s.o_fwd_flops + s.o_bwd_flops)
+                dd_bits = s.z_bits + s.g_bits
+            else:
+                flops = delta[n][k] * b_hat * (s.o_fwd_flops + s.o_bwd_flops)
+                dd_bits = b_hat * (s.z_bits + s.g_bits)
+            cycles = flops / PHI[n][k]
+            t_cmp = cycles / F[n][k]
+            r_dd = s.B_dd_hz * math.log2(1 + PK[n][k] * s.h_dd / (s.I_dd_w + s.B_dd_hz * n0))
+            is_last = orders[n][-1] == k
+            t_dd = 0.0 if is_last else dd_bits / r_dd
+            stages.append(t_cmp + t_dd)
+            energies.append(m[n] * (s.kappa * F[n][k] ** 2 * cycles + PK[n][k] * t_dd))
+        out["tau_pipe"].append(sum(stages) + (m[n] - 1) * max(stages))
+        j = channel[n]
+        r_up = B_CH[j] * math.log2(1 + p[n] * H[n] / (I_CH[j] + B_CH[j] * n0))
+        t_up = (s.theta_enc_bits + s.z_enc_bits) / r_up
+        out["tau_up"].append(t_up)
+        out["E_com"].append(p[n] * t_up)
+        out["E_sch"].append(energies)
+        eps = s.C_noise / (p[n] * H[n] + I_CH[j])
+        n_stages = sum(1 for d in delta[n] if d > 0)
+        out["Gamma"].append(0.5 * s.beta * s.eta**2 * s.phi_seg * n_stages + 0.5 * s.beta * eps)
+    out["tau_round"] = max(a + b for a, b in zip(out["tau_pipe"], out["tau_up"]))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["paper", "consistent"])
+def test_equations_match_hand_computation(variant):
+    scenario, state, decision = instance()
+    expected = by_hand(scenario, ([[2, 0, 3], [1, 3, 1]], [[2, 0], [0, 1, 2]], [2, 4], [1, 0], [0.3, 0.45]),
+                       variant)
+    got = evaluate(state, decision, variant)
+    np.testing.assert_allclose(got.tau_pipe_s, expected["tau_pipe"], rtol=1e-5)
+    np.testing.assert_allclose(got.tau_up_s, expected["tau_up"], rtol=1e-5)
+    np.testing.assert_allclose(got.E_com_j, expected["E_com"], rtol=1e-5)
+    np.testing.assert_allclose(got.E_sch_j, expected["E_sch"], rtol=1e-5)
+    np.testing.assert_allclose(got.E_pipe_j, np.sum(expected["E_sch"], axis=1), rtol=1e-5)
+    np.testing.assert_allclose(got.Gamma, expected["Gamma"], rtol=1e-5)
+    np.testing.assert_allclose(got.tau_round_s, expected["tau_round"], rtol=1e-5)
+
+
+def test_variants_differ_and_last_device_sends_nothing():
+    scenario, state, decision = instance()
+    paper, consistent = evaluate(state, decision, "paper"), evaluate(state, decision, "consistent")
+    assert not np.allclose(paper.tau_pipe_s, consistent.tau_pipe_s)
+    # the last device of each order (device 0 of cluster 0, device 2 of cluster 1) and the idle one
+    assert float(paper.tau_dd_s[0, 0]) == 0.0 and float(paper.tau_dd_s[1, 2]) == 0.0
+    assert float(paper.tau_dd_s[0, 1]) == 0.0 and float(paper.tau_cmp_s[0, 1]) == 0.0
+    assert float(paper.tau_dd_s[0, 2]) > 0.0
+    # reversing the order moves the missing D2D term to another device: the latency changes
+    flipped = make_decision(scenario, [[2, 0, 3], [1, 3, 1]], [2, 4], [1, 0], [0.3, 0.45],
+                            orders=[[0, 2], [0, 1, 2]])
+    assert float(evaluate(state, flipped).tau_pipe_s[0]) != pytest.approx(float(paper.tau_pipe_s[0]))
+
+
+def test_unassigned_cluster_uploads_nothing_and_uses_mean_interference():
+    scenario, state, decision = instance()
+    decision = decision.replace(channel=jnp.array([-1, 0]))
+    got = evaluate(state, decision)
+    assert float(got.tau_up_s[0]) == 0.0 and float(got.E_com_j[0]) == 0.0
+    eps0 = scenario.C_noise / np.mean(I_CH)
+    expected = 0.5 * scenario.beta * scenario.eta**2 * scenario.phi_seg * 2 + 0.5 * scenario.beta * eps0
+    assert float(got.Gamma[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_rayleigh_expectation_matches_monte_carlo():
+    snr = 6.0
+    rng = np.random.default_rng(0)
+    mc = np.mean(np.log2(1 + snr * rng.exponential(size=2_000_000)))
+    assert float(lat.spectral_efficiency(jnp.float32(snr), "rayleigh")) == pytest.approx(mc, rel=2e-3)
+    # Jensen: fading lowers the mean rate
+    assert float(lat.spectral_efficiency(jnp.float32(snr), "rayleigh")) < math.log2(1 + snr)
+
+
+def _random_batch(scenario, n, seed):
+    rng = np.random.default_rng(seed)
+    states, decisions = [], []
+    for i in range(n):
+        states.append(draw_state(scenario, jax.random.PRNGKey(seed * 1000 + i)))
+        delta = np.zeros((scenario.N, scenario.K), int)
+        for c in range(scenario.N):
+            for _ in range(scenario.L):
+                delta[c, rng.integers(scenario.K)] += 1
+        orders = [list(rng.permutation([k for k in range(scenario.K) if delta[c, k] > 0]))
+                  for c in range(scenario.N)]
+        channel = rng.permutation(np.r_[np.arange(scenario.J), -np.ones(scenario.N, int)])[: scenario.N]
+        channel[channel < 0] = -1
+        decisions.append(make_decision(scenario, delta, rng.integers(1, scenario.b + 1, scenario.N), channel,
+                                       rng.uniform(0.05, scenario.P_max_n_w, scenario.N), orders))
+    return states, decisions
+
+
+@pytest.mark.parametrize("variant", ["paper", "consistent"])
+def test_vmap_equals_python_loop(variant):
+    from collapipe_jax.system.sharded import stack
+
+    scenario = Scenario(N=3, K=4, J=2, L=7, b=16, z_bits=1e5, g_bits=1e5, z_enc_bits=1e6,
+                        theta_enc_bits=2e6, gamma0_bytes=1e7)
+    states, decisions = _random_batch(scenario, 12, seed=1)
+    batched = jax.vmap(lambda s, d: evaluate(s, d, variant))(stack(states), stack(decisions))
+    for i, (s, d) in enumerate(zip(states, decisions)):
+        one = evaluate(s, d, variant)
+        for name in ("tau_pipe_s", "tau_up_s", "tau_round_s", "E_sch_j", "E_com_j", "Gamma"):
+            np.testing.assert_allclose(getattr(batched, name)[i], getattr(one, name), rtol=1e-6)
+
+
+def test_grad_matches_central_finite_differences():
+    scenario, state, decision = instance()
+    state64 = jax.tree.map(lambda x: np.asarray(x, np.float64), state)
+    with jax.enable_x64():
+        state64 = jax.tree.map(jnp.asarray, state64)
+        dec64 = decision.replace(p_n_w=jnp.asarray(decision.p_n_w, jnp.float64))
+
+        def per_cluster_total(p):
+            m = evaluate(state64, dec64.replace(p_n_w=p))
+            return jnp.sum(m.tau_pipe_s + m.tau_up_s + m.E_com_j + 100 * m.Gamma)
+
+        grad = jax.grad(per_cluster_total)(dec64.p_n_w)
+        for n in range(2):
+            h = 1e-6
+            e = jnp.zeros(2, jnp.float64).at[n].set(h)
+            fd = (per_cluster_total(dec64.p_n_w + e) - per_cluster_total(dec64.p_n_w - e)) / (2 * h)
+            assert float(grad[n]) == pytest.approx(float(fd), rel=1e-5)
+        # the hard max and the smooth max: gradient w.r.t. p_n of the slowest cluster only
+        for temperature in (None, 5.0):
+            g = jax.grad(round_latency_of_power)(dec64.p_n_w, state64, dec64, "paper", temperature)
+            for n in range(2):
+                e = jnp.zeros(2, jnp.float64).at[n].set(1e-6)
+                f = lambda p: round_latency_of_power(p, state64, dec64, "paper", temperature)  # noqa: E731
+                fd = (f(dec64.p_n_w + e) - f(dec64.p_n_w - e)) / 2e-6
+                assert float(g[n]) == pytest.approx(float(fd), rel=1e-4, abs=1e-9)
+
+
+def test_grad_wrt_continuous_state_inputs_matches_finite_differences():
+    scenario, state, decision = instance()
+    with jax.enable_x64():
+        st = jax.tree.map(lambda x: jnp.asarray(np.asarray(x, np.float64)), state)
+        for field in ("f_hz", "p_k_w", "B_U_hz", "h_n"):
+            def total(v, field=field):
+                m = evaluate(st.replace(**{field: v}), decision)
+                return jnp.sum(m.tau_pipe_s + m.tau_up_s) + jnp.sum(m.E_sch_j)
+
+            x = getattr(st, field)
+            g = jax.grad(total)(x)
+            flat = np.asarray(x).ravel()
+            i = int(np.argmax(flat))
+            h = 1e-6 * flat[i]
+            e = np.zeros_like(flat)
+            e[i] = h
+            fd = (total(x + e.reshape(x.shape)) - total(x - e.reshape(x.shape))) / (2 * h)
+            assert float(np.asarray(g).ravel()[i]) == pytest.approx(float(fd), rel=1e-4)
+
+
+def test_batch_in_trailing_axes_equals_vmap():
+    from collapipe_jax.system.model import evaluate_batch_minor, to_batch_minor
+    from collapipe_jax.system.sharded import stack
+
+    scenario = Scenario(N=3, K=4, J=3, L=7, b=16, z_bits=1e5, g_bits=1e5, z_enc_bits=1e6,
+                        theta_enc_bits=2e6, gamma0_bytes=1e7)
+    states, decisions = _random_batch(scenario, 10, seed=5)
+    states, decisions = stack(states), stack(decisions)
+    for variant in ("paper", "consistent"):
+        lead = jax.vmap(lambda s, d: evaluate(s, d, variant))(states, decisions)
+        minor = evaluate_batch_minor(*to_batch_minor((states, decisions)), variant)
+        for name in ("tau_pipe_s", "tau_up_s", "tau_round_s", "E_sch_j", "Gamma"):
+            np.testing.assert_allclose(np.moveaxis(np.asarray(getattr(minor, name)), -1, 0),
+                                       getattr(lead, name), rtol=1e-6)
