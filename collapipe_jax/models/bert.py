@@ -25,13 +25,15 @@ Functions: `init_split_model(key, cfg, task, n_classes)`, `embed_apply(embed, to
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.models.config import ModelConfig
-from collapipe_jax.models.teb import init_encoder_stack
+from collapipe_jax.models.teb import fill_params, init_encoder_stack
 from collapipe_jax.models.transformer import sample_weights
 
 PAD, CLS = 0, 1
@@ -43,20 +45,24 @@ def init_split_model(key: jax.Array, cfg: ModelConfig, task: str, n_classes: int
         raise ValidationError("task", f"must be one of {TASKS}", task)
     if not isinstance(n_classes, int) or n_classes < 2:
         raise ValidationError("n_classes", "must be an integer >= 2", n_classes)
+    return _init(key, cfg, task, n_classes)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))  # one compiled init instead of hundreds of eager ops
+def _init(key, cfg, task, n_classes):
     k_tok, k_pos, k_enc, k_h1, k_h2 = jax.random.split(key, 5)
     d = cfg.d_model
-    init_embed = nn.initializers.normal(stddev=0.02)
-    x = jnp.zeros((1, d))
+    dense = lambda n: jax.eval_shape(lambda: nn.Dense(n).init(jax.random.key(0), jnp.zeros((1, d)))["params"])  # noqa: E731
     if task == "ner":
-        server = {"token_head": nn.Dense(n_classes).init(k_h1, x)["params"]}
+        server = {"token_head": fill_params(k_h1, dense(n_classes))}
     else:
-        server = {"pooler": nn.Dense(d).init(k_h1, x)["params"], "cls_head": nn.Dense(n_classes).init(k_h2, x)["params"]}
+        server = {"pooler": fill_params(k_h1, dense(d)), "cls_head": fill_params(k_h2, dense(n_classes))}
     return {
         "client": {
             "embed": {
-                "tok_embed": init_embed(k_tok, (cfg.vocab_size, d)),
-                "pos_embed": init_embed(k_pos, (cfg.seq_len, d)),
-                "ln": nn.LayerNorm().init(k_tok, x)["params"],
+                "tok_embed": 0.02 * jax.random.normal(k_tok, (cfg.vocab_size, d)),  # BERT's N(0, 0.02²)
+                "pos_embed": 0.02 * jax.random.normal(k_pos, (cfg.seq_len, d)),
+                "ln": {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))},
             },
             "encoder": init_encoder_stack(k_enc, cfg),
         },

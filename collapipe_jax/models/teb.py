@@ -32,6 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
 
 from collapipe_jax.models.config import ModelConfig
 
@@ -85,17 +86,53 @@ class TEB(nn.Module):
         return nn.LayerNorm(name="ln_ffn")(x + nn.Dense(d, name="ffn_out")(y))
 
 
-def init_teb(key: jax.Array, cfg: ModelConfig) -> dict:
-    """Parameters of one TEB for the config's width, heads and FFN width."""
+def fill_params(key: jax.Array, shapes, lead: int = 0, dtype=jnp.float32):
+    """A params pytree from its shapes (`jax.eval_shape` of a Flax init), with one Gaussian draw.
+
+    kernel ~ N(0, 1/fan_in) (LeCun normal, untruncated), fan_in = the kernel's input dims: all
+    axes but the last for the attention output projection `out` [h, d_h, d], the first axis
+    otherwise; bias = 0; LayerNorm scale = 1. `lead` leading axes (e.g. the layer axis of a
+    stack) are batch axes. One draw for the whole tree keeps XLA's compile of the init short
+    (every separate normal/truncated-normal draw compiles its own erf⁻¹, ~0.2 s each on a CPU).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    sizes = [int(np.prod(leaf.shape)) if path[-1].key == "kernel" else 0 for path, leaf in leaves]
+    noise = jax.random.normal(key, (max(sum(sizes), 1),), dtype)
+    out, offset = [], 0
+    for (path, leaf), size in zip(leaves, sizes):
+        name = path[-1].key
+        if name == "kernel":
+            is_attn_out = len(path) > 1 and path[-2].key == "out"
+            in_axes = leaf.shape[lead:-1] if is_attn_out else leaf.shape[lead : lead + 1]
+            std = 1.0 / np.sqrt(np.prod(in_axes))
+            out.append(noise[offset : offset + size].reshape(leaf.shape) * std)
+            offset += size
+        elif name == "scale":
+            out.append(jnp.ones(leaf.shape, dtype))
+        else:
+            out.append(jnp.zeros(leaf.shape, dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def teb_shapes(cfg: ModelConfig, n_layers: int | None = None):
+    """Shapes of one TEB's params (n_layers None) or of a stack [n_layers, ...]."""
     x = jnp.zeros((1, cfg.seq_len, cfg.d_model), jnp.float32)
     mask = jnp.ones((1, cfg.seq_len), bool)
-    return TEB(cfg.n_heads, cfg.d_ff).init(key, x, mask)["params"]
+    one = lambda k: TEB(cfg.n_heads, cfg.d_ff).init(k, x, mask)["params"]  # noqa: E731
+    if n_layers is None:
+        return jax.eval_shape(one, jax.random.key(0))
+    return jax.eval_shape(jax.vmap(one), jax.random.split(jax.random.key(0), n_layers))
+
+
+def init_teb(key: jax.Array, cfg: ModelConfig) -> dict:
+    """Parameters of one TEB for the config's width, heads and FFN width."""
+    return fill_params(key, teb_shapes(cfg))
 
 
 def init_encoder_stack(key: jax.Array, cfg: ModelConfig, n_layers: int | None = None) -> dict:
     """n_layers TEBs (default cfg.n_enc_layers) with their params stacked on a leading axis [L, ...]."""
     n_layers = cfg.n_enc_layers if n_layers is None else n_layers
-    return jax.vmap(lambda k: init_teb(k, cfg))(jax.random.split(key, n_layers))
+    return fill_params(key, teb_shapes(cfg, n_layers), lead=1)
 
 
 def teb_apply(layer_params: dict, x: jax.Array, pad_mask: jax.Array) -> jax.Array:

@@ -27,13 +27,15 @@ Functions: `init_split_model(key, cfg)`, `embed_apply(embed, tokens) -> (x, pad_
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
 from collapipe_jax.models.config import ModelConfig
-from collapipe_jax.models.teb import MultiHeadAttention, attention_mask, init_encoder_stack
+from collapipe_jax.models.teb import MultiHeadAttention, attention_mask, fill_params, init_encoder_stack
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -84,22 +86,28 @@ def _decoder_block(params):
 
 def init_split_model(key: jax.Array, cfg: ModelConfig) -> dict:
     """{"client": {"embed", "encoder"}, "server": {"tgt_embed", "decoder", "out_proj"}}."""
+    return _init(key, cfg)
+
+
+@partial(jax.jit, static_argnums=1)  # one compiled init instead of hundreds of eager ops
+def _init(key, cfg):
     k_src, k_enc, k_tgt, k_dec, k_out = jax.random.split(key, 5)
     d, v, s = cfg.d_model, cfg.vocab_size, cfg.seq_len
-    init_embed = nn.initializers.normal(stddev=d**-0.5)
     y = jnp.zeros((1, s, d))
     ok = jnp.ones((1, s), bool)
     block = DecoderBlock(cfg.n_heads, cfg.d_ff)
-    decoder = jax.vmap(lambda k: block.init(k, y, ok, y, ok)["params"])(jax.random.split(k_dec, cfg.n_dec_layers))
+    keys = jax.random.split(jax.random.key(0), cfg.n_dec_layers)
+    dec_shapes = jax.eval_shape(jax.vmap(lambda k: block.init(k, y, ok, y, ok)["params"]), keys)
+    out_shapes = jax.eval_shape(lambda: nn.Dense(v).init(jax.random.key(0), y)["params"])
     return {
         "client": {
-            "embed": {"tok_embed": init_embed(k_src, (v, d))},
+            "embed": {"tok_embed": jax.random.normal(k_src, (v, d)) * d**-0.5},
             "encoder": init_encoder_stack(k_enc, cfg),
         },
         "server": {
-            "tgt_embed": init_embed(k_tgt, (v, d)),
-            "decoder": decoder,
-            "out_proj": nn.Dense(v).init(k_out, y)["params"],
+            "tgt_embed": jax.random.normal(k_tgt, (v, d)) * d**-0.5,
+            "decoder": fill_params(k_dec, dec_shapes, lead=1),
+            "out_proj": fill_params(k_out, out_shapes),
         },
     }
 
