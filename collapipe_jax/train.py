@@ -61,7 +61,10 @@ import numpy as np
 from collapipe_jax.errors import InfeasibleError, ValidationError
 
 FRAMEWORKS = ("collapipe", "vanilla-fl", "pipeline", "titanic")
-POLICIES = ("dssra", "uniform", "random", "loss-only", "delay-only", "no-segment")
+# collapipe's schedulers: DSSRA and the baselines of scheduling/baselines.py ("uniform" = CollaPipe
+# w/o segment scheduling: even δ, DSSRA's channels and power), plus "default": no optimisation at
+# all (even δ, m = 4, channel n for cluster n < J, p_n = P_max; scenario.default_decision).
+POLICIES = ("dssra", "uniform", "random", "loss-only", "delay-only", "default")
 MODEL_SIZES = ("tiny", "small", "paper")
 TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
 TASK_SCENARIO = {"multi30k": "paper-transformer", "ner": "paper-bert", "toutiao": "paper-bert"}
@@ -91,6 +94,7 @@ class TrainConfig:
     non_iid: bool = False
     dirichlet_alpha: float = 0.5
     variant: str = "paper"
+    lyapunov: str = "drift"
     noise_mode: str = "relative"
     V: float | None = None
     preset: str | None = None
@@ -115,6 +119,7 @@ class TrainConfig:
               "must be an integer >= 1", self.clusters)
         check(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a finite number > 0", self.lr)
         check(self.variant in ("paper", "consistent"), "variant", "must be paper or consistent", self.variant)
+        check(self.lyapunov in ("drift", "paper"), "lyapunov", "must be drift or paper", self.lyapunov)
         check(self.noise_mode in ("relative", "absolute"), "noise-mode", "must be relative or absolute", self.noise_mode)
         check(self.micro_batches <= self.batch, "micro-batches", f"must be <= batch={self.batch}", self.micro_batches)
         check(self.V is None or (math.isfinite(self.V) and self.V >= 0), "V", "must be a finite number >= 0", self.V)
@@ -123,7 +128,7 @@ class TrainConfig:
 
     @property
     def resolved_policy(self) -> str:
-        return {"collapipe": self.policy or "dssra", "vanilla-fl": "vanilla-fl", "pipeline": "uniform",
+        return {"collapipe": self.policy or "dssra", "vanilla-fl": "vanilla-fl", "pipeline": "default",
                 "titanic": "titanic"}[self.framework]
 
     def fingerprint(self) -> str:
@@ -245,27 +250,37 @@ def titanic_decision(scenario, state):
     return make_decision(scenario, delta, min(4, scenario.b), np.asarray(base.channel), np.asarray(base.p_n_w), orders)
 
 
-def make_policy(name: str, scenario, seed: int) -> PolicyFn:
+def make_policy(name: str, scenario, seed: int, variant: str = "paper", lyapunov: str = "drift") -> PolicyFn:
     """The decision rule of a round: (state, Y, last per-cluster losses or None, t) -> Decision."""
     from collapipe_jax.scenario import default_decision
 
-    if name == "uniform":
+    if name == "default":
         decision = default_decision(scenario)
         return lambda state, Y, losses, t: decision
     if name == "vanilla-fl":
         return lambda state, Y, losses, t: vanilla_fl_decision(scenario, state)
     if name == "titanic":
         return lambda state, Y, losses, t: titanic_decision(scenario, state)
-    return scheduler_policy(name, scenario, seed)
+    return scheduler_policy(name, scenario, seed, variant, lyapunov)
 
 
-def scheduler_policy(name: str, scenario, seed: int) -> PolicyFn:
-    """DSSRA (Alg. 4) and the scheduling baselines of collapipe_jax.scheduling."""
-    try:
-        from collapipe_jax.scheduling import baselines, dssra  # noqa: F401
-    except ImportError as err:
-        raise ValidationError("policy", f"needs collapipe_jax.scheduling.dssra/baselines, not in this build ({err})", name)
-    raise ValidationError("policy", "scheduler wiring pending", name)  # replaced once the scheduler lands
+def scheduler_policy(name: str, scenario, seed: int, variant: str, lyapunov: str) -> PolicyFn:
+    """DSSRA (Alg. 4) or one of its baselines (scheduling.baselines), solved on the host each round.
+
+    The loss-only baseline gets the real per-cluster training losses of the previous round (none
+    in round 0: it then uses its documented proxy). The random baseline draws from a generator
+    seeded by (seed, t), so a resumed run makes the same decisions.
+    """
+    from collapipe_jax.scheduling import baselines, dssra
+
+    solve = baselines.POLICIES[name]
+
+    def policy(state, Y, losses, t):
+        problem = dssra.round_problem(scenario, state, variant, lyapunov)
+        rng = np.random.default_rng([seed, t, 0xD55A])
+        return solve(problem, np.asarray(Y, float), rng, losses=losses).decision
+
+    return policy
 
 
 # --------------------------------------------------------------------------- model and round
@@ -387,11 +402,6 @@ class Checkpoints:
 # --------------------------------------------------------------------------- the run
 
 
-def update_queues(Y: np.ndarray, gamma: np.ndarray, gamma_max: float) -> np.ndarray:
-    """Eq. 29: Y_n(t+1) = max(Y_n(t) + Γ_n^t − Γ^max, 0)."""
-    return np.maximum(Y + gamma - gamma_max, 0.0)
-
-
 def init_params(setup: Setup, key):
     """The split model's initial params; jitted, so initialisation is one compiled program
     rather than hundreds of eagerly compiled small ops."""
@@ -417,6 +427,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
 
     from collapipe_jax.federated.rounds import Uploads, eps_of
     from collapipe_jax.scenario import draw_state, orders_of, round_key
+    from collapipe_jax.scheduling.lyapunov import update_queues
     from collapipe_jax.system import evaluate
     from collapipe_jax.tasks.batching import gather, round_indices
 
@@ -424,7 +435,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     sc, task = setup.scenario, setup.task
     independent = cfg.framework == "pipeline"
     pipelined = cfg.framework != "vanilla-fl" and not cfg.no_pipeline
-    policy = make_policy(cfg.resolved_policy, sc, cfg.seed)
+    policy = make_policy(cfg.resolved_policy, sc, cfg.seed, cfg.variant, cfg.lyapunov)
     sgd = optax.sgd(cfg.lr)  # the server's optimizer state; the round builds the same transformation
 
     params = init_params(setup, jax.random.PRNGKey(cfg.seed))
@@ -484,7 +495,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
 
         charge_state = state.replace(theta_enc_bits=jnp.zeros_like(state.theta_enc_bits)) if independent else state
         sysm = evaluate(charge_state, decision, cfg.variant)
-        Y = update_queues(Y, np.asarray(sysm.Gamma, np.float64), sc.Gamma_max)
+        Y = update_queues(Y, np.asarray(sysm.Gamma, np.float64), sc.Gamma_max)  # Eq. 29
         evaluated = (t + 1) % cfg.eval_every == 0 or t == cfg.rounds - 1
         eval_client = jax.tree.map(lambda x: x[0], client) if independent else client
         metrics = evaluate_model(setup, predict, eval_client, server) if evaluated else {}
@@ -584,7 +595,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--framework", default="collapipe", choices=FRAMEWORKS)
     parser.add_argument("--model", default="tiny", choices=MODEL_SIZES,
                         help="tiny | small | paper (paper-transformer for multi30k, paper-bert otherwise)")
-    parser.add_argument("--policy", choices=POLICIES, help="collapipe's scheduler (default dssra)")
+    parser.add_argument("--policy", choices=POLICIES,
+                        help="collapipe's scheduler (default dssra; uniform = w/o segment scheduling; "
+                             "default = no optimisation)")
+    parser.add_argument("--lyapunov", default="drift", choices=["drift", "paper"],
+                        help="DSSRA's queue term: true drift-plus-penalty (default) or Eq. 32 literally")
     parser.add_argument("--no-pipeline", dest="no_pipeline", action="store_true",
                         help="train the same model with the unsegmented encoder (reference)")
     parser.add_argument("--rounds", type=int, default=2)

@@ -19,7 +19,7 @@ TINY = dict(rounds=2, batch=4, clusters=2, micro_batches=2, max_examples=24, max
 
 
 def tiny(tmp_path, **changes) -> TrainConfig:
-    return TrainConfig(**{**TINY, "cache_dir": str(tmp_path / "cache"), "policy": "uniform", **changes})
+    return TrainConfig(**{**TINY, "cache_dir": str(tmp_path / "cache"), "policy": "default", **changes})
 
 
 def losses(result):
@@ -204,7 +204,7 @@ def test_cli_train_json(tmp_path, capsys):
     from collapipe_jax import cli
 
     # the settings of test_ner_run, so the compiled programs are reused
-    code = cli.main(["train", "--task", "ner", "--no-pipeline", "--policy", "uniform", "--rounds", "1", "--batch", "4",
+    code = cli.main(["train", "--task", "ner", "--no-pipeline", "--policy", "default", "--rounds", "1", "--batch", "4",
                      "--clusters", "2", "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8",
                      "--seq-len", "16", "--data-dir", str(DATA), "--no-progress", "--json"])
     assert code == 0
@@ -213,3 +213,42 @@ def test_cli_train_json(tmp_path, capsys):
     assert set(out["rounds"][0]) >= {"round", "loss", "metrics", "tau_round_s", "energy_j"}
     code = cli.main(["train", "--task", "ner", "--data-dir", str(tmp_path), "--no-progress"])
     assert code == 2 and "example_test.txt" in capsys.readouterr().err
+
+
+def test_scheduler_policies_in_the_loop(tmp_path, monkeypatch):
+    from collapipe_jax.scheduling import baselines
+
+    seen = []
+    real = baselines.POLICIES["loss-only"]
+
+    def spy(problem, Y, rng, losses=None, **kw):
+        seen.append(None if losses is None else np.array(losses))
+        return real(problem, Y, rng, losses=losses, **kw)
+
+    monkeypatch.setitem(baselines.POLICIES, "loss-only", spy)
+    loss_only = train(tiny(tmp_path, task="toutiao", policy="loss-only", no_pipeline=True))
+    assert seen[0] is None  # round 0: no losses yet
+    np.testing.assert_array_equal(seen[1], loss_only["rounds"][0]["cluster_losses"])  # the real ones of round 0
+
+    dssra = train(tiny(tmp_path, task="toutiao", policy="dssra", no_pipeline=True))
+    fixed = train(tiny(tmp_path, task="toutiao", policy="default", no_pipeline=True))
+    assert all(np.sum(r["decision"]["delta"], axis=1).tolist() == [4, 4] for r in dssra["rounds"])
+    # round 0 has empty queues, so DSSRA minimises τ(t) alone: never slower than the fixed decision
+    assert dssra["rounds"][0]["tau_round_s"] <= fixed["rounds"][0]["tau_round_s"] * (1 + 1e-6)
+
+
+def test_vanilla_fl_framework_run(tmp_path):
+    result = train(tiny(tmp_path, task="toutiao", framework="vanilla-fl", policy=None))
+    assert not result["pipelined"] and result["policy"] == "vanilla-fl"
+    assert all(np.count_nonzero(row) == 1 for r in result["rounds"] for row in r["decision"]["delta"])
+    assert all(r["decision"]["m"] == [1, 1] for r in result["rounds"])
+    assert np.all(np.isfinite(losses(result)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["pipeline", "titanic"])
+def test_other_framework_runs(framework, tmp_path):
+    result = train(tiny(tmp_path, task="toutiao", framework=framework, policy=None))
+    check_run(result, "toutiao", 2)
+    plain = train(tiny(tmp_path, task="toutiao", framework=framework, policy=None, no_pipeline=True))
+    np.testing.assert_allclose(losses(result), losses(plain), rtol=1e-4)
