@@ -252,3 +252,18 @@ def test_other_framework_runs(framework, tmp_path):
     check_run(result, "toutiao", 2)
     plain = train(tiny(tmp_path, task="toutiao", framework=framework, policy=None, no_pipeline=True))
     np.testing.assert_allclose(losses(result), losses(plain), rtol=1e-4)
+
+
+def test_non_iid_setup_skews_labels(tmp_path):
+    kw = dict(task="toutiao", clusters=3, max_examples=300)
+    iid = train_mod.build_setup(tiny(tmp_path, **kw))
+    skew = train_mod.build_setup(tiny(tmp_path, non_iid=True, dirichlet_alpha=0.1, **kw))
+    for setup in (iid, skew):
+        assert np.array_equal(np.sort(np.concatenate(setup.clusters)), np.arange(300))
+        assert setup.weights.tolist() == [len(c) for c in setup.clusters]
+    labels = iid.task.partition_labels
+
+    def top_share(setup):
+        return np.mean([np.bincount(labels[c]).max() / len(c) for c in setup.clusters])
+
+    assert top_share(skew) > 1.5 * top_share(iid)  # each cluster dominated by fewer labels
