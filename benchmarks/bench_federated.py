@@ -10,6 +10,8 @@ looped / vmapped for N = 3 and N = 16.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +60,7 @@ def main() -> dict:
         "what": "one federated round (local SGD step, noisy upload, FedAvg, head update), tiny BERT, "
                 f"b={BATCH}, seq={SEQ}; seconds per round, best of 5",
         "results": {f"N={n}": time_rounds(n) for n in (3, 16)},
+        "load_average_1m": os.getloadavg()[0],  # the 2-core CI machine is shared: context for the times
     }
     path = write_record("federated", record)
     for key, r in record["results"].items():
