@@ -468,7 +468,9 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     for t in range(start, cfg.rounds):
         t0 = time.perf_counter()
         state = draw(sc, round_key(cfg.seed, t))
+        t_decide = time.perf_counter()
         decision = policy(state, Y, None if t == 0 else last_losses, t)
+        decide_ms = 1e3 * (time.perf_counter() - t_decide)
         shape = layout_shape(decision) if pipelined else (1, sc.L)
         round_fn = compiled_round(pipelined, cfg.micro_batches, shape[0], cfg.lr, cfg.noise_mode, independent)
         if pipelined:
@@ -511,6 +513,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
             "decision": {"delta": np.asarray(decision.delta).tolist(), "order": orders_of(decision),
                          "m": np.asarray(decision.m).tolist(), "channel": channel.tolist(),
                          "p_n_w": np.asarray(decision.p_n_w).tolist()},
+            "decide_ms": decide_ms,
             "wall_s": time.perf_counter() - t0,
         })
         if ckpt is not None:

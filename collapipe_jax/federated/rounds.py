@@ -23,7 +23,8 @@ The local model is one optax step (SGD as in the paper) on the cluster's batch; 
 state of θ is fresh each round (plain SGD has none), ω's persists on the server.
 
 `independent=True` is the no-FL variant (the PipeLine baseline): θ carries a leading N axis,
-each cluster keeps its own encoder, nothing is uploaded or averaged.
+each cluster keeps its own encoder and no client model is uploaded or averaged; the server head
+(which every cluster's encoder output reaches) takes the D_n-weighted mean gradient of all clusters.
 
 `make_round(...)` returns the jitted vmapped round; `looped_round(...)` the same computation as
 a Python loop over the clusters (reference for tests and the benchmark).
