@@ -266,6 +266,68 @@ def sweep_policies(scale: str, out: pathlib.Path, progress) -> dict:
     return {"rounds": rounds, "E_max_n_j": RELAXED_E_MAX_N_J, "claims": claims}
 
 
+# --------------------------------------------------------------------------- training sweep
+
+TASK_METRIC = {"multi30k": "bleu", "ner": "f1", "toutiao": "accuracy"}
+
+
+@register("training")
+def sweep_training(scale: str, out: pathlib.Path, progress) -> dict:
+    """A few federated rounds of each task under each framework (Alg. 1 end to end): loss,
+    task metric and the simulated latency/energy the system model charges per round.
+
+    quick: tiny model, 4 rounds, batch 8 per cluster; paper: small model, 30 rounds, batch 32.
+    Each run's result is cached as JSON, so a killed sweep resumes run by run.
+    """
+    from collapipe_jax.train import TrainConfig, train
+
+    rounds, model, batch = (4, "tiny", 8) if scale == "quick" else (30, "small", 32)
+    frameworks = ("collapipe", "vanilla-fl", "pipeline", "titanic")
+    rows, finals = [], []
+    for task in ("toutiao", "ner", "multi30k"):
+        for framework in frameworks:
+            cache = out / "runs" / f"{task}-{framework}.json"
+            if cache.exists():
+                result = json.loads(cache.read_text())
+            else:
+                cfg = TrainConfig(task=task, framework=framework, model=model, rounds=rounds, batch=batch,
+                                  progress=False, max_eval_examples=200 if scale == "quick" else 1000)
+                result = train(cfg)
+                atomic_write_text(cache, json.dumps(result))
+            elapsed = 0.0
+            for r in result["rounds"]:
+                elapsed += r["tau_round_s"]
+                rows.append({"task": task, "framework": framework, "round": r["round"], "loss": r["loss"],
+                             "tau_round_s": r["tau_round_s"], "cumulative_latency_s": elapsed,
+                             "energy_j": r["energy_j"], **{f"metric_{k}": v for k, v in r["metrics"].items()}})
+            finals.append({"task": task, "framework": framework, "rounds": rounds, "model": model,
+                           "final_loss": result["rounds"][-1]["loss"],
+                           "total_latency_s": result["total_latency_s"], "total_energy_j": result["total_energy_j"],
+                           **{f"final_{k}": v for k, v in result["final_metrics"].items()}})
+            progress(1)
+    write_csv(out / "training.csv", rows)
+    write_csv(out / "training-final.csv", finals)
+
+    plt = _plt()
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for col, task in enumerate(("toutiao", "ner", "multi30k")):
+        for framework in frameworks:
+            sel = [r for r in rows if r["task"] == task and r["framework"] == framework]
+            axes[0, col].plot([r["cumulative_latency_s"] for r in sel], [r["loss"] for r in sel], marker="o",
+                              label=framework)
+            metric = f"metric_{TASK_METRIC[task]}"
+            axes[1, col].plot([r["round"] for r in sel], [r.get(metric, float("nan")) for r in sel], marker="o",
+                              label=framework)
+        axes[0, col].set_xlabel("simulated wall-clock (Σ τ(t)) [s]")
+        axes[0, col].set_ylabel("training loss")
+        axes[0, col].set_title(f"{task} ({model} model)")
+        axes[1, col].set_xlabel("round")
+        axes[1, col].set_ylabel(TASK_METRIC[task])
+        axes[0, col].legend(fontsize=8)
+    save_figure(fig, out / "training.png")
+    return {"rounds": rounds, "model": model, "batch": batch, "final": finals}
+
+
 # --------------------------------------------------------------------------- driver
 
 
