@@ -195,6 +195,45 @@ def choose_stage_counts(fronts, tau_up, weights, V, coef) -> list[int]:
     return [int(i) for i in choice]
 
 
+def choose_stage_counts_paper(fronts, up: rs.Uplink, channel, p_ub, weights, V, grid: int = 4000) -> list[int]:
+    """Sub-1 for the ``paper`` objective with the channels fixed but the powers free.
+
+    With Y_n (S_n + p_n) the best power of an uploading cluster is the least one meeting the
+    bottleneck T, p_n = p_req(T − τ_pipe_n(S_n)), so holding p fixed (as the drift step does)
+    would hide that a slower cluster lets the others transmit less. For each T on a dense grid
+    every cluster independently takes the S minimising Y_n (S + p_req) under T; the best T wins.
+    """
+    N = len(fronts)
+    K = len(fronts[0].plans)
+    channel = np.asarray(channel)
+    w = np.asarray(weights, float)
+    F = np.array([[p.tau_pipe_s if p is not None else np.inf for p in f.plans] for f in fronts])  # [N, K]
+    up_min = np.array([float(rs.upload_delay(up, p_ub[n, channel[n]], n, channel[n])) if channel[n] >= 0 else 0.0
+                       for n in range(N)])
+    floor = F + up_min[:, None]  # the fastest each (cluster, S) can finish
+    T_lo = float(np.max(np.min(floor, axis=1)))
+    finite = floor[np.isfinite(floor)]
+    T_hi = max(float(finite.max()), T_lo) * 4.0 + 1.0
+    T = np.unique(np.concatenate([finite[finite >= T_lo], T_lo + (T_hi - T_lo) * np.geomspace(1e-6, 1.0, grid)]))
+    S = np.arange(1, K + 1, dtype=float)
+    cost = np.full((N, K, T.size), np.inf)
+    for n in range(N):
+        for i in range(K):
+            if not np.isfinite(F[n, i]):
+                continue
+            fits = T >= floor[n, i]
+            if channel[n] >= 0:
+                budget = np.where(fits, T - F[n, i], 1.0)
+                p = rs.power_for_delay(up, budget, n, channel[n], p_cap=p_ub[n, channel[n]])
+                cost[n, i] = np.where(fits & np.isfinite(p), w[n] * (S[i] + np.nan_to_num(p, posinf=0.0)), np.inf)
+            else:
+                cost[n, i] = np.where(fits, w[n] * S[i], np.inf)
+    best_s = np.argmin(cost, axis=1)  # [N, T]
+    total = V * T + np.sum(np.min(cost, axis=1), axis=0)
+    j = int(np.argmin(total))
+    return [int(best_s[n, j]) for n in range(N)]
+
+
 # --------------------------------------------------------------------------- Alg. 4
 
 
@@ -205,7 +244,8 @@ def solve_fronts(problem: RoundProblem, solver: str = "exact", m_rule: str = "st
 def dssra_round(problem: RoundProblem, Y, solver: str = "exact", m_rule: str = "stationary",
                 max_iter: int = 10, weights=None, V: float | None = None, policy: str = "dssra",
                 fronts=None) -> RoundResult:
-    """Alg. 4 for one round: Sub-1 ⇄ Sub-2 until the next queue values Y(t+1) stop changing.
+    """Alg. 4 for one round: Sub-1 ⇄ Sub-2 until neither changes the decision (so Y(t+1) has
+    settled); each step is exact given the other, so the objective never increases.
 
     `weights` replace Y inside the optimisation (baselines use it), `V` overrides problem.V.
     """
@@ -216,26 +256,34 @@ def dssra_round(problem: RoundProblem, Y, solver: str = "exact", m_rule: str = "
     fronts = solve_fronts(problem, solver, m_rule) if fronts is None else fronts
     p_ub = rs.power_upper_bounds(problem.uplink)
     coef = s_term_coefficient(problem)
-    # start from the fastest plan of every cluster
-    pick = [int(np.argmin([p.tau_pipe_s if p is not None else np.inf for p in f.plans])) for f in fronts]
-    previous_y, fallback, it = None, False, 0
-    best = None
-    for it in range(1, max_iter + 1):
-        plans = [fronts[n].plans[pick[n]] for n in range(problem.N)]
-        tau_pipe = np.array([p.tau_pipe_s for p in plans])
-        S = np.array([p.S for p in plans])
-        res = rs.solve_resources(problem.uplink, tau_pipe, S, w, V, problem.lyapunov, p_ub=p_ub)
-        fallback |= res.fallback
-        ev = evaluate_host(problem, plans, res.channel, res.p_n_w, w)
-        obj = lyap.round_objective(problem.lyapunov, V, ev["tau_round"], w, ev["Gamma"], S, res.p_n_w)
-        if best is None or obj < best[0]:
-            best = (obj, plans, res.channel, res.p_n_w)
-        next_y = lyap.update_queues(Y, ev["Gamma"], problem.Gamma_max)
-        stable = previous_y is not None and np.allclose(next_y, previous_y, rtol=1e-12, atol=0.0)
-        previous_y = next_y
-        new_pick = choose_stage_counts(fronts, res.tau_up_s, w, V, coef)
-        if new_pick == pick or stable:
-            break  # Sub-2 would return the same channels and powers: Y(t+1) has settled
-        pick = new_pick
+    # two starts (block-coordinate descent can stop at a local optimum when the max couples
+    # the clusters): every cluster's fastest plan, and every cluster's fewest stages
+    fastest = [int(np.argmin([p.tau_pipe_s if p is not None else np.inf for p in f.plans])) for f in fronts]
+    fewest = [min(i for i, p in enumerate(f.plans) if p is not None) for f in fronts]
+    fallback, iterations, best = False, 0, None
+    for start in ([fastest] if fewest == fastest else [fastest, fewest]):
+        pick = start
+        for _ in range(max_iter):
+            iterations += 1
+            plans = [fronts[n].plans[pick[n]] for n in range(problem.N)]
+            tau_pipe = np.array([p.tau_pipe_s for p in plans])
+            S = np.array([p.S for p in plans])
+            res = rs.solve_resources(problem.uplink, tau_pipe, S, w, V, problem.lyapunov, p_ub=p_ub)
+            fallback |= res.fallback
+            ev = evaluate_host(problem, plans, res.channel, res.p_n_w, w)
+            obj = lyap.round_objective(problem.lyapunov, V, ev["tau_round"], w, ev["Gamma"], S, res.p_n_w)
+            if best is None or obj < best[0]:
+                best = (obj, plans, res.channel, res.p_n_w)
+            if problem.lyapunov == "paper":
+                new_pick = choose_stage_counts_paper(fronts, problem.uplink, res.channel, p_ub, w, V)
+            else:
+                new_pick = choose_stage_counts(fronts, res.tau_up_s, w, V, coef)
+            if new_pick == pick:
+                # a fixed point: Sub-2 would return the same channels and powers, so the
+                # decision and with it Y(t+1) = max(Y + Γ − Γ^max, 0) have settled. (Y(t+1)
+                # alone is no test: clipped at 0 it can repeat while the decision improves.)
+                break
+            pick = new_pick
+    it = iterations
     _, plans, channel, p = best
     return build_result(problem, plans, channel, p, Y, policy, it, fallback, started)
