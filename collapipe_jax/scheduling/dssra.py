@@ -5,11 +5,16 @@ Round objective (lyapunov.py): V·τ(t) + Σ_n Y_n·Γ_n (``drift``) or V·τ(t)
 (``paper``, Eq. 32), τ(t) = max_n (τ_pipe_n + τ^up_n) (Eq. 26).
 
 Sub-1 inside Alg. 4: each cluster's exact front (best plan per stage count S, segments.py) is
-solved once per round: it does not depend on channels or powers. Given Sub-2's upload delays,
-the per-cluster choice of S is then exact by enumerating the bottleneck value (the max couples
-the clusters; each cluster takes the cheapest Y-term among its plans that fit under it).
-Sub-2 given the plans is resources.solve_resources. Each step is exact given the other
-block, so the objective never increases from one iteration to the next.
+solved once per round: it does not depend on channels or powers. Given Sub-2's channels and
+upload delays, the per-cluster choice of S is then exact by enumerating the bottleneck value
+(the max couples the clusters; each cluster takes the cheapest Y-term among its plans that fit
+under it). With the ``paper`` objective the best power itself depends on the bottleneck
+(p_n = the least power that meets it), so that step keeps the channels but lets the powers
+follow (`choose_stage_counts_paper`). Sub-2 given the plans is resources.solve_resources.
+Each step is optimal given the other block, so the objective never increases; the alternation
+stops at a fixed point (then Y(t+1) has settled too) and is run from two starts (every
+cluster's fastest plan, and its fewest stages), keeping the better. Tests compare it with the
+exhaustive optimum over all stage-count vectors.
 
 Everything here is host NumPy in float64; `check_decision` re-checks C1–C11' on what is
 returned, and an instance with no feasible decision raises InfeasibleError naming the
