@@ -202,6 +202,11 @@ def test_schedule_cli_json_and_errors(tmp_path, capsys):
     assert "rounds" in capsys.readouterr().err
     assert main(["schedule", "--scenario", str(path), "--rounds", "2", "--policy", "random"]) == 0
     assert "total latency" in capsys.readouterr().out
+    for extra in (["--lyapunov", "paper"], ["--variant", "consistent", "--policy", "uniform"],
+                  ["--policy", "loss-only"], ["--policy", "delay-only"]):
+        assert main(["schedule", "--scenario", str(path), "--rounds", "2", "--json"] + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert all(r["violations"] == [] for r in out["rounds"])
 
 
 @pytest.mark.parametrize("seed", range(20))
