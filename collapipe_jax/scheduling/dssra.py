@@ -24,6 +24,7 @@ constraint and cluster (C7, C9', C11'), never a violating decision or a NaN.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -83,9 +84,13 @@ def round_problem(scenario: Scenario, state: SystemState, variant: str = "paper"
 
 @dataclasses.dataclass(frozen=True)
 class RoundResult:
-    """A policy's decision for one round with its host-side evaluation."""
+    """A policy's decision for one round with its host-side evaluation.
 
-    decision: Decision
+    `.decision` is the `Decision` pytree (jnp arrays) for the system model and the trainer,
+    built on first use (its constraints were already checked on the host).
+    """
+
+    scenario: Scenario
     plans: tuple[sg.SegmentPlan, ...]
     channel: np.ndarray  # [N] −1 = none
     p_n_w: np.ndarray  # [N]
@@ -98,6 +103,12 @@ class RoundResult:
     fallback: bool = False
     solve_ms: float = 0.0
     policy: str = "dssra"
+
+    @functools.cached_property
+    def decision(self) -> Decision:
+        delta = np.array([pl.delta for pl in self.plans], int)
+        return make_decision(self.scenario, delta, [pl.m for pl in self.plans], self.channel, self.p_n_w,
+                             orders=[list(pl.order) for pl in self.plans])
 
 
 # --------------------------------------------------------------------------- host evaluation
@@ -152,11 +163,8 @@ def build_result(problem: RoundProblem, plans, channel, p_n_w, Y, policy: str, i
     ev = evaluate_host(problem, plans, channel, p, Y)
     if not (np.isfinite(ev["objective"]) and np.all(np.isfinite(ev["Gamma"]))):  # pragma: no cover
         raise RuntimeError(f"{policy} produced a non-finite evaluation")
-    s = problem.scenario
-    delta = np.array([pl.delta for pl in plans], int)
-    decision = make_decision(s, delta, [pl.m for pl in plans], channel, p, orders=[list(pl.order) for pl in plans])
     ms = 0.0 if started is None else (time.perf_counter() - started) * 1e3
-    return RoundResult(decision, tuple(plans), channel, p, ev["tau_pipe"], ev["tau_up"], ev["tau_round"],
+    return RoundResult(problem.scenario, tuple(plans), channel, p, ev["tau_pipe"], ev["tau_up"], ev["tau_round"],
                        ev["Gamma"], ev["objective"], iterations, fallback, ms, policy)
 
 
