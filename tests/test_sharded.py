@@ -7,7 +7,7 @@ import pytest
 from collapipe_jax.scenario import scenario_preset
 from collapipe_jax.system import evaluate
 from collapipe_jax.system.sharded import batch_mesh, evaluate_sharded, stack
-from tests.test_system import _random_batch
+from test_system import _random_batch
 
 
 @pytest.mark.parametrize("batch", [16, 13])  # 13: padded to a multiple of the device count

@@ -1,0 +1,74 @@
+"""Federated round: vmapped over the clusters vs a Python loop over them (DESIGN §7).
+
+One round of the tiny BERT sentence classifier (the model of the Toutiao task, unsegmented
+encoder, b = 8 samples of 32 tokens per cluster): local SGD step, noisy upload, FedAvg, shared
+head update. `make_round` vmaps the clusters inside one jitted program; `looped_round` runs a
+jitted per-cluster step and upload in a Python loop, then the same jitted aggregation. Both are
+warmed up (compiled) before timing; the record holds seconds per round and the ratio
+looped / vmapped for N = 3 and N = 16.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.common import best_time, write_record
+from collapipe_jax.federated.rounds import Uploads, looped_round, make_round
+from collapipe_jax.models import split
+from collapipe_jax.models.config import model_preset
+
+BATCH, SEQ, VOCAB, CLASSES = 8, 32, 2000, 15
+
+
+def round_inputs(n_clusters: int, seed: int = 0):
+    cfg = model_preset("tiny").replace(vocab_size=VOCAB, seq_len=SEQ)
+    params = jax.jit(lambda k: split.init_split_model(k, cfg, "sentence", CLASSES))(jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(4, VOCAB, (n_clusters, BATCH, SEQ)).astype(np.int32)
+    tokens[:, :, 0] = 1  # [CLS]
+    batch = {"tokens": jnp.asarray(tokens), "label": jnp.asarray(rng.integers(0, CLASSES, (n_clusters, BATCH)), jnp.int32)}
+    layout = {"unused": jnp.zeros((n_clusters, 1))}
+    uploads = Uploads(active=jnp.asarray(np.arange(n_clusters) < max(1, (3 * n_clusters) // 4)),
+                      eps=jnp.full((n_clusters,), 0.02), weight=jnp.asarray(rng.integers(50, 100, n_clusters), jnp.float32))
+    return params, batch, layout, uploads
+
+
+def loss_fn(client, server, batch, layout):
+    return split.split_model_loss({"client": client, "server": server}, batch)
+
+
+def time_rounds(n_clusters: int, repeat: int = 5) -> dict:
+    params, batch, layout, uploads = round_inputs(n_clusters)
+    sgd = optax.sgd(0.05)
+    args = (params["client"], params["server"], sgd.init(params["server"]), batch, layout, uploads, jax.random.PRNGKey(1))
+    out = {}
+    for name, build in (("vmapped", make_round), ("looped", looped_round)):
+        fn = build(loss_fn, sgd, sgd)
+        jax.block_until_ready(fn(*args))  # compile
+        out[f"{name}_s"] = best_time(lambda: jax.block_until_ready(fn(*args)), repeat=repeat)
+    out["looped_over_vmapped"] = out["looped_s"] / out["vmapped_s"]
+    return out
+
+
+def main() -> dict:
+    record = {
+        "what": "one federated round (local SGD step, noisy upload, FedAvg, head update), tiny BERT, "
+                f"b={BATCH}, seq={SEQ}; seconds per round, best of 5",
+        "results": {f"N={n}": time_rounds(n) for n in (3, 16)},
+        "load_average_1m": os.getloadavg()[0],  # the 2-core CI machine is shared: context for the times
+    }
+    path = write_record("federated", record)
+    for key, r in record["results"].items():
+        print(f"{key}: vmapped {r['vmapped_s'] * 1e3:.2f} ms, looped {r['looped_s'] * 1e3:.2f} ms, "
+              f"ratio {r['looped_over_vmapped']:.2f}x")
+    print(f"wrote {path}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Fixed-length numpy batches with padding masks, and splits of a training set over clusters.
+
+Shapes are static (seq_len, batch b) so one jitted step serves every round; what varies per
+cluster is data. Round batches are a pure function of (seed, cluster, round): a resumed run
+draws exactly the batches an uninterrupted one would, without saving sampler state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from collapipe_jax.errors import ValidationError
+from collapipe_jax.tasks.vocab import PAD
+
+
+def pad_rows(rows: list[list[int]], length: int, pad: int = PAD) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows truncated / right-padded to `length`: (ids int32 [D, length], mask bool [D, length])."""
+    ids = np.full((len(rows), length), pad, dtype=np.int32)
+    mask = np.zeros((len(rows), length), dtype=bool)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = True
+    return ids, mask
+
+
+def iid_split(n_examples: int, n_clusters: int, seed: int) -> list[np.ndarray]:
+    """A seeded permutation cut into N near-equal parts (sizes differ by at most one)."""
+    _check_clusters(n_examples, n_clusters)
+    perm = np.random.default_rng(seed).permutation(n_examples)
+    return [np.sort(part) for part in np.array_split(perm, n_clusters)]
+
+
+def dirichlet_split(labels: np.ndarray, n_clusters: int, alpha: float, seed: int, max_tries: int = 100) -> list[np.ndarray]:
+    """Non-IID split: for every label c, its examples are dealt to the clusters with proportions
+    q_c ~ Dirichlet(alpha·1_N) (small alpha → each cluster sees few labels). Redrawn until every
+    cluster holds at least one example; a ValidationError if that fails `max_tries` times."""
+    labels = np.asarray(labels)
+    _check_clusters(len(labels), n_clusters)
+    if not alpha > 0:
+        raise ValidationError("dirichlet_alpha", "must be > 0", alpha)
+    rng = np.random.default_rng(seed)
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_clusters)]
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            q = rng.dirichlet(np.full(n_clusters, alpha))
+            cuts = np.round(np.cumsum(q)[:-1] * len(idx)).astype(int)
+            for n, chunk in enumerate(np.split(idx, cuts)):
+                parts[n].append(chunk)
+        out = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in out) > 0:
+            return out
+    raise ValidationError("dirichlet_alpha", f"left a cluster empty in {max_tries} draws; raise alpha or use more examples", alpha)
+
+
+def split_clusters(n_examples: int, n_clusters: int, *, seed: int, labels=None, non_iid: bool = False, alpha: float = 0.5):
+    """IID split, or the Dirichlet label split when non_iid (labels required)."""
+    if not non_iid:
+        return iid_split(n_examples, n_clusters, seed)
+    if labels is None:
+        raise ValidationError("labels", "a non-IID split needs per-example labels", None)
+    return dirichlet_split(labels, n_clusters, alpha, seed)
+
+
+def round_indices(cluster_indices: list[np.ndarray], batch: int, round_idx: int, seed: int) -> np.ndarray:
+    """Global example indices [N, batch] that each cluster trains on in round `round_idx`.
+
+    Cluster n walks through its D_n examples in epochs; epoch e uses the permutation seeded by
+    (seed, n, e). Position p = round·b + i of the stream is example perm_e[p mod D_n], e = p // D_n.
+    """
+    if batch < 1:
+        raise ValidationError("batch", "must be >= 1", batch)
+    out = np.empty((len(cluster_indices), batch), dtype=np.int64)
+    pos = round_idx * batch + np.arange(batch)
+    for n, idx in enumerate(cluster_indices):
+        d = len(idx)
+        epochs = pos // d
+        for e in np.unique(epochs):
+            perm = np.random.default_rng([seed, n, int(e)]).permutation(d)
+            sel = epochs == e
+            out[n, sel] = idx[perm[pos[sel] % d]]
+    return out
+
+
+def gather(arrays: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Every array indexed on its leading axis by `indices` (any shape, e.g. [N, b])."""
+    return {k: v[indices] for k, v in arrays.items()}
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch: int):
+    """Consecutive fixed-size batches over a whole split; the last is padded by repeating row 0.
+    Yields (batch dict, number of real rows)."""
+    d = len(next(iter(arrays.values())))
+    for start in range(0, d, batch):
+        idx = np.arange(start, start + batch)
+        real = int(min(batch, d - start))
+        idx[real:] = 0
+        yield gather(arrays, idx), real
+
+
+def _check_clusters(n_examples: int, n_clusters: int):
+    if not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
+        raise ValidationError("n_clusters", "must be a positive integer", n_clusters)
+    if n_examples < n_clusters:
+        raise ValidationError("n_clusters", f"must be <= the number of training examples ({n_examples})", n_clusters)

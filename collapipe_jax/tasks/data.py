@@ -1,0 +1,135 @@
+"""Raw corpora of the paper's three tasks, read with `datasets` from local files only.
+
+Data directory resolution (DESIGN §6, `train --data-dir`): the explicit argument, else the
+`COLLAPIPE_DATA` environment variable, else `../shared/data` relative to the working directory.
+Every file is checked before it is read; a missing one raises a `ValidationError` that names
+it, so a run never starts on half a corpus.
+
+Layout expected under the data directory (see shared/data/README.md):
+  multi30k/{train,val,test_2016_flickr}.{de,en}.gz   one sentence per line, line i ↔ line i
+  chinese_ner/example_{test,dev}.txt                 "char TAG" per line, blank line between sentences
+  toutiao/toutiao_subset.txt                         "title_!_label" per line, label 0..14
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from collapipe_jax.errors import ValidationError
+
+DATA_ENV = "COLLAPIPE_DATA"
+DEFAULT_DATA_DIR = "../shared/data"
+
+MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+# The NER training file of the original repository is not shipped; README: train on
+# example_test.txt, evaluate on example_dev.txt.
+NER_FILES = {"train": "example_test.txt", "test": "example_dev.txt"}
+TOUTIAO_FILE = "toutiao_subset.txt"
+TOUTIAO_N_CLASSES = 15
+TOUTIAO_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test of a seeded permutation
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """--data-dir, else $COLLAPIPE_DATA, else ../shared/data; must be an existing directory."""
+    chosen = data_dir if data_dir else os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
+    path = pathlib.Path(chosen).expanduser()
+    if not path.is_dir():
+        raise ValidationError("data_dir", "must be an existing directory (--data-dir, $COLLAPIPE_DATA or ../shared/data)", str(path))
+    return path.resolve()
+
+
+def require_file(path: pathlib.Path) -> pathlib.Path:
+    """The path itself if it is a readable file, else a ValidationError naming it."""
+    if not path.is_file():
+        raise ValidationError("data file", f"missing data file {path}", None)
+    return path
+
+
+def _quiet_datasets():
+    import datasets
+
+    datasets.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    return datasets
+
+
+def read_lines(path: pathlib.Path, *, by_paragraph: bool = False, cache_dir: str | None = None) -> list[str]:
+    """Lines (or blank-line separated paragraphs) of a local text file, gz or plain, via `datasets`."""
+    datasets = _quiet_datasets()
+    require_file(path)
+    kwargs = {"sample_by": "paragraph"} if by_paragraph else {}
+    ds = datasets.load_dataset(
+        "text", data_files={"data": str(path)}, split="data", keep_in_memory=True, cache_dir=cache_dir, **kwargs
+    )
+    return list(ds["text"])
+
+
+def _take(items: list, max_examples: int | None) -> list:
+    if max_examples is None:
+        return items
+    if max_examples < 1:
+        raise ValidationError("max_examples", "must be a positive integer or None", max_examples)
+    return items[:max_examples]
+
+
+def load_multi30k(data_dir: pathlib.Path, split: str, max_examples: int | None = None) -> list[tuple[str, str]]:
+    """(German, English) sentence pairs of a Multi30K task-1 split ('train' | 'val' | 'test')."""
+    if split not in MULTI30K_SPLITS:
+        raise ValidationError("split", f"must be one of {sorted(MULTI30K_SPLITS)}", split)
+    stem = MULTI30K_SPLITS[split]
+    paths = [require_file(data_dir / "multi30k" / f"{stem}.{lang}.gz") for lang in ("de", "en")]
+    de, en = (read_lines(p) for p in paths)
+    if len(de) != len(en):
+        raise ValidationError("data file", f"{paths[0]} and {paths[1]} must have the same number of lines", (len(de), len(en)))
+    return _take(list(zip(de, en)), max_examples)
+
+
+def parse_ner_sentence(paragraph: str) -> tuple[list[str], list[str]]:
+    """One CoNLL-style paragraph 'char TAG\\n...' → (chars, tags)."""
+    chars, tags = [], []
+    for line in paragraph.splitlines():
+        if not line.strip():
+            continue
+        char, _, tag = line.rpartition(" ")
+        if not char or not (tag == "O" or tag[:2] in ("B-", "I-")):
+            raise ValidationError("data file", "NER lines must be 'char TAG' with a BIO tag", line)
+        chars.append(char)
+        tags.append(tag)
+    return chars, tags
+
+
+def load_ner(data_dir: pathlib.Path, split: str, max_examples: int | None = None) -> list[tuple[list[str], list[str]]]:
+    """(chars, BIO tags) sentences of the Chinese NER corpus ('train' | 'test')."""
+    if split not in NER_FILES:
+        raise ValidationError("split", f"must be one of {sorted(NER_FILES)}", split)
+    path = require_file(data_dir / "chinese_ner" / NER_FILES[split])
+    sentences = [parse_ner_sentence(p) for p in read_lines(path, by_paragraph=True)]
+    return _take([s for s in sentences if s[0]], max_examples)
+
+
+def toutiao_split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded 80/10/10 permutation split of n titles into train/val/test index arrays."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(TOUTIAO_FRACTIONS[0] * n))
+    n_val = int(round(TOUTIAO_FRACTIONS[1] * n))
+    return {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+
+
+def load_toutiao(
+    data_dir: pathlib.Path, split: str, *, seed: int = 0, max_examples: int | None = None
+) -> list[tuple[str, int]]:
+    """(title, label) pairs of one part ('train' | 'val' | 'test') of the seeded 80/10/10 split."""
+    if split not in ("train", "val", "test"):
+        raise ValidationError("split", "must be one of ['test', 'train', 'val']", split)
+    path = require_file(data_dir / "toutiao" / TOUTIAO_FILE)
+    rows = []
+    for line in read_lines(path):
+        title, sep, label = line.rpartition("_!_")
+        if not sep or not label.strip().isdigit() or not 0 <= int(label) < TOUTIAO_N_CLASSES:
+            raise ValidationError("data file", f"{path}: lines must be 'title_!_label' with label in 0..14", line)
+        rows.append((title, int(label)))
+    idx = toutiao_split_indices(len(rows), seed)[split]
+    return _take([rows[i] for i in idx], max_examples)

@@ -1,0 +1,269 @@
+"""The training driver: tiny two-round runs per task, pipelined vs unsegmented, resume, errors."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from collapipe_jax import train as train_mod
+from collapipe_jax.errors import InfeasibleError, ValidationError
+from collapipe_jax.train import TrainConfig, train
+
+DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+if not DATA.is_dir():
+    DATA = pathlib.Path("/work/shared/data")
+
+TINY = dict(rounds=2, batch=4, clusters=2, micro_batches=2, max_examples=24, max_eval_examples=8, seq_len=16,
+            data_dir=str(DATA), progress=False)
+
+
+def tiny(tmp_path, **changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, "cache_dir": str(tmp_path / "cache"), "policy": "default", **changes})
+
+
+def losses(result):
+    return np.array([r["loss"] for r in result["rounds"]])
+
+
+METRIC = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
+
+
+@pytest.fixture(scope="module")
+def toutiao_runs(tmp_path_factory):
+    """One pipelined (with checkpoints) and one unsegmented 3-round toutiao run, shared by the
+    tests below so that each program is compiled once."""
+    tmp = tmp_path_factory.mktemp("toutiao")
+    piped = train(tiny(tmp, task="toutiao", rounds=3, checkpoint_dir=str(tmp / "a")))
+    plain = train(tiny(tmp, task="toutiao", rounds=3, no_pipeline=True))
+    return piped, plain
+
+
+def check_run(result, task, rounds):
+    assert [r["round"] for r in result["rounds"]] == list(range(rounds))
+    assert np.all(np.isfinite(losses(result))) and np.all(losses(result) > 0)
+    for r in result["rounds"]:
+        value = r["metrics"][METRIC[task]]
+        assert np.isfinite(value) and (0 <= value <= 100 if task == "multi30k" else 0 <= value <= 1)
+        assert r["tau_round_s"] > 0 and r["energy_j"] > 0
+    assert result["final_metrics"] == result["rounds"][-1]["metrics"]
+    assert sum(result["samples_per_cluster"]) == 24
+
+
+def test_toutiao_run(toutiao_runs):
+    check_run(toutiao_runs[0], "toutiao", 3)
+    assert toutiao_runs[0]["pipelined"]
+
+
+def test_ner_run(tmp_path):
+    check_run(train(tiny(tmp_path, task="ner", no_pipeline=True)), "ner", 2)
+
+
+@pytest.mark.slow
+def test_multi30k_run(tmp_path):
+    check_run(train(tiny(tmp_path, task="multi30k", no_pipeline=True)), "multi30k", 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["ner", "multi30k"])
+def test_pipelined_runs_other_tasks(task, tmp_path):
+    piped = train(tiny(tmp_path, task=task))
+    check_run(piped, task, 2)
+    plain = train(tiny(tmp_path, task=task, no_pipeline=True))
+    np.testing.assert_allclose(losses(piped), losses(plain), rtol=1e-4)
+
+
+def test_no_pipeline_gives_same_losses(toutiao_runs):
+    piped, plain = toutiao_runs
+    assert piped["pipelined"] and not plain["pipelined"]
+    np.testing.assert_allclose(losses(piped), losses(plain), rtol=1e-4)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, toutiao_runs):
+    full = toutiao_runs[0]
+
+    # kill the second run during round 1's evaluation (after round 0's checkpoint)
+    real_eval = train_mod.evaluate_model
+    calls = {"n": 0}
+
+    def dying_eval(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate_model", dying_eval)
+    cfg_b = tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b)
+    monkeypatch.setattr(train_mod, "evaluate_model", real_eval)
+    with pytest.raises(ValidationError, match="--resume"):
+        train(cfg_b)  # a checkpoint is there: refuse to overwrite it silently
+    resumed = train(tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), resume=True))
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2]
+    np.testing.assert_array_equal(losses(resumed), losses(full))
+    assert resumed["final_metrics"] == full["final_metrics"]
+    assert [r["tau_round_s"] for r in resumed["rounds"]] == [r["tau_round_s"] for r in full["rounds"]]
+    saved = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert saved["final_metrics"] == full["final_metrics"]
+    csv_lines = (tmp_path / "b" / "rounds.csv").read_text().strip().splitlines()
+    assert csv_lines[0].startswith("round,loss,tau_round_s,energy_j") and len(csv_lines) == 4
+    with pytest.raises(ValidationError, match="other settings"):
+        train(tiny(tmp_path, task="toutiao", rounds=4, lr=0.5, checkpoint_dir=str(tmp_path / "b"), resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = train_mod.compiled_round
+    calls = {"n": 0}
+
+    def poisoned(*key):
+        fn = real(*key)
+
+        def round_fn(*args):
+            out = fn(*args)
+            calls["n"] += 1
+            if calls["n"] == 2:  # round 1 diverges
+                out = (out[0], out[1], out[2], out[3].replace(loss=out[3].loss * np.nan))
+            return out
+
+        return round_fn
+
+    monkeypatch.setattr(train_mod, "compiled_round", poisoned)
+    ckpt = tmp_path / "ck"
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"non-finite training loss at round 1.*round 0"):
+        train(tiny(tmp_path, task="toutiao", rounds=3, no_pipeline=True, checkpoint_dir=str(ckpt)))
+    assert train_mod.Checkpoints(str(ckpt)).latest() == 0
+
+
+def test_missing_data_file_is_named(tmp_path):
+    (tmp_path / "toutiao").mkdir()
+    with pytest.raises(ValidationError, match="toutiao_subset.txt"):
+        train(tiny(tmp_path, task="toutiao", data_dir=str(tmp_path)))
+
+
+def test_bad_config_values():
+    with pytest.raises(ValidationError, match="framework"):
+        TrainConfig(framework="fedprox")
+    with pytest.raises(ValidationError, match="micro-batches"):
+        TrainConfig(batch=2, micro_batches=4)
+    with pytest.raises(ValidationError, match="policy"):
+        TrainConfig(framework="vanilla-fl", policy="random")
+
+
+# ---------------------------------------------------------------- baseline decisions
+
+
+def _state_and_scenario(**changes):
+    import jax
+
+    from collapipe_jax.scenario import draw_state, scenario_from_model
+
+    sc = scenario_from_model("tiny", **changes)
+    return sc, draw_state(sc, jax.random.PRNGKey(4))
+
+
+def test_vanilla_fl_picks_fastest_device_that_fits():
+    sc, state = _state_and_scenario()
+    speed = np.asarray(state.phi_flops_per_cycle) * np.asarray(state.f_hz)
+    mem = np.array(state.gamma_max_k_bytes)
+    mem[0, np.argmax(speed[0])] = 0.5 * sc.L * sc.gamma0_bytes  # the fastest device of cluster 0 is too small
+    state = state.replace(gamma_max_k_bytes=mem)
+    d = train_mod.vanilla_fl_decision(sc, state)
+    delta = np.asarray(d.delta)
+    assert np.all(delta.sum(axis=1) == sc.L) and np.all((delta > 0).sum(axis=1) == 1)
+    assert np.argmax(delta[0]) == np.argsort(speed[0])[-2]  # the second fastest
+    assert all(np.argmax(delta[n]) == np.argmax(speed[n]) for n in range(1, sc.N))
+    assert np.all(np.asarray(d.m) == 1)
+    state = state.replace(gamma_max_k_bytes=np.zeros_like(mem))
+    with pytest.raises(InfeasibleError, match="C7"):
+        train_mod.vanilla_fl_decision(sc, state)
+
+
+def test_proportional_split_hand_worked():
+    # L = 7, speeds 3:2:1 → shares 3.5, 2.33, 1.17 → floors 3, 2, 1, the extra to the largest remainder
+    assert train_mod.proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([9, 9, 9])).tolist() == [4, 2, 1]
+    # memory cap of the fastest device at 2 pushes the rest down the remainders
+    assert train_mod.proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([2, 9, 9])).tolist() == [2, 3, 2]
+    with pytest.raises(InfeasibleError):
+        train_mod.proportional_split(7, np.array([1.0, 1.0]), np.array([3, 3]))
+
+
+def test_titanic_decision_selects_fast_devices_in_speed_order():
+    from collapipe_jax.scenario import orders_of
+
+    sc, state = _state_and_scenario(L=6)
+    d = train_mod.titanic_decision(sc, state)
+    speed = np.asarray(state.phi_flops_per_cycle) * np.asarray(state.f_hz)
+    for n, order in enumerate(orders_of(d)):
+        assert set(order) <= set(np.argsort(-speed[n])[: (sc.K + 1) // 2].tolist())
+        assert list(speed[n, order]) == sorted(speed[n, order], reverse=True)
+    assert np.all(np.asarray(d.delta).sum(axis=1) == sc.L)
+
+
+def test_cli_train_json(tmp_path, capsys):
+    from collapipe_jax import cli
+
+    # the settings of test_ner_run, so the compiled programs are reused
+    code = cli.main(["train", "--task", "ner", "--no-pipeline", "--policy", "default", "--rounds", "1", "--batch", "4",
+                     "--clusters", "2", "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8",
+                     "--seq-len", "16", "--data-dir", str(DATA), "--no-progress", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"rounds", "final_metrics"}
+    assert set(out["rounds"][0]) >= {"round", "loss", "metrics", "tau_round_s", "energy_j"}
+    code = cli.main(["train", "--task", "ner", "--data-dir", str(tmp_path), "--no-progress"])
+    assert code == 2 and "example_test.txt" in capsys.readouterr().err
+
+
+def test_scheduler_policies_in_the_loop(tmp_path, monkeypatch):
+    from collapipe_jax.scheduling import baselines
+
+    seen = []
+    real = baselines.POLICIES["loss-only"]
+
+    def spy(problem, Y, rng, losses=None, **kw):
+        seen.append(None if losses is None else np.array(losses))
+        return real(problem, Y, rng, losses=losses, **kw)
+
+    monkeypatch.setitem(baselines.POLICIES, "loss-only", spy)
+    loss_only = train(tiny(tmp_path, task="toutiao", policy="loss-only", no_pipeline=True))
+    assert seen[0] is None  # round 0: no losses yet
+    np.testing.assert_array_equal(seen[1], loss_only["rounds"][0]["cluster_losses"])  # the real ones of round 0
+
+    dssra = train(tiny(tmp_path, task="toutiao", policy="dssra", no_pipeline=True))
+    fixed = train(tiny(tmp_path, task="toutiao", policy="default", no_pipeline=True))
+    assert all(np.sum(r["decision"]["delta"], axis=1).tolist() == [4, 4] for r in dssra["rounds"])
+    # round 0 has empty queues, so DSSRA minimises τ(t) alone: never slower than the fixed decision
+    assert dssra["rounds"][0]["tau_round_s"] <= fixed["rounds"][0]["tau_round_s"] * (1 + 1e-6)
+
+
+def test_vanilla_fl_framework_run(tmp_path):
+    result = train(tiny(tmp_path, task="toutiao", framework="vanilla-fl", policy=None))
+    assert not result["pipelined"] and result["policy"] == "vanilla-fl"
+    assert all(np.count_nonzero(row) == 1 for r in result["rounds"] for row in r["decision"]["delta"])
+    assert all(r["decision"]["m"] == [1, 1] for r in result["rounds"])
+    assert np.all(np.isfinite(losses(result)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["pipeline", "titanic"])
+def test_other_framework_runs(framework, tmp_path):
+    result = train(tiny(tmp_path, task="toutiao", framework=framework, policy=None))
+    check_run(result, "toutiao", 2)
+    plain = train(tiny(tmp_path, task="toutiao", framework=framework, policy=None, no_pipeline=True))
+    np.testing.assert_allclose(losses(result), losses(plain), rtol=1e-4)
+
+
+def test_non_iid_setup_skews_labels(tmp_path):
+    kw = dict(task="toutiao", clusters=3, max_examples=300)
+    iid = train_mod.build_setup(tiny(tmp_path, **kw))
+    skew = train_mod.build_setup(tiny(tmp_path, non_iid=True, dirichlet_alpha=0.1, **kw))
+    for setup in (iid, skew):
+        assert np.array_equal(np.sort(np.concatenate(setup.clusters)), np.arange(300))
+        assert setup.weights.tolist() == [len(c) for c in setup.clusters]
+    labels = iid.task.partition_labels
+
+    def top_share(setup):
+        return np.mean([np.bincount(labels[c]).max() / len(c) for c in setup.clusters])
+
+    assert top_share(skew) > 1.5 * top_share(iid)  # each cluster dominated by fewer labels
