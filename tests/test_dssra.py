@@ -78,12 +78,14 @@ def exhaustive_round(problem, fronts, Y):
     return best
 
 
+@pytest.mark.parametrize("lyapunov", ["drift", "paper"])
 @pytest.mark.parametrize("seed", range(6))
-def test_alg4_within_half_percent_of_the_exhaustive_round(seed):
+def test_alg4_within_half_percent_of_the_exhaustive_round(seed, lyapunov):
     s = feasible_scenario(N=3, J=2, V=float([0.01, 10, 100][seed % 3]))
     state = draw_state(s, round_key(seed, 0))
-    problem = ds.round_problem(s, state)
-    Y = np.random.default_rng(seed).uniform(0, 300, 3)
+    problem = ds.round_problem(s, state, lyapunov=lyapunov)
+    rng = np.random.default_rng(seed)
+    Y = rng.uniform(0, 10 ** rng.uniform(0, 4), 3)  # queues from small to large against V
     fronts = ds.solve_fronts(problem)
     got = ds.dssra_round(problem, Y, fronts=fronts)
     want = exhaustive_round(problem, fronts, Y)
@@ -200,6 +202,11 @@ def test_schedule_cli_json_and_errors(tmp_path, capsys):
     assert "rounds" in capsys.readouterr().err
     assert main(["schedule", "--scenario", str(path), "--rounds", "2", "--policy", "random"]) == 0
     assert "total latency" in capsys.readouterr().out
+    for extra in (["--lyapunov", "paper"], ["--variant", "consistent", "--policy", "uniform"],
+                  ["--policy", "loss-only"], ["--policy", "delay-only"]):
+        assert main(["schedule", "--scenario", str(path), "--rounds", "2", "--json"] + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert all(r["violations"] == [] for r in out["rounds"])
 
 
 @pytest.mark.parametrize("seed", range(20))

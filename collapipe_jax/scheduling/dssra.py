@@ -5,11 +5,16 @@ Round objective (lyapunov.py): V·τ(t) + Σ_n Y_n·Γ_n (``drift``) or V·τ(t)
 (``paper``, Eq. 32), τ(t) = max_n (τ_pipe_n + τ^up_n) (Eq. 26).
 
 Sub-1 inside Alg. 4: each cluster's exact front (best plan per stage count S, segments.py) is
-solved once per round: it does not depend on channels or powers. Given Sub-2's upload delays,
-the per-cluster choice of S is then exact by enumerating the bottleneck value (the max couples
-the clusters; each cluster takes the cheapest Y-term among its plans that fit under it).
-Sub-2 given the plans is resources.solve_resources. Each step is exact given the other
-block, so the objective never increases from one iteration to the next.
+solved once per round: it does not depend on channels or powers. Given Sub-2's channels and
+upload delays, the per-cluster choice of S is then exact by enumerating the bottleneck value
+(the max couples the clusters; each cluster takes the cheapest Y-term among its plans that fit
+under it). With the ``paper`` objective the best power itself depends on the bottleneck
+(p_n = the least power that meets it), so that step keeps the channels but lets the powers
+follow (`choose_stage_counts_paper`). Sub-2 given the plans is resources.solve_resources.
+Each step is optimal given the other block, so the objective never increases; the alternation
+stops at a fixed point (then Y(t+1) has settled too) and is run from two starts (every
+cluster's fastest plan, and its fewest stages), keeping the better. Tests compare it with the
+exhaustive optimum over all stage-count vectors.
 
 Everything here is host NumPy in float64; `check_decision` re-checks C1–C11' on what is
 returned, and an instance with no feasible decision raises InfeasibleError naming the
@@ -19,6 +24,7 @@ constraint and cluster (C7, C9', C11'), never a violating decision or a NaN.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -78,9 +84,13 @@ def round_problem(scenario: Scenario, state: SystemState, variant: str = "paper"
 
 @dataclasses.dataclass(frozen=True)
 class RoundResult:
-    """A policy's decision for one round with its host-side evaluation."""
+    """A policy's decision for one round with its host-side evaluation.
 
-    decision: Decision
+    `.decision` is the `Decision` pytree (jnp arrays) for the system model and the trainer,
+    built on first use (its constraints were already checked on the host).
+    """
+
+    scenario: Scenario
     plans: tuple[sg.SegmentPlan, ...]
     channel: np.ndarray  # [N] −1 = none
     p_n_w: np.ndarray  # [N]
@@ -93,6 +103,12 @@ class RoundResult:
     fallback: bool = False
     solve_ms: float = 0.0
     policy: str = "dssra"
+
+    @functools.cached_property
+    def decision(self) -> Decision:
+        delta = np.array([pl.delta for pl in self.plans], int)
+        return make_decision(self.scenario, delta, [pl.m for pl in self.plans], self.channel, self.p_n_w,
+                             orders=[list(pl.order) for pl in self.plans])
 
 
 # --------------------------------------------------------------------------- host evaluation
@@ -147,11 +163,8 @@ def build_result(problem: RoundProblem, plans, channel, p_n_w, Y, policy: str, i
     ev = evaluate_host(problem, plans, channel, p, Y)
     if not (np.isfinite(ev["objective"]) and np.all(np.isfinite(ev["Gamma"]))):  # pragma: no cover
         raise RuntimeError(f"{policy} produced a non-finite evaluation")
-    s = problem.scenario
-    delta = np.array([pl.delta for pl in plans], int)
-    decision = make_decision(s, delta, [pl.m for pl in plans], channel, p, orders=[list(pl.order) for pl in plans])
     ms = 0.0 if started is None else (time.perf_counter() - started) * 1e3
-    return RoundResult(decision, tuple(plans), channel, p, ev["tau_pipe"], ev["tau_up"], ev["tau_round"],
+    return RoundResult(problem.scenario, tuple(plans), channel, p, ev["tau_pipe"], ev["tau_up"], ev["tau_round"],
                        ev["Gamma"], ev["objective"], iterations, fallback, ms, policy)
 
 
@@ -195,6 +208,45 @@ def choose_stage_counts(fronts, tau_up, weights, V, coef) -> list[int]:
     return [int(i) for i in choice]
 
 
+def choose_stage_counts_paper(fronts, up: rs.Uplink, channel, p_ub, weights, V, grid: int = 4000) -> list[int]:
+    """Sub-1 for the ``paper`` objective with the channels fixed but the powers free.
+
+    With Y_n (S_n + p_n) the best power of an uploading cluster is the least one meeting the
+    bottleneck T, p_n = p_req(T − τ_pipe_n(S_n)), so holding p fixed (as the drift step does)
+    would hide that a slower cluster lets the others transmit less. For each T on a dense grid
+    every cluster independently takes the S minimising Y_n (S + p_req) under T; the best T wins.
+    """
+    N = len(fronts)
+    K = len(fronts[0].plans)
+    channel = np.asarray(channel)
+    w = np.asarray(weights, float)
+    F = np.array([[p.tau_pipe_s if p is not None else np.inf for p in f.plans] for f in fronts])  # [N, K]
+    up_min = np.array([float(rs.upload_delay(up, p_ub[n, channel[n]], n, channel[n])) if channel[n] >= 0 else 0.0
+                       for n in range(N)])
+    floor = F + up_min[:, None]  # the fastest each (cluster, S) can finish
+    T_lo = float(np.max(np.min(floor, axis=1)))
+    finite = floor[np.isfinite(floor)]
+    T_hi = max(float(finite.max()), T_lo) * 4.0 + 1.0
+    T = np.unique(np.concatenate([finite[finite >= T_lo], T_lo + (T_hi - T_lo) * np.geomspace(1e-6, 1.0, grid)]))
+    S = np.arange(1, K + 1, dtype=float)
+    cost = np.full((N, K, T.size), np.inf)
+    for n in range(N):
+        for i in range(K):
+            if not np.isfinite(F[n, i]):
+                continue
+            fits = T >= floor[n, i]
+            if channel[n] >= 0:
+                budget = np.where(fits, T - F[n, i], 1.0)
+                p = rs.power_for_delay(up, budget, n, channel[n], p_cap=p_ub[n, channel[n]])
+                cost[n, i] = np.where(fits & np.isfinite(p), w[n] * (S[i] + np.nan_to_num(p, posinf=0.0)), np.inf)
+            else:
+                cost[n, i] = np.where(fits, w[n] * S[i], np.inf)
+    best_s = np.argmin(cost, axis=1)  # [N, T]
+    total = V * T + np.sum(np.min(cost, axis=1), axis=0)
+    j = int(np.argmin(total))
+    return [int(best_s[n, j]) for n in range(N)]
+
+
 # --------------------------------------------------------------------------- Alg. 4
 
 
@@ -205,7 +257,8 @@ def solve_fronts(problem: RoundProblem, solver: str = "exact", m_rule: str = "st
 def dssra_round(problem: RoundProblem, Y, solver: str = "exact", m_rule: str = "stationary",
                 max_iter: int = 10, weights=None, V: float | None = None, policy: str = "dssra",
                 fronts=None) -> RoundResult:
-    """Alg. 4 for one round: Sub-1 ⇄ Sub-2 until the next queue values Y(t+1) stop changing.
+    """Alg. 4 for one round: Sub-1 ⇄ Sub-2 until neither changes the decision (so Y(t+1) has
+    settled); each step is exact given the other, so the objective never increases.
 
     `weights` replace Y inside the optimisation (baselines use it), `V` overrides problem.V.
     """
@@ -216,26 +269,34 @@ def dssra_round(problem: RoundProblem, Y, solver: str = "exact", m_rule: str = "
     fronts = solve_fronts(problem, solver, m_rule) if fronts is None else fronts
     p_ub = rs.power_upper_bounds(problem.uplink)
     coef = s_term_coefficient(problem)
-    # start from the fastest plan of every cluster
-    pick = [int(np.argmin([p.tau_pipe_s if p is not None else np.inf for p in f.plans])) for f in fronts]
-    previous_y, fallback, it = None, False, 0
-    best = None
-    for it in range(1, max_iter + 1):
-        plans = [fronts[n].plans[pick[n]] for n in range(problem.N)]
-        tau_pipe = np.array([p.tau_pipe_s for p in plans])
-        S = np.array([p.S for p in plans])
-        res = rs.solve_resources(problem.uplink, tau_pipe, S, w, V, problem.lyapunov, p_ub=p_ub)
-        fallback |= res.fallback
-        ev = evaluate_host(problem, plans, res.channel, res.p_n_w, w)
-        obj = lyap.round_objective(problem.lyapunov, V, ev["tau_round"], w, ev["Gamma"], S, res.p_n_w)
-        if best is None or obj < best[0]:
-            best = (obj, plans, res.channel, res.p_n_w)
-        next_y = lyap.update_queues(Y, ev["Gamma"], problem.Gamma_max)
-        stable = previous_y is not None and np.allclose(next_y, previous_y, rtol=1e-12, atol=0.0)
-        previous_y = next_y
-        new_pick = choose_stage_counts(fronts, res.tau_up_s, w, V, coef)
-        if new_pick == pick or stable:
-            break  # Sub-2 would return the same channels and powers: Y(t+1) has settled
-        pick = new_pick
+    # two starts (block-coordinate descent can stop at a local optimum when the max couples
+    # the clusters): every cluster's fastest plan, and every cluster's fewest stages
+    fastest = [int(np.argmin([p.tau_pipe_s if p is not None else np.inf for p in f.plans])) for f in fronts]
+    fewest = [min(i for i, p in enumerate(f.plans) if p is not None) for f in fronts]
+    fallback, iterations, best = False, 0, None
+    for start in ([fastest] if fewest == fastest else [fastest, fewest]):
+        pick = start
+        for _ in range(max_iter):
+            iterations += 1
+            plans = [fronts[n].plans[pick[n]] for n in range(problem.N)]
+            tau_pipe = np.array([p.tau_pipe_s for p in plans])
+            S = np.array([p.S for p in plans])
+            res = rs.solve_resources(problem.uplink, tau_pipe, S, w, V, problem.lyapunov, p_ub=p_ub)
+            fallback |= res.fallback
+            ev = evaluate_host(problem, plans, res.channel, res.p_n_w, w)
+            obj = lyap.round_objective(problem.lyapunov, V, ev["tau_round"], w, ev["Gamma"], S, res.p_n_w)
+            if best is None or obj < best[0]:
+                best = (obj, plans, res.channel, res.p_n_w)
+            if problem.lyapunov == "paper":
+                new_pick = choose_stage_counts_paper(fronts, problem.uplink, res.channel, p_ub, w, V)
+            else:
+                new_pick = choose_stage_counts(fronts, res.tau_up_s, w, V, coef)
+            if new_pick == pick:
+                # a fixed point: Sub-2 would return the same channels and powers, so the
+                # decision and with it Y(t+1) = max(Y + Γ − Γ^max, 0) have settled. (Y(t+1)
+                # alone is no test: clipped at 0 it can repeat while the decision improves.)
+                break
+            pick = new_pick
+    it = iterations
     _, plans, channel, p = best
     return build_result(problem, plans, channel, p, Y, policy, it, fallback, started)

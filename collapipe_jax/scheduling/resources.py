@@ -108,7 +108,7 @@ def min_upload_energy(up: Uplink, n, j):
 ENERGY_MARGIN = 1e-5
 
 
-def power_upper_bounds(up: Uplink, iters: int = 80, margin: float = ENERGY_MARGIN) -> np.ndarray:
+def power_upper_bounds(up: Uplink, iters: int = 60, margin: float = ENERGY_MARGIN) -> np.ndarray:
     """p_ub[n, j] = largest p ≤ P_n^max with E^com ≤ (1 − margin) E_n^max (C8, C11'); NaN if no
     p > 0 meets it."""
     n = np.arange(up.N)[:, None] * np.ones((1, up.J), int)
@@ -117,10 +117,14 @@ def power_upper_bounds(up: Uplink, iters: int = 80, margin: float = ENERGY_MARGI
     e_max = (1.0 - margin) * up.E_max_n_j[:, None] * np.ones((1, up.J))
     feasible = min_upload_energy(up, n, j) < e_max
     at_max = upload_energy(up, p_max, n, j) <= e_max
+    # bisection: E^com is increasing in p, lo stays feasible. E^com(p) = p θ / (B se(p g))
+    # inlined (same expression as upload_energy) because this loop dominates a round's Sub-2
+    h, noise, B = up.h_n[:, None], up.noise()[None, :], up.B_U_hz[None, :]
     lo, hi = np.zeros_like(p_max), p_max.copy()
-    for _ in range(iters):  # bisection: E^com is increasing in p, lo stays feasible
+    for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        ok = upload_energy(up, mid, n, j) <= e_max
+        with np.errstate(divide="ignore"):  # mid → 0 on infeasible pairs: infinite energy, not ok
+            ok = mid * (up.bits / (B * spectral_efficiency(mid * h / noise, up.fading))) <= e_max
         lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
     p_ub = np.where(at_max, p_max, lo)
     return np.where(feasible & (p_ub > 0), p_ub, np.nan)
@@ -220,7 +224,8 @@ def _infeasible_c11(up: Uplink, p_ub: np.ndarray) -> InfeasibleError:
 
 def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarray, V: float,
                     lyapunov: str = "drift", p_ub: np.ndarray | None = None,
-                    weights: np.ndarray | None = None, use_cvxpy: bool = True) -> ResourceDecision:
+                    weights: np.ndarray | None = None, use_cvxpy: bool = True,
+                    paper_grid: int = 64) -> ResourceDecision:
     """Alg. 3: channel matching + power for fixed Sub-1 decisions (τ_pipe, S).
 
     `weights` (default Y) multiply the per-cluster term; `p_ub` may be passed when precomputed.
@@ -234,7 +239,8 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
     j_idx = np.arange(up.J)[None, :]
     ok = ~np.isnan(p_ub)
     p_safe = np.where(ok, p_ub, 1.0)
-    lat = np.where(ok, tau_pipe[:, None] + upload_delay(up, p_safe, n_idx, j_idx), np.inf)
+    delay_ub = upload_delay(up, p_safe, n_idx, j_idx)
+    lat = np.where(ok, tau_pipe[:, None] + delay_ub, np.inf)
     candidates = np.unique(np.concatenate([lat[np.isfinite(lat)], tau_pipe]))
     half_beta = 0.5 * up.beta
     if lyapunov == "drift":
@@ -245,6 +251,12 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
     else:
         cost_none = np.zeros(up.N)
         floor = 0.0
+    if lyapunov == "paper":
+        # the least power meeting T changes continuously with T, so the best matching may win
+        # only between the candidate bounds: search a dense grid of bounds as well
+        T_lo = float(candidates[0])
+        span = max(float(candidates[-1]) - T_lo, T_lo, 1e-9)
+        candidates = np.unique(np.concatenate([candidates, T_lo + span * np.geomspace(1e-4, 4.0, paper_grid)]))
     best = None
     for T in candidates:
         if best is not None and V * T + floor >= best[0]:
@@ -252,19 +264,21 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
         allowed = lat <= T
         if lyapunov == "drift":
             cost = np.where(allowed, cost_pair, np.inf)
-            p_pair = p_ub
+            p_pair, delay_pair = p_ub, delay_ub
         else:
             p_pair = power_for_delay(up, T - tau_pipe[:, None], n_idx, j_idx, p_cap=np.where(ok, p_ub, 0.0))
             p_pair = np.where(allowed & np.isfinite(p_pair), p_pair, np.nan)
             cost = np.where(np.isnan(p_pair), np.inf, Y[:, None] * np.nan_to_num(p_pair))
+            delay_pair = upload_delay(up, np.nan_to_num(p_pair, nan=1.0), n_idx, j_idx)
         none_cost = np.where(tau_pipe <= T, cost_none, np.inf)
         matched = match_channels(cost, none_cost)
         if matched is None:
             continue
         channel, total = matched
-        p = np.array([p_pair[n, channel[n]] if channel[n] >= 0 else 0.0 for n in range(up.N)])
-        tau_up = np.array([float(upload_delay(up, p[n], n, channel[n])) if channel[n] >= 0 else 0.0
-                           for n in range(up.N)])
+        rows, cols = np.arange(up.N), np.clip(channel, 0, None)
+        uploads = channel >= 0
+        p = np.where(uploads, p_pair[rows, cols], 0.0)
+        tau_up = np.where(uploads, delay_pair[rows, cols], 0.0)
         obj = V * float(np.max(tau_pipe + tau_up)) + total
         if best is None or obj < best[0]:
             best = (obj, channel, p, tau_up)
