@@ -268,7 +268,7 @@ def sweep_policies(scale: str, out: pathlib.Path, progress) -> dict:
 
 # --------------------------------------------------------------------------- training sweep
 
-TASK_METRIC = {"multi30k": "bleu", "ner": "f1", "toutiao": "accuracy"}
+TASK_METRIC = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
 
 
 @register("training")
