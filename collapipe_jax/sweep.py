@@ -199,28 +199,45 @@ def relaxed_scenario(preset: str):
     return scenario_preset(preset).replace(E_max_n_j=RELAXED_E_MAX_N_J)
 
 
+def policy_settings():
+    """(label, scenario) pairs of the policy comparison.
+
+    * ``<preset>, E_n^max 1000 J``: Table II with the relaxed upload budget (upload-bound: the
+      encoder upload takes ~10^3 s a round, the pipeline < 1 s).
+    * ``<preset>, compute-bound``: the model's own FLOPs per TEB (o_from_model), a 1 Mbit
+      upload and no z^enc term, so that segment scheduling matters; E_n^max 1000 J.
+    """
+    from collapipe_jax.scenario import scenario_from_model
+
+    for preset in ("paper-bert", "paper-transformer"):
+        yield f"{preset}, E_n^max {RELAXED_E_MAX_N_J:g} J", relaxed_scenario(preset)
+    for preset in ("paper-bert", "paper-transformer"):
+        yield f"{preset}, compute-bound", scenario_from_model(
+            preset, name=preset, o_from_model=True, theta_enc_bits=1e6, z_enc_bits=0.0, E_max_n_j=RELAXED_E_MAX_N_J)
+
+
 @register("policies")
 def sweep_policies(scale: str, out: pathlib.Path, progress) -> dict:
-    """Total latency over T rounds of DSSRA and each baseline, V ∈ {0.01, 10, 100}, both presets;
-    also the queues Y_n(t) and per-round latency of DSSRA (written per round to the CSV)."""
+    """Total latency over T rounds of DSSRA and each baseline, V ∈ {0.01, 10, 100}, in each
+    setting of `policy_settings`; also the queues Y_n(t) and per-round latency."""
     import numpy as np
 
     from collapipe_jax.scheduling.cli_schedule import run_schedule
 
     rounds = 30 if scale == "quick" else 100
     policies = ("dssra", "random", "delay-only", "loss-only", "uniform")
+    settings = list(policy_settings())
     totals, per_round = [], []
-    for preset in ("paper-bert", "paper-transformer"):
-        scenario = relaxed_scenario(preset)
+    for label, scenario in settings:
         for V in (0.01, 10.0, 100.0):
             for policy in policies:
                 result = run_schedule(scenario, rounds=rounds, V=V, policy=policy, include_inputs=False)
-                totals.append({"preset": preset, "V": V, "policy": policy, "rounds": rounds,
+                totals.append({"setting": label, "V": V, "policy": policy, "rounds": rounds,
                                "total_latency_s": result["total_latency_s"],
                                "mean_solve_ms": result["mean_solve_ms"], "max_Y": result["max_Y"],
                                "mean_Gamma": float(np.mean([np.mean(r["Gamma"]) for r in result["rounds"]]))})
                 for r in result["rounds"]:
-                    per_round.append({"preset": preset, "V": V, "policy": policy, "round": r["round"],
+                    per_round.append({"setting": label, "V": V, "policy": policy, "round": r["round"],
                                       "tau_round_s": r["tau_round_s"], "max_Y": max(r["Y_next"]),
                                       "mean_Gamma": float(np.mean(r["Gamma"])), "solve_ms": r["solve_ms"]})
                 progress(1)
@@ -228,42 +245,43 @@ def sweep_policies(scale: str, out: pathlib.Path, progress) -> dict:
     write_csv(out / "policies-per-round.csv", per_round)
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
     width = 0.15
-    for ax, preset in zip(axes, ("paper-bert", "paper-transformer")):
+    for ax, (label, _) in zip(axes.ravel(), settings):
         for i, policy in enumerate(policies):
-            sel = [r for r in totals if r["preset"] == preset and r["policy"] == policy]
+            sel = [r for r in totals if r["setting"] == label and r["policy"] == policy]
             ax.bar(np.arange(3) + (i - 2) * width, [r["total_latency_s"] for r in sel], width, label=policy)
         ax.set_xticks(range(3), ["V=0.01", "V=10", "V=100"])
-        ax.set_ylabel(f"total latency over {rounds} rounds [s]")
-        ax.set_title(f"{preset} (E_n^max = {RELAXED_E_MAX_N_J:g} J)")
-        ax.legend(fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"total latency, {rounds} rounds [s]")
+        ax.set_title(label)
+        ax.legend(fontsize=7)
     save_figure(fig, out / "policies.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for V in (0.01, 10.0, 100.0):
-        sel = [r for r in per_round if r["preset"] == "paper-bert" and r["policy"] == "dssra" and r["V"] == V]
-        axes[0].plot([r["round"] for r in sel], [r["max_Y"] for r in sel], label=f"V={V:g}")
-        axes[1].plot([r["round"] for r in sel], [r["tau_round_s"] for r in sel], label=f"V={V:g}")
-    axes[0].set_ylabel("max_n Y_n(t)")
-    axes[1].set_ylabel("round latency τ(t) [s]")
-    for ax in axes:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    label = settings[2][0]
+    for policy in ("dssra", "delay-only", "loss-only"):
+        sel = [r for r in per_round if r["setting"] == label and r["policy"] == policy and r["V"] == 10.0]
+        axes[0].plot([r["round"] for r in sel], [r["max_Y"] for r in sel], label=policy)
+        axes[1].plot([r["round"] for r in sel], [r["mean_Gamma"] for r in sel], label=policy)
+        axes[2].plot([r["round"] for r in sel], [r["tau_round_s"] for r in sel], label=policy)
+    for ax, ylabel in zip(axes, ("max_n Y_n(t)", "mean Γ_n(t)", "round latency τ(t) [s]")):
         ax.set_xlabel("round t")
-        ax.set_title("DSSRA on paper-bert")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{label}, V = 10")
         ax.legend()
     save_figure(fig, out / "queues.png")
 
     claims = []
-    for preset in ("paper-bert", "paper-transformer"):
+    for label, _ in settings:
         for V in (0.01, 10.0, 100.0):
-            dssra = next(r for r in totals if r["preset"] == preset and r["V"] == V and r["policy"] == "dssra")
+            dssra = next(r for r in totals if r["setting"] == label and r["V"] == V and r["policy"] == "dssra")
             for base, paper in PAPER_POLICY_CLAIMS.items():
-                other = next(r for r in totals if r["preset"] == preset and r["V"] == V and r["policy"] == base)
+                other = next(r for r in totals if r["setting"] == label and r["V"] == V and r["policy"] == base)
                 change = 100.0 * (dssra["total_latency_s"] / other["total_latency_s"] - 1.0)
-                claims.append({"claim": f"DSSRA latency vs {base} ({preset}, V={V:g})", "paper": f"{paper}%",
-                               "measured": f"{change:+.2f}%",
-                               "note": f"{rounds} rounds, E_n^max relaxed to {RELAXED_E_MAX_N_J:g} J"})
-    return {"rounds": rounds, "E_max_n_j": RELAXED_E_MAX_N_J, "claims": claims}
+                claims.append({"claim": f"DSSRA latency vs {base} ({label}, V={V:g})", "paper": f"{paper}%",
+                               "measured": f"{change:+.2f}%", "note": f"{rounds} rounds"})
+    return {"rounds": rounds, "settings": [label for label, _ in settings], "claims": claims}
 
 
 # --------------------------------------------------------------------------- training sweep
@@ -367,6 +385,11 @@ def run(args):
     summaries = run_sweeps(names, args.scale, out, args.force)
     from collapipe_jax.report import write_report
 
+    for name in SWEEPS:  # the report covers every finished sweep in `out`, not only this call's
+        path = out / name / "summary.json"
+        if name not in summaries and path.exists():
+            summaries[name] = json.loads(path.read_text())
+    summaries = {name: summaries[name] for name in SWEEPS if name in summaries}
     report = write_report(out, summaries)
     lines = [f"{name}: {out / name}" for name in summaries] + [f"report: {report}"]
     return {"sweeps": summaries, "report": str(report)}, "\n".join(lines)
