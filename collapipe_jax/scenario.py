@@ -116,7 +116,7 @@ class Scenario:
         base = {}
         if "preset" in data:
             base = scenario_preset(data["preset"]).to_dict()
-            base.pop("name")
+            base["name"] = f"{data['preset']} (modified)"
         unknown = sorted(set(data) - known - {"preset"})
         if unknown:
             raise ValidationError("scenario", f"unknown field(s) {unknown}")
