@@ -5,7 +5,9 @@ of b samples split into m micro-batches of b̂ samples flows through the S stage
 
 * tick t = 0 … S + m − 2 (S + m − 1 ticks): stage j works on micro-batch t − j when
   0 ≤ t − j < m, and is idle (a bubble) otherwise; bubbles are masked to zeros so that they
-  are finite, change nothing and get zero gradient;
+  are finite, change nothing and get zero gradient, and a device whose stages are all idle
+  skips the compute (`lax.cond`; under an outer `vmap` the cond becomes a select and the
+  bubble is computed and discarded, which is still correct);
 * between ticks every stage hands its output to the next with `ppermute` over the mesh axis
   `axis_name` ("stage"); the last stage's outputs at ticks S − 1 … S + m − 2 are the encoder
   outputs of micro-batches 0 … m − 1;
@@ -91,8 +93,13 @@ def _pipeline_body(params, slot_mask, xs, masks, *, n_micro, n_stages, n_dev, ax
         micro = t - stage_ids
         active = (micro >= 0) & (micro < n_micro)
         stage_masks = jnp.take(masks, jnp.clip(micro, 0, n_micro - 1), axis=0)
-        out = run_stages(params, slot_mask, state, stage_masks)
-        out = jnp.where(active[:, None, None, None], out, jnp.zeros_like(out))  # bubbles
+        # Bubbles: a device whose local stages are all idle skips the compute (lax.cond; each
+        # device runs its own branch under shard_map), and idle stages' outputs are zeroed.
+        out = jax.lax.cond(
+            jnp.any(active),
+            lambda: jnp.where(active[:, None, None, None], run_stages(params, slot_mask, state, stage_masks), 0.0),
+            lambda: jnp.zeros_like(state),
+        )
         # Hand every stage's output to the next stage: within the device by a shift, across
         # devices by ppermute (device D−1 wraps to 0, where the next tick's input overwrites it).
         incoming = jax.lax.ppermute(out[-1], axis_name, perm=shift)
