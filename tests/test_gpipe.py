@@ -53,7 +53,9 @@ def test_masked_slots_change_nothing():
     loss = lambda s: jnp.sum(w * gpipe_encoder(s, mask, x, pad, n_micro=2, mesh=mesh))  # noqa: E731
     (l_clean, g_clean), (l_dirty, g_dirty) = map(jax.jit(jax.value_and_grad(loss)), (staged, dirty))
     np.testing.assert_allclose(l_dirty, l_clean, rtol=1e-6)
-    np.testing.assert_allclose(l_clean, jnp.sum(w * encoder_reference(stacked, x, pad)), rtol=RTOL)
+    # Σ w·out cancels (random signs), so its error is measured against Σ|w| (|out| ~ 1 after LN)
+    ref = jnp.sum(w * encoder_reference(stacked, x, pad))
+    np.testing.assert_allclose(l_clean, ref, rtol=0, atol=RTOL * float(jnp.sum(jnp.abs(w))))
     for g_c, g_d in zip(jax.tree.leaves(g_clean), jax.tree.leaves(g_dirty)):
         np.testing.assert_allclose(g_d, g_c, rtol=1e-5, atol=1e-6)
         assert float(jnp.abs(jnp.where(expand(g_d), 0.0, g_d)).max()) == 0.0  # masked slots: zero gradient
@@ -87,7 +89,7 @@ def test_vmap_over_clusters_equals_python_loop():
     loss_v, grad_v = jax.jit(jax.value_and_grad(vmapped_loss))(stacked)
     ref_step = jax.jit(jax.value_and_grad(lambda p, x, pad, w: jnp.sum(w * encoder_reference(p, x, pad))))
     per_cluster = [ref_step(stacked, xs[c], pads[c], w[c]) for c in range(3)]
-    np.testing.assert_allclose(float(loss_v), sum(float(l) for l, _ in per_cluster), rtol=RTOL)
+    np.testing.assert_allclose(float(loss_v), sum(float(l) for l, _ in per_cluster), rtol=0, atol=RTOL * float(jnp.sum(jnp.abs(w))))
     grad_loop = jax.tree.map(lambda *gs: sum(gs), *[g for _, g in per_cluster])
     assert rel_err(grad_v, grad_loop) <= RTOL
 

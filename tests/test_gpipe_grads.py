@@ -77,5 +77,6 @@ def test_full_matrix_encoder_grads(n_stages, n_micro, mesh_devices):
     ref = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(w * encoder_reference(p, x, pad)), argnums=(0, 1)))(stacked, x)
     pipe = lambda p, x: jnp.sum(w * pipelined_encoder(layout, n_micro, mesh)(p, x, pad))  # noqa: E731
     got = jax.jit(jax.value_and_grad(pipe, argnums=(0, 1)))(stacked, x)
-    np.testing.assert_allclose(got[0], ref[0], rtol=RTOL)
+    # Σ w·out cancels (random signs), so its error is measured against Σ|w| (|out| ~ 1 after LN)
+    np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=RTOL * float(jnp.sum(jnp.abs(w))))
     assert rel_err(got[1], ref[1]) <= RTOL

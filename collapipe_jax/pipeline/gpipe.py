@@ -102,7 +102,7 @@ def _pipeline_body(params, slot_mask, xs, masks, *, n_micro, n_stages, n_dev, ax
         )
         # Hand every stage's output to the next stage: within the device by a shift, across
         # devices by ppermute (device D−1 wraps to 0, where the next tick's input overwrites it).
-        incoming = jax.lax.ppermute(out[-1], axis_name, perm=shift)
+        incoming = out[-1] if n_dev == 1 else jax.lax.ppermute(out[-1], axis_name, perm=shift)
         state = jnp.concatenate([incoming[None], out[:-1]], axis=0)
         return state, (out[-1], active)
 
