@@ -37,3 +37,23 @@ def test_segment_memory_arguments_by_hand_and_segment_below_whole():
         assert stats["output_bytes"] >= params + x  # gradients w.r.t. params and input
     peaks = [seg[1]["peak_bytes"], seg[3]["peak_bytes"], whole["peak_bytes"]]
     assert peaks == sorted(peaks) and len(set(peaks)) == 3
+
+
+def test_pipelined_step_memory_per_device():
+    from collapipe_jax.pipeline.gpipe import pipelined_step_memory, stage_mesh
+    from collapipe_jax.pipeline.partition import make_stage_layout
+
+    cfg = model_preset("small")  # L = 6
+    batch, n_micro = 8, 4
+    layout = make_stage_layout([1] * 6)
+    mesh = stage_mesh(6)
+    assert mesh.size == 6
+    plain = pipelined_step_memory(cfg, layout, n_micro, batch, mesh)
+    remat = pipelined_step_memory(cfg, layout, n_micro, batch, mesh, remat=True)
+    one_teb = teb_param_count(cfg) * 4
+    x = batch * cfg.seq_len * cfg.d_model * 4
+    for stats in (plain, remat):
+        # each device receives its own stage (one TEB) and the whole replicated input
+        assert stats["argument_bytes"] == one_teb + x + batch * cfg.seq_len
+    whole = segment_training_memory(cfg, 6, batch)
+    assert remat["peak_bytes"] < plain["peak_bytes"] < whole["peak_bytes"]

@@ -32,7 +32,7 @@ def ner_params():
 # (δ over K devices with zeros, n_stages, m, batch size, devices on the mesh)
 CASES = [
     pytest.param(dict(seed=1, n_devices=8, n_stages=6, m=5, batch=7, mesh_devices=8), id="8dev-S6-m5-b7"),
-    pytest.param(dict(seed=1, n_devices=8, n_stages=6, m=3, batch=7, mesh_devices=1), id="1dev-S6-m3-b7"),
+    pytest.param(dict(seed=1, n_devices=8, n_stages=6, m=3, batch=7, mesh_devices=1, remat=True), id="1dev-S6-m3-b7-remat"),
     pytest.param(dict(seed=2, n_devices=6, n_stages=5, m=2, batch=7, mesh_devices=8), id="8dev-S5-m2-b7", marks=pytest.mark.slow),
     pytest.param(dict(seed=3, n_devices=4, n_stages=4, m=1, batch=7, mesh_devices=2), id="2dev-S4pad-m1-b7", marks=pytest.mark.slow),
 ]
@@ -48,7 +48,7 @@ def test_pipelined_loss_and_grads_equal_unpipelined(case, ner_params):
         assert mesh.size == case["n_stages"]  # one stage per device
     batch = make_batch(case["batch"], case["seed"])
     ref = _reference_step()(ner_params, batch)
-    pipe_loss = lambda p, b: split.split_model_mean_loss(p, b, pipelined_encoder(layout, case["m"], mesh))  # noqa: E731
+    pipe_loss = lambda p, b: split.split_model_mean_loss(p, b, pipelined_encoder(layout, case["m"], mesh, remat=case.get("remat", False)))  # noqa: E731
     got = jax.jit(jax.value_and_grad(pipe_loss))(ner_params, batch)
     assert abs(float(got[0]) - float(ref[0])) <= RTOL * abs(float(ref[0]))
     assert rel_err(got[1], ref[1]) <= RTOL
