@@ -26,8 +26,13 @@ def test_data_dir_precedence(tmp_path, monkeypatch):
     assert data.resolve_data_dir(None) == b.resolve()
     monkeypatch.delenv(data.DATA_ENV)
     monkeypatch.chdir(tmp_path)
+    beside = tmp_path / "checkout_shared_data"
+    beside.mkdir()
+    monkeypatch.setattr(data, "CHECKOUT_DATA_DIR", beside)
+    assert data.resolve_data_dir(None) == beside.resolve()  # cwd has no ../shared/data: beside the checkout
+    monkeypatch.setattr(data, "CHECKOUT_DATA_DIR", tmp_path / "missing")
     with pytest.raises(ValidationError, match="data_dir"):
-        data.resolve_data_dir(None)  # tmp/../shared/data does not exist
+        data.resolve_data_dir(None)  # neither tmp/../shared/data nor the checkout's exists
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ from collapipe_jax.errors import ValidationError
 
 DATA_ENV = "COLLAPIPE_DATA"
 DEFAULT_DATA_DIR = "../shared/data"
+# ../shared/data beside the checkout: found wherever the command is started from
+CHECKOUT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / DEFAULT_DATA_DIR
 
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 # The NER training file of the original repository is not shipped; README: train on
@@ -36,11 +38,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """--data-dir, else $COLLAPIPE_DATA, else ../shared/data; must be an existing directory."""
     chosen = data_dir if data_dir else os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
     path = pathlib.Path(chosen).expanduser()
-    if not data_dir and not os.environ.get(DATA_ENV) and not path.is_dir():
-        # ../shared/data next to the checkout, wherever the command is started from
-        beside_checkout = pathlib.Path(__file__).resolve().parents[2] / DEFAULT_DATA_DIR
-        if beside_checkout.is_dir():
-            path = beside_checkout
+    if not data_dir and not os.environ.get(DATA_ENV) and not path.is_dir() and CHECKOUT_DATA_DIR.is_dir():
+        path = CHECKOUT_DATA_DIR
     if not path.is_dir():
         raise ValidationError("data_dir", "must be an existing directory (--data-dir, $COLLAPIPE_DATA or ../shared/data)", str(path))
     return path.resolve()
