@@ -122,8 +122,10 @@ def test_upload_noise_variance(mode):
 
 
 @pytest.mark.slow
-def test_vmapped_gpipe_round_equals_loop_real_model():
-    """Tiny BERT, each cluster with its own δ / order (stage layouts as data), GPipe encoder."""
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_vmapped_gpipe_round_equals_loop_real_model(chunk):
+    """Tiny BERT, each cluster with its own δ / order (stage layouts as data), GPipe encoder;
+    all clusters in one vmap, or one cluster at a time in a scan (chunk 2 → groups of 1)."""
     import functools
 
     from collapipe_jax.models import split
@@ -146,4 +148,5 @@ def test_vmapped_gpipe_round_equals_loop_real_model():
     sgd = optax.sgd(0.1)
     uploads = Uploads(active=jnp.array([True, True, False]), eps=jnp.array([0.01, 0.02, 0.03]), weight=jnp.array([4.0, 5.0, 6.0]))
     args = (params["client"], params["server"], sgd.init(params["server"]), batch, layouts, uploads, jax.random.PRNGKey(2))
-    close(make_round(loss, sgd, sgd)(*args), looped_round(loss, sgd, sgd)(*args), rtol=1e-4, atol=1e-6)
+    close(make_round(loss, sgd, sgd, cluster_chunk=chunk)(*args), looped_round(loss, sgd, sgd)(*args),
+          rtol=1e-4, atol=1e-6)
