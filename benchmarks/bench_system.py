@@ -19,7 +19,7 @@ from benchmarks.common import best_time, write_record  # noqa: E402
 from benchmarks.system_reference import numpy_evaluate, python_evaluate  # noqa: E402
 from collapipe_jax.scenario import Decision, draw_state, scenario_preset  # noqa: E402
 from collapipe_jax.system.model import _evaluate, evaluate, to_batch_minor  # noqa: E402
-from collapipe_jax.system.sharded import batch_mesh, chunked_evaluator, chunked_power_grad, evaluate_sharded, to_chunks  # noqa: E402
+from collapipe_jax.system.sharded import SUMMARY_FIELDS, batch_mesh, chunked_evaluator, chunked_power_grad, evaluate_sharded, to_chunks  # noqa: E402
 
 BATCH = 1 << 17
 CHUNK = 8192
@@ -78,7 +78,7 @@ def main() -> None:
         jax.block_until_ready((out.tau_round_s, out.E_pipe_j, out.Gamma))
 
     # compute only: the batch already laid out in chunks on the devices (as a sweep builds it)
-    chunked_fn, sharding = chunked_evaluator(mesh, "paper")
+    chunked_fn, sharding = chunked_evaluator(mesh, "paper", SUMMARY_FIELDS)
     chunks = jax.block_until_ready(jax.device_put(to_chunks((states, decisions), CHUNK), sharding))
 
     chunked_grad = chunked_power_grad(mesh, "paper")
@@ -87,8 +87,7 @@ def main() -> None:
         jax.block_until_ready(chunked_grad(chunks))
 
     def run_chunked():
-        out = chunked_fn(chunks)
-        jax.block_until_ready((out.tau_round_s, out.E_pipe_j, out.E_com_j, out.Gamma))
+        jax.block_until_ready(chunked_fn(chunks))  # τ^pipe, τ^up, τ, E^com, E^pipe, Γ
 
     run_forward(); run_grad(); run_sharded(); run_minor(); run_chunked(); run_chunked_grad()  # noqa: E702  compile
     t_fwd = best_time(run_forward)

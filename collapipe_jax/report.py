@@ -37,7 +37,10 @@ def write_report(out: pathlib.Path, summaries: dict) -> pathlib.Path:
         for png in sorted((out / name).glob("*.png")):
             lines.append(f"![{png.stem}]({name}/{png.name})")
         lines.append("")
-        rest = {k: v for k, v in s.items() if k not in ("sweep", "scale", "seconds", "claims")}
+        lines += [f"- {f}" for f in s.get("findings", [])]
+        if s.get("findings"):
+            lines.append("")
+        rest = {k: v for k, v in s.items() if k not in ("sweep", "scale", "seconds", "claims", "findings")}
         if rest:
             lines += ["```json", json.dumps(rest, indent=2), "```", ""]
     path = out / "REPORT.md"

@@ -14,6 +14,8 @@ from collapipe_jax.pipeline.gpipe import gpipe_encoder, gpipe_ticks, stage_mesh
 from collapipe_jax.pipeline.partition import make_stage_layout, stack_layouts, to_stages
 from pipeline_helpers import CFG, RTOL, rel_err
 
+reference = jax.jit(encoder_reference)  # compiled once per shape (eager scans recompile per call)
+
 
 def _trace_pattern(n_stages, n_micro):
     """Independent GPipe schedule: stage j busy at tick t iff it has micro-batch t − j."""
@@ -34,29 +36,32 @@ def test_schedule_has_s_plus_m_minus_1_ticks(n_micro, mesh_devices):
     assert active.shape == (gpipe_ticks(4, n_micro), 4) == (4 + n_micro - 1, 4)
     np.testing.assert_array_equal(active, _trace_pattern(4, n_micro))
     assert (np.asarray(active).sum(axis=0) == n_micro).all()  # every stage sees every micro-batch once
-    np.testing.assert_allclose(out, encoder_reference(stacked, x, pad), rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(out, reference(stacked, x, pad), rtol=RTOL, atol=1e-5)
 
 
 def test_masked_slots_change_nothing():
     stacked = init_encoder_stack(jax.random.key(0), CFG)
     layout = make_stage_layout([1, 4, 0, 3], order=[2, 3, 1, 0], n_stages=4, n_slots=5)
-    mask = jnp.asarray(layout.slot_mask)
-    staged = to_stages(stacked, layout)
-    # fill every masked slot with large garbage instead of the copy of layer 0
-    garbage = jax.tree.map(lambda p: 50.0 * jax.random.normal(jax.random.key(7), p.shape), staged)
+    mask = np.asarray(layout.slot_mask)
+    staged = jax.tree.map(np.asarray, to_stages(stacked, layout))
+    # fill every masked slot with large garbage instead of the copy of layer 0 (numpy: cheap)
+    rng = np.random.default_rng(7)
     expand = lambda p: mask.reshape(mask.shape + (1,) * (p.ndim - 2))  # noqa: E731
-    dirty = jax.tree.map(lambda s, g: jnp.where(expand(s), s, g), staged, garbage)
+    dirty = jax.tree.map(lambda s: np.where(expand(s), s, 50.0 * rng.standard_normal(s.shape)).astype(s.dtype), staged)
     x = jax.random.normal(jax.random.key(1), (4, CFG.seq_len, CFG.d_model))
     pad = jnp.ones((4, CFG.seq_len), bool).at[1, 3:].set(False)
     w = jax.random.normal(jax.random.key(2), x.shape)
     mesh = stage_mesh(4, jax.devices()[:2])
     loss = lambda s: jnp.sum(w * gpipe_encoder(s, mask, x, pad, n_micro=2, mesh=mesh))  # noqa: E731
     (l_clean, g_clean), (l_dirty, g_dirty) = map(jax.jit(jax.value_and_grad(loss)), (staged, dirty))
-    np.testing.assert_allclose(l_dirty, l_clean, rtol=1e-6)
-    np.testing.assert_allclose(l_clean, jnp.sum(w * encoder_reference(stacked, x, pad)), rtol=RTOL)
+    # Σ w·out cancels (random signs), so its error is measured against Σ|w| (|out| ~ 1 after LN)
+    scale = float(jnp.sum(jnp.abs(w)))
+    np.testing.assert_allclose(l_dirty, l_clean, rtol=0, atol=1e-7 * scale)
+    np.testing.assert_allclose(l_clean, jnp.sum(w * reference(stacked, x, pad)), rtol=0, atol=RTOL * scale)
     for g_c, g_d in zip(jax.tree.leaves(g_clean), jax.tree.leaves(g_dirty)):
+        g_c, g_d = np.asarray(g_c), np.asarray(g_d)
         np.testing.assert_allclose(g_d, g_c, rtol=1e-5, atol=1e-6)
-        assert float(jnp.abs(jnp.where(expand(g_d), 0.0, g_d)).max()) == 0.0  # masked slots: zero gradient
+        assert np.abs(np.where(expand(g_d), 0.0, g_d)).max() == 0.0  # masked slots: zero gradient
 
 
 def test_vmap_over_clusters_equals_python_loop():
@@ -77,7 +82,7 @@ def test_vmap_over_clusters_equals_python_loop():
     one = jax.jit(cluster_out)
     for c, lay in enumerate(layouts):
         np.testing.assert_allclose(outs[c], one(stacked, lay, xs[c], pads[c]), rtol=RTOL, atol=1e-6)
-        np.testing.assert_allclose(outs[c], encoder_reference(stacked, xs[c], pads[c]), rtol=RTOL, atol=1e-5)
+        np.testing.assert_allclose(outs[c], reference(stacked, xs[c], pads[c]), rtol=RTOL, atol=1e-5)
 
     # gradient of Σ_clusters w·out w.r.t. the shared [L, ...] params == Σ over a loop of the
     # unpipelined clusters' gradients
@@ -87,7 +92,7 @@ def test_vmap_over_clusters_equals_python_loop():
     loss_v, grad_v = jax.jit(jax.value_and_grad(vmapped_loss))(stacked)
     ref_step = jax.jit(jax.value_and_grad(lambda p, x, pad, w: jnp.sum(w * encoder_reference(p, x, pad))))
     per_cluster = [ref_step(stacked, xs[c], pads[c], w[c]) for c in range(3)]
-    np.testing.assert_allclose(float(loss_v), sum(float(l) for l, _ in per_cluster), rtol=RTOL)
+    np.testing.assert_allclose(float(loss_v), sum(float(l) for l, _ in per_cluster), rtol=0, atol=RTOL * float(jnp.sum(jnp.abs(w))))
     grad_loop = jax.tree.map(lambda *gs: sum(gs), *[g for _, g in per_cluster])
     assert rel_err(grad_v, grad_loop) <= RTOL
 

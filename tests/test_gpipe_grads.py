@@ -24,32 +24,46 @@ def _reference_step():
     return jax.jit(jax.value_and_grad(split.split_model_mean_loss))
 
 
-@pytest.fixture(scope="module")
-def ner_params():
-    return split.init_split_model(jax.random.key(0), CFG, "ner", n_classes=3)
+@functools.cache
+def _params(task):
+    return split.init_split_model(jax.random.key(0), CFG, task, n_classes=3)
+
+
+def _task_batch(task, n, seed):
+    batch = make_batch(n, seed)
+    if task == "translation":  # target = the source shifted, BOS first; the last sample weightless
+        batch = {"tokens": batch["tokens"], "tgt": jnp.roll(batch["tokens"], 1, axis=1).at[:, 0].set(1)}
+        batch["sample_weight"] = jnp.ones((n,)).at[-1].set(0.0)
+    elif task == "sentence":
+        batch = {"tokens": batch["tokens"], "label": jnp.arange(n) % 3}
+    return batch
 
 
 # (δ over K devices with zeros, n_stages, m, batch size, devices on the mesh)
 CASES = [
     pytest.param(dict(seed=1, n_devices=8, n_stages=6, m=5, batch=7, mesh_devices=8), id="8dev-S6-m5-b7"),
-    pytest.param(dict(seed=1, n_devices=8, n_stages=6, m=3, batch=7, mesh_devices=1), id="1dev-S6-m3-b7"),
+    pytest.param(dict(seed=1, n_devices=8, n_stages=6, m=3, batch=7, mesh_devices=1, remat=True), id="1dev-S6-m3-b7-remat"),
     pytest.param(dict(seed=2, n_devices=6, n_stages=5, m=2, batch=7, mesh_devices=8), id="8dev-S5-m2-b7", marks=pytest.mark.slow),
     pytest.param(dict(seed=3, n_devices=4, n_stages=4, m=1, batch=7, mesh_devices=2), id="2dev-S4pad-m1-b7", marks=pytest.mark.slow),
+    pytest.param(dict(seed=4, n_devices=5, n_stages=4, m=3, batch=7, mesh_devices=8, task="translation"), id="translation-8dev-S4-m3-b7", marks=pytest.mark.slow),
+    pytest.param(dict(seed=5, n_devices=5, n_stages=3, m=2, batch=7, mesh_devices=1, task="sentence"), id="sentence-1dev-S3-m2-b7", marks=pytest.mark.slow),
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_pipelined_loss_and_grads_equal_unpipelined(case, ner_params):
+def test_pipelined_loss_and_grads_equal_unpipelined(case):
+    task = case.get("task", "ner")
+    params = _params(task)
     delta, order = random_decision(case["seed"], CFG.n_enc_layers, case["n_devices"], case["n_stages"] - 1)
     assert (delta == 0).any() or case["n_devices"] == case["n_stages"]
     layout = make_stage_layout(delta, order, n_stages=case["n_stages"], n_layers=CFG.n_enc_layers)
     mesh = stage_mesh(case["n_stages"], jax.devices()[: case["mesh_devices"]])
     if case["mesh_devices"] == 8:
         assert mesh.size == case["n_stages"]  # one stage per device
-    batch = make_batch(case["batch"], case["seed"])
-    ref = _reference_step()(ner_params, batch)
-    pipe_loss = lambda p, b: split.split_model_mean_loss(p, b, pipelined_encoder(layout, case["m"], mesh))  # noqa: E731
-    got = jax.jit(jax.value_and_grad(pipe_loss))(ner_params, batch)
+    batch = _task_batch(task, case["batch"], case["seed"])
+    ref = _reference_step()(params, batch)
+    pipe_loss = lambda p, b: split.split_model_mean_loss(p, b, pipelined_encoder(layout, case["m"], mesh, remat=case.get("remat", False)))  # noqa: E731
+    got = jax.jit(jax.value_and_grad(pipe_loss))(params, batch)
     assert abs(float(got[0]) - float(ref[0])) <= RTOL * abs(float(ref[0]))
     assert rel_err(got[1], ref[1]) <= RTOL
 
@@ -77,5 +91,6 @@ def test_full_matrix_encoder_grads(n_stages, n_micro, mesh_devices):
     ref = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(w * encoder_reference(p, x, pad)), argnums=(0, 1)))(stacked, x)
     pipe = lambda p, x: jnp.sum(w * pipelined_encoder(layout, n_micro, mesh)(p, x, pad))  # noqa: E731
     got = jax.jit(jax.value_and_grad(pipe, argnums=(0, 1)))(stacked, x)
-    np.testing.assert_allclose(got[0], ref[0], rtol=RTOL)
+    # Σ w·out cancels (random signs), so its error is measured against Σ|w| (|out| ~ 1 after LN)
+    np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=RTOL * float(jnp.sum(jnp.abs(w))))
     assert rel_err(got[1], ref[1]) <= RTOL

@@ -41,3 +41,17 @@ def test_chunked_power_grad_equals_per_configuration_grad():
         expected = jax.grad(round_latency_of_power)(d.p_n_w, s, d)
         np.testing.assert_allclose(grad[i], expected, rtol=1e-5)
         np.testing.assert_allclose(tau[i], evaluate(s, d).tau_round_s, rtol=1e-6)
+
+
+def test_chunked_summary_fields_equal_full_metrics():
+    from collapipe_jax.system.sharded import SUMMARY_FIELDS, chunked_evaluator, from_chunks, to_chunks
+
+    scenario = scenario_preset("paper-bert")
+    states, decisions = _random_batch(scenario, 8, seed=7)
+    states, decisions = stack(states), stack(decisions)
+    fn, sharding = chunked_evaluator(batch_mesh(), "paper", SUMMARY_FIELDS)
+    out = from_chunks(fn(jax.device_put(to_chunks((states, decisions), 1), sharding)))
+    full = jax.vmap(lambda s, d: evaluate(s, d))(states, decisions)
+    assert sorted(out) == sorted(SUMMARY_FIELDS)
+    for name in SUMMARY_FIELDS:
+        np.testing.assert_allclose(out[name], getattr(full, name), rtol=1e-6)

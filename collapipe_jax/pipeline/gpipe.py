@@ -5,7 +5,9 @@ of b samples split into m micro-batches of b̂ samples flows through the S stage
 
 * tick t = 0 … S + m − 2 (S + m − 1 ticks): stage j works on micro-batch t − j when
   0 ≤ t − j < m, and is idle (a bubble) otherwise; bubbles are masked to zeros so that they
-  are finite, change nothing and get zero gradient;
+  are finite, change nothing and get zero gradient, and a device whose stages are all idle
+  skips the compute (`lax.cond`; under an outer `vmap` the cond becomes a select and the
+  bubble is computed and discarded, which is still correct);
 * between ticks every stage hands its output to the next with `ppermute` over the mesh axis
   `axis_name` ("stage"); the last stage's outputs at ticks S − 1 … S + m − 2 are the encoder
   outputs of micro-batches 0 … m − 1;
@@ -30,14 +32,17 @@ one static n_micro for all clusters and still train the same model as with each 
 
 Interface:
     gpipe_encoder(staged_params, slot_mask, x, pad_mask, *, n_micro, mesh=None,
-                  axis_name="stage", return_trace=False) -> out [B, s, d]
+                  axis_name="stage", return_trace=False, remat=False) -> out [B, s, d]
         staged_params: TEB params [S, J, ...] (`partition.to_stages`), slot_mask bool [S, J],
         x [B, s, d], pad_mask bool [B, s]; differentiable, jit-able, and vmappable over a
         leading cluster axis of all four arrays (per-cluster layouts are data).
-    pipelined_encoder(layout, n_micro, mesh=None) -> encoder_fn(stacked [L, ...], x, pad_mask),
+    pipelined_encoder(layout, n_micro, mesh=None, remat=False) -> encoder_fn(stacked [L, ...], x, pad_mask),
         a drop-in for `teb.encoder_reference` in `models.split.split_model_loss`.
     stage_mesh(n_stages, devices=None, axis_name="stage") -> Mesh
     gpipe_ticks(n_stages, n_micro) = S + m − 1
+    micro_batch_size(batch, n_micro) = ⌈b/m⌉
+    pipelined_step_memory(cfg, layout, n_micro, batch, mesh=None, remat=False) -> per-device
+        compiled memory of one training step (Table III), from XLA's memory_analysis().
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.models.config import ModelConfig
 from collapipe_jax.models.teb import segment_apply
 from collapipe_jax.pipeline.partition import StageLayout, to_stages
 
@@ -75,13 +81,15 @@ def stage_mesh(n_stages: int, devices: Sequence[jax.Device] | None = None, axis_
     return Mesh(np.array(devices[:n_dev]), (axis_name,))
 
 
-def _pipeline_body(params, slot_mask, xs, masks, *, n_micro, n_stages, n_dev, axis_name):
+def _pipeline_body(params, slot_mask, xs, masks, *, n_micro, n_stages, n_dev, axis_name, remat):
     """Per-device program: its S/D local stages over S + m − 1 ticks."""
     n_local = n_stages // n_dev
     dev = jax.lax.axis_index(axis_name)
     stage_ids = dev * n_local + jnp.arange(n_local)
     state0 = jax.lax.pcast(jnp.zeros((n_local,) + xs.shape[1:], xs.dtype), axis_name, to="varying")
     run_stages = jax.vmap(segment_apply)  # the local stages of a tick run side by side
+    if remat:  # keep only each tick's stage inputs for the backward pass, recompute the rest
+        run_stages = jax.checkpoint(run_stages)
     shift = [(i, (i + 1) % n_dev) for i in range(n_dev)]
 
     def tick(state, t):
@@ -91,11 +99,16 @@ def _pipeline_body(params, slot_mask, xs, masks, *, n_micro, n_stages, n_dev, ax
         micro = t - stage_ids
         active = (micro >= 0) & (micro < n_micro)
         stage_masks = jnp.take(masks, jnp.clip(micro, 0, n_micro - 1), axis=0)
-        out = run_stages(params, slot_mask, state, stage_masks)
-        out = jnp.where(active[:, None, None, None], out, jnp.zeros_like(out))  # bubbles
+        # Bubbles: a device whose local stages are all idle skips the compute (lax.cond; each
+        # device runs its own branch under shard_map), and idle stages' outputs are zeroed.
+        out = jax.lax.cond(
+            jnp.any(active),
+            lambda: jnp.where(active[:, None, None, None], run_stages(params, slot_mask, state, stage_masks), 0.0),
+            lambda: jnp.zeros_like(state),
+        )
         # Hand every stage's output to the next stage: within the device by a shift, across
         # devices by ppermute (device D−1 wraps to 0, where the next tick's input overwrites it).
-        incoming = jax.lax.ppermute(out[-1], axis_name, perm=shift)
+        incoming = out[-1] if n_dev == 1 else jax.lax.ppermute(out[-1], axis_name, perm=shift)
         state = jnp.concatenate([incoming[None], out[:-1]], axis=0)
         return state, (out[-1], active)
 
@@ -113,11 +126,14 @@ def gpipe_encoder(
     mesh: Mesh | None = None,
     axis_name: str = "stage",
     return_trace: bool = False,
+    remat: bool = False,
 ):
     """The encoder run as a GPipe pipeline of S stages and m = n_micro micro-batches.
 
     Returns out [B, s, d] (equal to the unpipelined encoder), or (out, active) with
     return_trace, where active bool [S + m − 1, S] says which stage worked at which tick.
+    remat=True re-materialises each tick's stage computation in the backward pass (GPipe's
+    re-materialisation): same values, less memory, about one more forward of compute.
     """
     if not isinstance(n_micro, (int, np.integer)) or isinstance(n_micro, bool) or n_micro < 1:
         raise ValidationError("n_micro", "must be a positive integer (static)", n_micro)
@@ -134,7 +150,7 @@ def gpipe_encoder(
     xs = jnp.pad(x, ((0, extra), (0, 0), (0, 0))).reshape(n_micro, b_hat, seq, width)
     masks = jnp.pad(pad_mask, ((0, extra), (0, 0))).reshape(n_micro, b_hat, seq)
 
-    body = partial(_pipeline_body, n_micro=n_micro, n_stages=n_stages, n_dev=n_dev, axis_name=axis_name)
+    body = partial(_pipeline_body, n_micro=n_micro, n_stages=n_stages, n_dev=n_dev, axis_name=axis_name, remat=remat)
     run = jax.shard_map(
         body,
         mesh=mesh,
@@ -151,11 +167,51 @@ def gpipe_encoder(
     return out, jnp.transpose(active, (1, 0, 2)).reshape(ticks, n_stages)
 
 
-def pipelined_encoder(layout: StageLayout, n_micro: int, mesh: Mesh | None = None, axis_name: str = "stage"):
+def pipelined_encoder(
+    layout: StageLayout, n_micro: int, mesh: Mesh | None = None, axis_name: str = "stage", remat: bool = False
+):
     """encoder_fn(stacked [L, ...], x, pad_mask) running the encoder through GPipe with `layout`."""
 
     def encoder_fn(stacked, x, pad_mask):
         staged = to_stages(stacked, layout)
-        return gpipe_encoder(staged, jnp.asarray(layout.slot_mask), x, pad_mask, n_micro=n_micro, mesh=mesh, axis_name=axis_name)
+        return gpipe_encoder(
+            staged, jnp.asarray(layout.slot_mask), x, pad_mask, n_micro=n_micro, mesh=mesh, axis_name=axis_name, remat=remat
+        )
 
     return encoder_fn
+
+
+def pipelined_step_memory(
+    cfg: ModelConfig, layout: StageLayout, n_micro: int, batch: int, mesh: Mesh | None = None, remat: bool = False
+) -> dict:
+    """Per-device compiled memory (bytes) of one GPipe training step of the encoder (not run).
+
+    The step takes the staged params sharded over the 'stage' axis (each device holds its own
+    stages) and returns the value and the gradients w.r.t. the params and the input; XLA's
+    memory_analysis() of the SPMD program is per device (`models.compiled_cost.memory_stats`).
+    Without remat the scan keeps every tick's residuals, b̂·(S + m − 1) samples' worth instead of
+    the b of a lone segment; remat keeps only the stage inputs.
+    """
+    from jax.sharding import NamedSharding
+
+    from collapipe_jax.models.compiled_cost import memory_stats
+    from collapipe_jax.models.teb import teb_shapes
+
+    mesh = stage_mesh(layout.n_stages) if mesh is None else mesh
+    staged = jax.eval_shape(lambda p: to_stages(p, layout), teb_shapes(cfg, int(np.asarray(layout.slot_mask).sum())))
+    x = jax.ShapeDtypeStruct((batch, cfg.seq_len, cfg.d_model), jnp.float32)
+    pad = jax.ShapeDtypeStruct((batch, cfg.seq_len), jnp.bool_)
+    slot_mask = np.asarray(layout.slot_mask)
+
+    def step(params, x, pad):
+        def loss(p, x):
+            out = gpipe_encoder(p, slot_mask, x, pad, n_micro=n_micro, mesh=mesh, remat=remat)
+            return jnp.sum(out * x)
+
+        return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+    by_stage, replicated = NamedSharding(mesh, P("stage")), NamedSharding(mesh, P())
+    compiled = jax.jit(
+        step, in_shardings=(by_stage, replicated, replicated), out_shardings=(replicated, (by_stage, replicated))
+    ).lower(staged, x, pad).compile()
+    return memory_stats(compiled)

@@ -67,13 +67,24 @@ def from_chunks(tree):
     return jax.tree.map(leaf, tree)
 
 
+SUMMARY_FIELDS = ("tau_pipe_s", "tau_up_s", "tau_round_s", "E_com_j", "E_pipe_j", "Gamma")
+
+
 @functools.lru_cache(maxsize=None)
-def chunked_evaluator(mesh: Mesh, variant: str):
-    """jit(shard_map(lax.map(evaluate over one chunk))): chunks split over the mesh's devices."""
+def chunked_evaluator(mesh: Mesh, variant: str, fields: tuple[str, ...] | None = None):
+    """jit(shard_map(lax.map(evaluate over one chunk))): chunks split over the mesh's devices.
+
+    `fields`: return only these `Metrics` fields (a dict), e.g. `SUMMARY_FIELDS` — a sweep that
+    needs latency, energy and Γ per cluster then never writes the per-device arrays out.
+    """
     spec = PartitionSpec(BATCH_AXIS)
 
+    def one_chunk(c):
+        metrics = _evaluate(c[0], c[1], variant)
+        return metrics if fields is None else {name: getattr(metrics, name) for name in fields}
+
     def local(chunks):
-        return jax.lax.map(lambda c: _evaluate(c[0], c[1], variant), chunks)
+        return jax.lax.map(one_chunk, chunks)
 
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec)), NamedSharding(mesh, spec)
 

@@ -36,6 +36,11 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """--data-dir, else $COLLAPIPE_DATA, else ../shared/data; must be an existing directory."""
     chosen = data_dir if data_dir else os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
     path = pathlib.Path(chosen).expanduser()
+    if not data_dir and not os.environ.get(DATA_ENV) and not path.is_dir():
+        # ../shared/data next to the checkout, wherever the command is started from
+        beside_checkout = pathlib.Path(__file__).resolve().parents[2] / DEFAULT_DATA_DIR
+        if beside_checkout.is_dir():
+            path = beside_checkout
     if not path.is_dir():
         raise ValidationError("data_dir", "must be an existing directory (--data-dir, $COLLAPIPE_DATA or ../shared/data)", str(path))
     return path.resolve()
