@@ -181,6 +181,8 @@ def make_round(
     def round_grouped(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
         n_clusters = uploads.active.shape[0]
         k = cluster_group_size(n_clusters, cluster_chunk)
+        if k == n_clusters:  # one group: the plain vmap, without a one-trip loop around it
+            return round_all(client, server, server_opt_state, batch, layout, uploads, key)
         groups = lambda tree: jax.tree.map(lambda x: x.reshape((n_clusters // k, k) + x.shape[1:]), tree)  # noqa: E731
         # the normalised Eq. 7–9 weights of `aggregate` / `weighted_average`, applied per group
         w = uploads.weight if independent else jnp.where(uploads.active, uploads.weight, 0.0)
