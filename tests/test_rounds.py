@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from collapipe_jax.federated.rounds import Uploads, looped_round, make_round, noisy_upload
+from collapipe_jax.errors import ValidationError
+from collapipe_jax.federated.rounds import Uploads, cluster_group_size, looped_round, make_round, noisy_upload
 
 V, D, L, C, B, N = 11, 8, 3, 4, 5, 3
 
@@ -49,15 +50,39 @@ def test_vmapped_round_equals_python_loop(independent):
     assert np.all(np.isfinite(np.asarray(out_v[3].loss)))
 
 
-def test_aggregation_matches_hand_computation_without_noise():
+@pytest.mark.parametrize("independent", [False, True])
+def test_grouped_round_equals_python_loop(independent, n=4, chunk=2):
+    """Clusters in a scan over 2 vmapped groups of 2: same round as the loop (k = 1 is covered
+    by the hand-computed aggregation and the no-channel tests)."""
+    client, server, batch, layout = toy_setup(4, n=n)
+    if independent:
+        client = jax.tree.map(lambda x: jnp.stack([(1 + 0.1 * i) * x for i in range(n)]), client)
+    uploads = Uploads(active=jnp.arange(n) != 1, eps=jnp.linspace(0.01, 0.05, n), weight=jnp.arange(1.0, n + 1) * 10)
+    sgd = optax.sgd(0.1)
+    args = (client, server, sgd.init(server), batch, layout, uploads, jax.random.PRNGKey(3))
+    out_g = make_round(toy_loss, sgd, sgd, independent=independent, cluster_chunk=chunk)(*args)
+    close(out_g, looped_round(toy_loss, sgd, sgd, independent=independent)(*args))
+    assert out_g[3].loss.shape == (n,)
+
+
+def test_cluster_group_size_is_largest_divisor():
+    assert [cluster_group_size(16, c) for c in (None, 1, 3, 4, 5, 16, 40)] == [16, 1, 2, 4, 4, 16, 16]
+    assert cluster_group_size(7, 4) == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValidationError, match="cluster_chunk"):
+            make_round(toy_loss, optax.sgd(0.1), optax.sgd(0.1), cluster_chunk=bad)
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_aggregation_matches_hand_computation_without_noise(chunk):
     client, server, batch, layout = toy_setup(1)
     lr = 0.05
     active = np.array([True, False, True])
     w = np.array([3.0, 5.0, 7.0])
     uploads = Uploads(active=jnp.asarray(active), eps=jnp.zeros(N), weight=jnp.asarray(w))
     sgd = optax.sgd(lr)
-    new_c, new_s, _, out = make_round(toy_loss, sgd, sgd)(client, server, sgd.init(server), batch, layout, uploads,
-                                                           jax.random.PRNGKey(0))
+    new_c, new_s, _, out = make_round(toy_loss, sgd, sgd, cluster_chunk=chunk)(
+        client, server, sgd.init(server), batch, layout, uploads, jax.random.PRNGKey(0))
     # independent computation: per-cluster gradients by jax.grad of the mean loss
     def mean_loss(c, s, n):
         ls, ws = toy_loss(c, s, jax.tree.map(lambda x: x[n], batch), jax.tree.map(lambda x: x[n], layout))
@@ -72,11 +97,12 @@ def test_aggregation_matches_hand_computation_without_noise():
     np.testing.assert_allclose(out.loss, [mean_loss(client, server, n) for n in range(N)], rtol=1e-6)
 
 
-def test_no_channel_means_no_update():
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_no_channel_means_no_update(chunk):
     client, server, batch, layout = toy_setup(2)
     uploads = Uploads(active=jnp.zeros(N, bool), eps=jnp.full(N, 0.1), weight=jnp.ones(N))
     sgd = optax.sgd(0.1)
-    new_c, new_s, _, out = make_round(toy_loss, sgd, sgd)(client, server, sgd.init(server), batch, layout, uploads,
+    new_c, new_s, _, out = make_round(toy_loss, sgd, sgd, cluster_chunk=chunk)(client, server, sgd.init(server), batch, layout, uploads,
                                                            jax.random.PRNGKey(0))
     close(new_c, client, rtol=0, atol=0)
     close(new_s, server, rtol=0, atol=0)
@@ -96,8 +122,10 @@ def test_upload_noise_variance(mode):
 
 
 @pytest.mark.slow
-def test_vmapped_gpipe_round_equals_loop_real_model():
-    """Tiny BERT, each cluster with its own δ / order (stage layouts as data), GPipe encoder."""
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_vmapped_gpipe_round_equals_loop_real_model(chunk):
+    """Tiny BERT, each cluster with its own δ / order (stage layouts as data), GPipe encoder;
+    all clusters in one vmap, or one cluster at a time in a scan (chunk 2 → groups of 1)."""
     import functools
 
     from collapipe_jax.models import split
@@ -120,4 +148,5 @@ def test_vmapped_gpipe_round_equals_loop_real_model():
     sgd = optax.sgd(0.1)
     uploads = Uploads(active=jnp.array([True, True, False]), eps=jnp.array([0.01, 0.02, 0.03]), weight=jnp.array([4.0, 5.0, 6.0]))
     args = (params["client"], params["server"], sgd.init(params["server"]), batch, layouts, uploads, jax.random.PRNGKey(2))
-    close(make_round(loss, sgd, sgd)(*args), looped_round(loss, sgd, sgd)(*args), rtol=1e-4, atol=1e-6)
+    close(make_round(loss, sgd, sgd, cluster_chunk=chunk)(*args), looped_round(loss, sgd, sgd)(*args),
+          rtol=1e-4, atol=1e-6)

@@ -41,6 +41,8 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from collapipe_jax.errors import ValidationError
+
 LossFn = Callable[[Any, Any, dict, Any], tuple[jax.Array, jax.Array]]
 NOISE_MODES = ("relative", "absolute")
 
@@ -118,6 +120,14 @@ def aggregate(global_client, uploaded, g_server_all, uploads: Uploads):
     return new_client, g_server, any_active
 
 
+def cluster_group_size(n_clusters: int, cluster_chunk: int | None) -> int:
+    """Clusters vectorised together: all N (cluster_chunk None), else the largest divisor of N
+    not above cluster_chunk, so every group has the same shape and the step compiles once."""
+    if cluster_chunk is None or cluster_chunk >= n_clusters:
+        return n_clusters
+    return max(k for k in range(1, cluster_chunk + 1) if n_clusters % k == 0)
+
+
 def make_round(
     loss_fn: LossFn,
     client_opt: optax.GradientTransformation,
@@ -125,35 +135,87 @@ def make_round(
     *,
     noise_mode: str = "relative",
     independent: bool = False,
+    cluster_chunk: int | None = None,
 ):
     """The jitted round: (client, server, server_opt_state, batch[N], layout[N], uploads, key)
     → (client', server', server_opt_state', RoundOutput).
 
     client has no cluster axis (FL: the global θ) unless `independent` (then [N, ...]).
+
+    `cluster_chunk` bounds how many clusters are vectorised at once. None: one `vmap` over all
+    N. An integer k: a `lax.scan` over N/k groups of k clusters (k rounded down to a divisor of
+    N), each group vmapped; the Eq. 7–9 sums Σ_n D_n θ̃_n and Σ_n D_n ∇_ω F_n are accumulated
+    group by group, so neither the N uploaded models [N, |θ|] nor all N clusters' activations
+    are ever live at once. Same result up to float round-off (the sums are taken in another
+    order). It trades parallelism for working-set size: on a CPU, where one cluster's step
+    already fills the cores, groups whose working set stays in cache are faster than one wide
+    vmap (benchmarks/bench_federated.py); on a GPU/TPU it bounds device memory for large N.
     """
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
+    if cluster_chunk is not None and (isinstance(cluster_chunk, bool) or not isinstance(cluster_chunk, int)
+                                      or cluster_chunk < 1):
+        raise ValidationError("cluster_chunk", "must be None or an integer >= 1", cluster_chunk)
     step = functools.partial(cluster_step, loss_fn, client_opt)
     client_axis = 0 if independent else None
     vstep = jax.vmap(step, in_axes=(client_axis, None, 0, 0))
+    vupload = jax.vmap(noisy_upload, in_axes=(None, 0, 0, 0, None))
 
-    def round_fn(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
-        local, g_server_all, loss, loss_sum, weight_sum, gnorm = vstep(client, server, batch, layout)
-        if independent:
-            new_client, g_server, _ = local, weighted_average(g_server_all, uploads.weight), None
-        else:
-            keys = jax.random.split(key, loss.shape[0])
-            uploaded = jax.vmap(noisy_upload, in_axes=(None, 0, 0, 0, None))(
-                client, local, uploads.eps, keys, noise_mode
-            )
-            new_client, g_server, _ = aggregate(client, uploaded, g_server_all, uploads)
+    def finish(server, server_opt_state, new_client, g_server, metrics):
         updates, server_opt_state = server_opt.update(g_server, server_opt_state, server)
         new_server = optax.apply_updates(server, updates)
         return new_client, new_server, server_opt_state, RoundOutput(
-            loss, loss_sum, weight_sum, gnorm, all_finite(new_client, new_server)
+            *metrics, all_finite(new_client, new_server)
         )
 
-    return jax.jit(round_fn)
+    def round_all(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
+        local, g_server_all, loss, loss_sum, weight_sum, gnorm = vstep(client, server, batch, layout)
+        if independent:
+            new_client, g_server = local, weighted_average(g_server_all, uploads.weight)
+        else:
+            keys = jax.random.split(key, loss.shape[0])
+            uploaded = vupload(client, local, uploads.eps, keys, noise_mode)
+            new_client, g_server, _ = aggregate(client, uploaded, g_server_all, uploads)
+        return finish(server, server_opt_state, new_client, g_server, (loss, loss_sum, weight_sum, gnorm))
+
+    def round_grouped(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
+        n_clusters = uploads.active.shape[0]
+        k = cluster_group_size(n_clusters, cluster_chunk)
+        if k == n_clusters:  # one group: the plain vmap, without a one-trip loop around it
+            return round_all(client, server, server_opt_state, batch, layout, uploads, key)
+        groups = lambda tree: jax.tree.map(lambda x: x.reshape((n_clusters // k, k) + x.shape[1:]), tree)  # noqa: E731
+        # the normalised Eq. 7–9 weights of `aggregate` / `weighted_average`, applied per group
+        w = uploads.weight if independent else jnp.where(uploads.active, uploads.weight, 0.0)
+        w_norm = w / jnp.maximum(jnp.sum(w), 1e-30)
+        keys = jax.random.split(key, n_clusters)
+        per_cluster = (batch, layout, uploads.eps, keys, w_norm) + ((client,) if independent else ())
+        zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
+        weighted_sum = lambda wg, tree: jax.tree.map(lambda x: jnp.tensordot(wg.astype(x.dtype), x, axes=1), tree)  # noqa: E731
+
+        def group(acc, xs):
+            b, lay, eps, ks, wg = xs[:5]
+            c = xs[5] if independent else client
+            local, g_s, loss, loss_sum, weight_sum, gnorm = vstep(c, server, b, lay)
+            acc_g = jax.tree.map(jnp.add, acc["server"], weighted_sum(wg, g_s))
+            metrics = (loss, loss_sum, weight_sum, gnorm)
+            if independent:
+                return {"server": acc_g}, (local, metrics)
+            uploaded = vupload(client, local, eps, ks, noise_mode)
+            acc_c = jax.tree.map(jnp.add, acc["client"], weighted_sum(wg, uploaded))
+            return {"client": acc_c, "server": acc_g}, metrics
+
+        init = {"server": zeros(server)} if independent else {"client": zeros(client), "server": zeros(server)}
+        acc, ys = jax.lax.scan(group, init, groups(per_cluster))
+        flat = lambda tree: jax.tree.map(lambda x: x.reshape((n_clusters,) + x.shape[2:]), tree)  # noqa: E731
+        if independent:
+            new_client, metrics = flat(ys)
+        else:
+            any_active = jnp.sum(w) > 0  # nobody uploads: θ unchanged (the sums are 0)
+            new_client = jax.tree.map(lambda a, g: jnp.where(any_active, a, g), acc["client"], client)
+            metrics = flat(ys)
+        return finish(server, server_opt_state, new_client, acc["server"], metrics)
+
+    return jax.jit(round_all if cluster_chunk is None else round_grouped)
 
 
 def looped_round(
