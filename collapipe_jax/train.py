@@ -86,6 +86,7 @@ class TrainConfig:
     lr: float = 0.05
     clusters: int | None = None  # N; default the scenario's
     micro_batches: int = 4  # static GPipe micro-batches of the compiled program
+    cluster_chunk: int | None = None  # vmap the clusters in groups of this size (None: all at once)
     seed: int = 0
     data_dir: str | None = None
     max_examples: int | None = None
@@ -115,6 +116,8 @@ class TrainConfig:
         for name in ("rounds", "batch", "micro_batches", "eval_every"):
             v = getattr(self, name)
             check(isinstance(v, int) and v >= 1, name.replace("_", "-"), "must be an integer >= 1", v)
+        check(self.cluster_chunk is None or (isinstance(self.cluster_chunk, int) and self.cluster_chunk >= 1),
+              "cluster-chunk", "must be an integer >= 1", self.cluster_chunk)
         check(self.clusters is None or (isinstance(self.clusters, int) and self.clusters >= 1), "clusters",
               "must be an integer >= 1", self.clusters)
         check(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a finite number > 0", self.lr)
@@ -287,7 +290,8 @@ def scheduler_policy(name: str, scenario, seed: int, variant: str, lyapunov: str
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_round(pipelined: bool, n_micro: int, n_stages: int, lr: float, noise_mode: str, independent: bool):
+def compiled_round(pipelined: bool, n_micro: int, n_stages: int, lr: float, noise_mode: str, independent: bool,
+                   cluster_chunk: int | None = None):
     """The jitted round for one program shape, shared by every run in the process (a resumed or
     repeated run reuses the compiled executable)."""
     import optax
@@ -295,7 +299,8 @@ def compiled_round(pipelined: bool, n_micro: int, n_stages: int, lr: float, nois
     from collapipe_jax.federated.rounds import make_round
 
     sgd = optax.sgd(lr)
-    return make_round(loss_fn_for(pipelined, n_micro, n_stages), sgd, sgd, noise_mode=noise_mode, independent=independent)
+    return make_round(loss_fn_for(pipelined, n_micro, n_stages), sgd, sgd, noise_mode=noise_mode, independent=independent,
+                      cluster_chunk=cluster_chunk)
 
 
 def loss_fn_for(pipelined: bool, n_micro: int, n_stages: int):
@@ -472,7 +477,8 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         decision = policy(state, Y, None if t == 0 else last_losses, t)
         decide_ms = 1e3 * (time.perf_counter() - t_decide)
         shape = layout_shape(decision) if pipelined else (1, sc.L)
-        round_fn = compiled_round(pipelined, cfg.micro_batches, shape[0], cfg.lr, cfg.noise_mode, independent)
+        round_fn = compiled_round(pipelined, cfg.micro_batches, shape[0], cfg.lr, cfg.noise_mode, independent,
+                                  cfg.cluster_chunk)
         if pipelined:
             # keep the state replicated over the round's stage mesh: the round returns it there,
             # and inputs placed elsewhere would make jit compile the round a second time
@@ -609,6 +615,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="b: samples per cluster and round")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
     parser.add_argument("--clusters", type=int, help="N clusters (default: the scenario's)")
+    parser.add_argument("--cluster-chunk", dest="cluster_chunk", type=int, default=None,
+                        help="vmap the clusters in groups of this size inside the jitted round (smaller working "
+                             "set on CPUs at large N; same result up to float32 round-off)")
     parser.add_argument("--micro-batches", dest="micro_batches", type=int, default=4,
                         help="static GPipe micro-batches of the compiled program (gradient is m-independent)")
     parser.add_argument("--max-examples", dest="max_examples", type=int, help="use the first N training examples")

@@ -10,9 +10,8 @@ from collapipe_jax.errors import ValidationError
 from collapipe_jax.tasks import batching, data, metrics, vocab
 from collapipe_jax.tasks.registry import NER_TAGS, load_task
 
-DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-if not DATA.is_dir():
-    DATA = pathlib.Path("/work/shared/data")
+# $COLLAPIPE_DATA, else ../shared/data (from the working directory or beside the checkout)
+DATA = data.resolve_data_dir()
 
 
 # ---------------------------------------------------------------- data directory and files
