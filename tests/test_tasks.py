@@ -1,7 +1,6 @@
 """Tasks: data-dir resolution, loading, tokenizers, batching, splits and metrics."""
 
 import gzip
-import pathlib
 
 import numpy as np
 import pytest

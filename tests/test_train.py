@@ -1,7 +1,6 @@
 """The training driver: tiny two-round runs per task, pipelined vs unsegmented, resume, errors."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
