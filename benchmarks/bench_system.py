@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from benchmarks.common import best_time, write_record  # noqa: E402
 from benchmarks.system_reference import numpy_evaluate, python_evaluate  # noqa: E402
 from collapipe_jax.scenario import Decision, draw_state, scenario_preset  # noqa: E402
-from collapipe_jax.system.model import _evaluate, evaluate, to_batch_minor  # noqa: E402
+from collapipe_jax.system.model import evaluate, to_batch_minor  # noqa: E402
 from collapipe_jax.system.sharded import SUMMARY_FIELDS, batch_mesh, chunked_evaluator, chunked_power_grad, evaluate_sharded, to_chunks  # noqa: E402
 
 BATCH = 1 << 17
@@ -62,7 +62,7 @@ def main() -> None:
 
     # the batch in the trailing (minor) axes, no vmap: how a sweep can lay out its batch
     minor_states, minor_decisions = jax.block_until_ready(to_batch_minor((states, decisions)))
-    forward_minor = jax.jit(lambda s, d: _evaluate(s, d))
+    forward_minor = jax.jit(lambda s, d: evaluate(s, d))
 
     def run_minor():
         out = forward_minor(minor_states, minor_decisions)

@@ -82,12 +82,10 @@ def _uniform_delta(L: int, S: int, K: int) -> list[int]:
 def sweep_latency_vs_microbatches(scale: str, out: pathlib.Path, progress) -> dict:
     """τ^pipe against m (Eq. 15 / 33), uniform δ over all K devices, both variants, averaged
     over seeded draws; evaluated as one sharded batch."""
-    import jax
     import numpy as np
 
-    from collapipe_jax.scenario import make_decision, round_key, scenario_preset
+    from collapipe_jax.scenario import draw_state, make_decision, round_key, scenario_preset
     from collapipe_jax.system.sharded import evaluate_sharded, stack
-    from collapipe_jax.scenario import draw_state
 
     draws = 8 if scale == "quick" else 64
     rows = []

@@ -198,7 +198,7 @@ def test_grad_wrt_continuous_state_inputs_matches_finite_differences():
 
 
 def test_batch_in_trailing_axes_equals_vmap():
-    from collapipe_jax.system.model import evaluate_batch_minor, to_batch_minor
+    from collapipe_jax.system.model import to_batch_minor
     from collapipe_jax.system.sharded import stack
 
     scenario = Scenario(N=3, K=4, J=3, L=7, b=16, z_bits=1e5, g_bits=1e5, z_enc_bits=1e6,
@@ -207,7 +207,7 @@ def test_batch_in_trailing_axes_equals_vmap():
     states, decisions = stack(states), stack(decisions)
     for variant in ("paper", "consistent"):
         lead = jax.vmap(lambda s, d: evaluate(s, d, variant))(states, decisions)
-        minor = evaluate_batch_minor(*to_batch_minor((states, decisions)), variant)
+        minor = evaluate(*to_batch_minor((states, decisions)), variant)
         for name in ("tau_pipe_s", "tau_up_s", "tau_round_s", "E_sch_j", "Gamma"):
             np.testing.assert_allclose(np.moveaxis(np.asarray(getattr(minor, name)), -1, 0),
                                        getattr(lead, name), rtol=1e-6)

@@ -204,6 +204,14 @@ def _subsets(K: int):
 _SUBSET_CACHE: dict[int, tuple] = {}
 
 
+def _stage_bounds(dev: ClusterDevices, m: int):
+    """(terms, stage times with disallowed entries at inf, sorted distinct feasible stage times):
+    the candidate bottleneck values T shared by the enumeration and the DP."""
+    terms = m_terms(dev, m)
+    stage = np.where(terms.allowed, terms.stage, np.inf)
+    return terms, stage, np.unique(stage[np.isfinite(stage)])
+
+
 def front_enum(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     """Exact front by enumerating every (device set, last device) and every bound T.
 
@@ -212,10 +220,8 @@ def front_enum(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     the smallest c_k first (a greedy fill with integer caps is optimal for a linear cost).
     Minimising Σ t + (m − 1) T over the candidate T is exact by the argument of the DP.
     """
-    terms = m_terms(dev, m)
+    terms, stage, T = _stage_bounds(dev, m)
     K, L = dev.K, dev.L
-    stage = np.where(terms.allowed, terms.stage, np.inf)
-    T = np.unique(stage[np.isfinite(stage)])
     if T.size == 0:
         return [None] * K
     member, is_last, size = _subsets(K)
@@ -294,10 +300,8 @@ def front_dp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     OPT_S, so only bounds T ≤ max_S UB_S / m matter, UB_S from a first pass on a coarse subset
     of the candidate bounds (which includes the largest one, so no feasible S is missed).
     """
-    terms = m_terms(dev, m)
+    terms, stage, candidates = _stage_bounds(dev, m)
     K, L = dev.K, dev.L
-    stage = np.where(terms.allowed, terms.stage, np.inf)
-    candidates = np.unique(stage[np.isfinite(stage)])
     if candidates.size == 0:
         return [None] * K
     # S = 1 directly: one device holds all L TEBs and is the last stage

@@ -4,7 +4,7 @@ Axis convention: cluster axis 0, device axis 1, then any number of *trailing* ba
 (per-device arrays [N, K, ...], per-cluster [N, ...], per-channel [J, ...], scalars [...]). One
 configuration has no batch axes; `jax.vmap` adds leading ones as usual, while putting a large
 batch in the trailing (minor) axes lets XLA vectorise across configurations (the fast path of
-`evaluate_batch_minor`).
+`evaluate` on batch-minor arrays).
 
 Conventions: b̂ = b / m is a real number (as in the paper); a device is *scheduled* when
 δ_k > 0; `rank` gives its position in the cluster's pipeline order; the last scheduled device

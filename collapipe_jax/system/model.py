@@ -93,9 +93,8 @@ def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") ->
 evaluate = jax.jit(_evaluate, static_argnames=("variant",))
 evaluate.__doc__ = _evaluate.__doc__
 
-# The same function on a batch held in trailing axes (per-device leaves [N, K, B], per-cluster
+# `evaluate` also takes a batch held in trailing axes (per-device leaves [N, K, B], per-cluster
 # [N, B], per-channel [J, B], scalars [B] or unbatched): no vmap, batch in the minor axis.
-evaluate_batch_minor = evaluate
 
 
 def to_batch_minor(tree):
@@ -111,5 +110,3 @@ def round_latency_of_power(p_n_w, state: SystemState, decision: Decision, varian
         return metrics.tau_round_s
     return latency.smooth_round_latency(metrics.tau_pipe_s, metrics.tau_up_s, temperature)
 
-
-batched_evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), static_argnums=2)

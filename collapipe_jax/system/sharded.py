@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from collapipe_jax.system.model import _evaluate
+from collapipe_jax.system.model import evaluate
 
 BATCH_AXIS = "batch"
 
@@ -80,7 +80,7 @@ def chunked_evaluator(mesh: Mesh, variant: str, fields: tuple[str, ...] | None =
     spec = PartitionSpec(BATCH_AXIS)
 
     def one_chunk(c):
-        metrics = _evaluate(c[0], c[1], variant)
+        metrics = evaluate(c[0], c[1], variant)
         return metrics if fields is None else {name: getattr(metrics, name) for name in fields}
 
     def local(chunks):
@@ -129,7 +129,7 @@ def chunked_power_grad(mesh: Mesh, variant: str):
         state, decision = c
 
         def total(p):
-            tau = _evaluate(state, decision.replace(p_n_w=p), variant).tau_round_s
+            tau = evaluate(state, decision.replace(p_n_w=p), variant).tau_round_s
             return jnp.sum(tau), tau
 
         grad, tau = jax.grad(total, has_aux=True)(decision.p_n_w)
