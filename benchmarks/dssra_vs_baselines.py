@@ -47,14 +47,14 @@ def scenarios(e_max_n: float):
 
 def run(rounds: int, e_max_n: float, seed: int = 0) -> dict:
     from collapipe_jax.errors import InfeasibleError
-    from collapipe_jax.scheduling.cli_schedule import run_schedule
+    from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
 
     out = {"rounds": rounds, "seed": seed, "paper_claims_pct": PAPER_CLAIMS_PCT, "results": []}
     for preset, label, scenario, overrides in scenarios(e_max_n):
         entry = {"preset": preset, "setting": label, "overrides": overrides}
         if label == "as-is":
             try:
-                run_schedule(scenario, rounds=1, policy="dssra", seed=seed, include_inputs=False)
+                run_schedule(scenario, ScheduleConfig(rounds=1, policy="dssra", seed=seed, include_inputs=False))
                 entry["feasible"] = True
             except InfeasibleError as err:
                 entry["feasible"] = False
@@ -68,7 +68,7 @@ def run(rounds: int, e_max_n: float, seed: int = 0) -> dict:
             row = {}
             for policy in POLICIES:
                 start = time.perf_counter()
-                res = run_schedule(scenario, rounds=rounds, V=V, policy=policy, seed=seed, include_inputs=False)
+                res = run_schedule(scenario, ScheduleConfig(rounds=rounds, V=V, policy=policy, seed=seed, include_inputs=False))
                 row[policy] = {
                     "total_latency_s": res["total_latency_s"],
                     "mean_Gamma": sum(sum(r["Gamma"]) for r in res["rounds"]) / (rounds * scenario.N),

@@ -1,27 +1,40 @@
-"""The `collapipe` command (DESIGN.md §6).
+"""The `collapipe` command (DESIGN.md §6); every command-line option of the package is here.
 
-Subcommands print a readable table by default and one JSON object with `--json`. Bad input
-is one line on stderr and exit code 2, never a traceback. JAX is imported only after the
-arguments are parsed, so `--host-devices` can set XLA's host device count first.
+Subcommands print a readable table by default and one JSON object with `--json`. Bad input is
+one line on stderr and exit code 2, never a traceback. The options of `schedule`, `train` and
+`sweep` are generated from their config dataclasses (`options.option` fields: flag, default,
+help and choices are written once, in the dataclass), so a default is never typed twice.
+
+JAX reads XLA's flags when its backends start, not when it is imported: `main` sets the host
+device count (`--host-devices`) before any computation.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import math
 import os
+import pathlib
 import sys
+import typing
+
+import jax
+import numpy as np
+from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
 
 from collapipe_jax.errors import InfeasibleError, ValidationError
-
-# Subcommands whose modules live elsewhere in the package: (name, module, help).
-EXTERNAL_COMMANDS = (
-    ("schedule", "collapipe_jax.scheduling.cli_schedule", "run DSSRA or a baseline policy for T rounds"),
-    ("train", "collapipe_jax.train", "federated CollaPipe training on a real task"),
-    ("sweep", "collapipe_jax.sweep", "reproduce the paper's figures and tables"),
-)
+from collapipe_jax.options import check_fields, flag_name, option
+from collapipe_jax.report import write_report
+from collapipe_jax.scenario import PRESETS, default_decision, draw_state, load_scenario, make_decision, mean_state
+from collapipe_jax.scenario import orders_of
+from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
+from collapipe_jax.sweep import SCALES, SWEEPS, finished_summary, replot, run_sweep
+from collapipe_jax.system import evaluate, round_latency_of_power
+from collapipe_jax.system.latency import VARIANTS
+from collapipe_jax.system.report import constraint_violations, inputs_dict, metrics_dict
+from collapipe_jax.train import TrainConfig, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,14 +44,82 @@ class _Parser(argparse.ArgumentParser):
         raise ValidationError("arguments", message)
 
 
-# --------------------------------------------------------------------------- parsing helpers
+# --------------------------------------------------------------------------- options from dataclasses
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One option per `option` field of the config dataclass `cls` (defaults None: the
+    dataclass's own default applies, and is shown in the help)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        meta = field.metadata
+        if not meta.get("cli", False) or field.name in skip:
+            continue
+        kind = hints[field.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        choices = meta.get("choices")
+        default = field.default
+        shown = f" ({'|'.join(map(str, choices))})" if choices else ""
+        help_text = f"{meta['help']}{shown} [default: {default}]"
+        if meta.get("positional"):
+            parser.add_argument(field.name, help=help_text)
+        elif base is bool:
+            flag = ("--no-" if default else "--") + flag_name(field)
+            parser.add_argument(flag, dest=field.name, action="store_false" if default else "store_true",
+                                default=None, help=meta["help"])
+        else:
+            parser.add_argument("--" + flag_name(field), dest=field.name, type=_typed(base, field), default=None,
+                                help=help_text)
+
+
+def _typed(base, field):
+    """argparse type converter with the one-line error of the field."""
+    expected = {int: "an integer", float: "a number"}.get(base, "a string")
+
+    def convert(text: str):
+        try:
+            value = base(text)
+        except ValueError:
+            raise ValidationError(flag_name(field), f"must be {expected}", text) from None
+        if base is float and not math.isfinite(value):
+            raise ValidationError(flag_name(field), "must be a finite number", text)
+        return value
+
+    return convert
+
+
+def config_from_args(cls, args, **extra):
+    """The config dataclass from the parsed options that were given (others keep defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return cls(**{**values, **extra})
+
+
+# --------------------------------------------------------------------------- latency / sensitivity
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionOptions:
+    """The decision evaluated by `latency` and `sensitivity` (defaults: `default_decision`)."""
+
+    delta: str | None = option(None, 'TEBs per device, "d11,d12,...;d21,..." (one row = all clusters)')
+    order: str | None = option(None, 'pipeline order of the scheduled devices, "k,k,..;.." (default: index order)')
+    m: str | None = option(None, "micro-batches, 1 or N values")
+    channel: str | None = option(None, "uplink channel per cluster (-1 = none), N values")
+    p_n: str | None = option(None, "CU transmit power in W, 1 or N values")
+    variant: str = option("paper", "Eq. 15 as printed (paper) or b̂-scaled with the exact GPipe makespan "
+                                   "(consistent)", choices=VARIANTS)
+    mean_state: bool = option(False, "use the middle of every range instead of a seeded random draw")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def parse_int_list(field: str, text: str) -> list[int]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValidationError(field, "must be comma-separated integers", text)
+        raise ValidationError(field, "must be comma-separated integers", text) from None
     if any(not math.isfinite(v) or v != int(v) for v in values):
         raise ValidationError(field, "must be comma-separated integers", text)
     return [int(v) for v in values]
@@ -48,7 +129,7 @@ def parse_float_list(field: str, text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValidationError(field, "must be comma-separated numbers", text)
+        raise ValidationError(field, "must be comma-separated numbers", text) from None
     if any(not math.isfinite(v) for v in values):
         raise ValidationError(field, "must be finite numbers", text)
     return values
@@ -65,111 +146,70 @@ def per_cluster(field: str, values: list, n: int) -> list:
 
 def parse_rows(field: str, text: str, n: int, parse) -> list[list]:
     """`"r1;r2;..."`: one row broadcasts to all clusters, otherwise N rows."""
-    rows = [parse(field, row) for row in text.split(";")]
-    return per_cluster(field, rows, n)
+    return per_cluster(field, [parse(field, row) for row in text.split(";")], n)
 
 
-def decision_from_args(scenario, args):
+def decision_from_options(scenario, opts: DecisionOptions):
     """The decision given on the command line, defaults from `default_decision`."""
-    import numpy as np
-
-    from collapipe_jax.scenario import default_decision, make_decision, orders_of
-
-    base = default_decision(scenario)
     s = scenario
+    base = default_decision(s)
     delta = np.asarray(base.delta)
-    if args.delta is not None:
-        rows = parse_rows("delta", args.delta, s.N, parse_int_list)
+    if opts.delta is not None:
+        rows = parse_rows("delta", opts.delta, s.N, parse_int_list)
         if any(len(r) != s.K for r in rows):
-            raise ValidationError("delta", f"each row must have K={s.K} values", args.delta)
+            raise ValidationError("delta", f"each row must have K={s.K} values", opts.delta)
         delta = np.asarray(rows)
     orders = None
-    if args.order is not None:
-        orders = parse_rows("order", args.order, s.N, parse_int_list)
-    elif args.delta is None:
+    if opts.order is not None:
+        orders = parse_rows("order", opts.order, s.N, parse_int_list)
+    elif opts.delta is None:
         orders = orders_of(base)
-    m = np.asarray(base.m) if args.m is None else per_cluster("m", parse_int_list("m", args.m), s.N)
-    channel = (np.asarray(base.channel) if args.channel is None
-               else per_cluster("channel", parse_int_list("channel", args.channel), s.N))
-    p_n = (np.asarray(base.p_n_w) if args.p_n is None
-           else per_cluster("p_n", parse_float_list("p_n", args.p_n), s.N))
+    m = np.asarray(base.m) if opts.m is None else per_cluster("m", parse_int_list("m", opts.m), s.N)
+    channel = (np.asarray(base.channel) if opts.channel is None
+               else per_cluster("channel", parse_int_list("channel", opts.channel), s.N))
+    p_n = (np.asarray(base.p_n_w) if opts.p_n is None
+           else per_cluster("p_n", parse_float_list("p_n", opts.p_n), s.N))
     return make_decision(s, delta, m, channel, p_n, orders)
 
 
-def add_decision_arguments(parser):
-    parser.add_argument("--delta", help='TEBs per device, "d11,d12,...;d21,..." (one row = all clusters)')
-    parser.add_argument("--order", help='pipeline order of the scheduled devices, "k,k,..;.." (default: index order)')
-    parser.add_argument("--m", help="micro-batches, 1 or N values")
-    parser.add_argument("--channel", help="uplink channel per cluster (-1 = none), N values")
-    parser.add_argument("--p-n", dest="p_n", help="CU transmit power in W, 1 or N values")
-    parser.add_argument("--variant", default="paper", choices=["paper", "consistent"],
-                        help="Eq. 15 literally (paper) or with b̂-scaled backward and D2D (consistent)")
-    parser.add_argument("--mean-state", action="store_true",
-                        help="use the middle of every range instead of a seeded random draw")
-
-
-def resolve_state(scenario, args):
-    import jax
-
-    from collapipe_jax.scenario import draw_state, mean_state
-
-    if args.mean_state:
-        return mean_state(scenario)
-    return draw_state(scenario, jax.random.PRNGKey(args.seed))
-
-
-def load_scenario_from_args(args):
-    from collapipe_jax.scenario import load_scenario
-
-    return load_scenario(args.preset, args.scenario)
-
-
-# --------------------------------------------------------------------------- latency / sensitivity
+def evaluated_decision(args):
+    """(scenario, state, decision, options) of a `latency`/`sensitivity` command line."""
+    opts = config_from_args(DecisionOptions, args)
+    scenario = load_scenario(args.preset, args.scenario)
+    state = mean_state(scenario) if opts.mean_state else draw_state(scenario, jax.random.PRNGKey(args.seed))
+    return scenario, state, decision_from_options(scenario, opts), opts
 
 
 def run_latency(args):
-    from collapipe_jax.system import evaluate
-    from collapipe_jax.system.report import constraint_violations, format_table, inputs_dict, metrics_dict
-
-    scenario = load_scenario_from_args(args)
-    state = resolve_state(scenario, args)
-    decision = decision_from_args(scenario, args)
-    metrics = evaluate(state, decision, args.variant)
+    scenario, state, decision, opts = evaluated_decision(args)
+    metrics = evaluate(state, decision, opts.variant)
     violations = constraint_violations(state, decision, metrics)
-    result = {"variant": args.variant, "seed": args.seed, "inputs": inputs_dict(scenario, state, decision),
+    result = {"variant": opts.variant, "seed": args.seed, "inputs": inputs_dict(scenario, state, decision),
               **metrics_dict(metrics), "violations": violations}
-    rows = []
-    for n in range(scenario.N):
-        rows.append([n, int(metrics.n_stages[n]), int(decision.m[n]), result["inputs"]["channel"][n],
-                     float(decision.p_n_w[n]), float(metrics.tau_pipe_s[n]), float(metrics.tau_up_s[n]),
-                     float(metrics.E_com_j[n]), float(metrics.E_pipe_j[n]), float(metrics.Gamma[n])])
+    rows = [[n, int(metrics.n_stages[n]), int(decision.m[n]), result["inputs"]["channel"][n],
+             float(decision.p_n_w[n]), float(metrics.tau_pipe_s[n]), float(metrics.tau_up_s[n]),
+             float(metrics.E_com_j[n]), float(metrics.E_pipe_j[n]), float(metrics.Gamma[n])]
+            for n in range(scenario.N)]
     table = format_table(["cluster", "S", "m", "channel", "p_n[W]", "tau_pipe[s]", "tau_up[s]",
                           "E_com[J]", "E_pipe[J]", "Gamma"], rows)
-    lines = [f"scenario {scenario.name}, variant {args.variant}, seed {args.seed}", table,
+    lines = [f"scenario {scenario.name}, variant {opts.variant}, seed {args.seed}", table,
              f"round latency tau(t) = {result['tau_round_s']:.6g} s"]
     lines += [f"violates {v['constraint']} (cluster {v['cluster']}): {v['message']}" for v in violations]
     return result, "\n".join(lines)
 
 
 def run_sensitivity(args):
-    import jax
-
-    from collapipe_jax.system import evaluate, round_latency_of_power
-    from collapipe_jax.system.report import format_table, inputs_dict
-
-    scenario = load_scenario_from_args(args)
-    state = resolve_state(scenario, args)
-    decision = decision_from_args(scenario, args)
-    metrics = evaluate(state, decision, args.variant)
+    scenario, state, decision, opts = evaluated_decision(args)
+    metrics = evaluate(state, decision, opts.variant)
     tau = float(metrics.tau_round_s)
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ValidationError("temperature", "must be a finite number > 0 (seconds)", args.temperature)
     temperature = args.temperature if args.temperature is not None else max(0.01 * tau, 1e-9)
-    hard = jax.grad(round_latency_of_power)(decision.p_n_w, state, decision, args.variant)
-    smooth_fn = lambda p: round_latency_of_power(p, state, decision, args.variant, temperature)  # noqa: E731
+    hard = jax.grad(round_latency_of_power)(decision.p_n_w, state, decision, opts.variant)
+    smooth_fn = lambda p: round_latency_of_power(p, state, decision, opts.variant, temperature)  # noqa: E731
     smooth_value, smooth = jax.value_and_grad(smooth_fn)(decision.p_n_w)
     result = {
-        "variant": args.variant, "seed": args.seed,
+        "variant": opts.variant, "seed": args.seed,
         "inputs": inputs_dict(scenario, state, decision),
         "tau_round_s": tau,
         "dtau_dp_n": [float(g) for g in hard],
@@ -181,13 +221,109 @@ def run_sensitivity(args):
              float(hard[n]), float(smooth[n])] for n in range(scenario.N)]
     table = format_table(["cluster", "p_n[W]", "tau_n[s]", "dtau/dp_n[s/W]", "smooth dtau/dp_n"], rows)
     text = "\n".join([
-        f"scenario {scenario.name}, variant {args.variant}, seed {args.seed}", table,
+        f"scenario {scenario.name}, variant {opts.variant}, seed {args.seed}", table,
         f"tau(t) = {tau:.6g} s (max); log-sum-exp max at T = {temperature:.4g} s: {float(smooth_value):.6g} s",
     ])
     return result, text
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- schedule / train / sweep
+
+
+def run_schedule_command(args):
+    scenario = load_scenario(args.preset, args.scenario)
+    result = run_schedule(scenario, config_from_args(ScheduleConfig, args, seed=args.seed))
+    return result, format_schedule(result)
+
+
+def format_schedule(result: dict) -> str:
+    def join(values, fmt="{}"):
+        return ",".join("-" if v is None else fmt.format(v) for v in values)
+
+    rows = [[r["round"], r["tau_round_s"], join(r["S"]), join(r["m"]), join(r["channel"]),
+             join(r["p_n_w"], "{:.3g}"), max(r["Y"]), sum(r["Gamma"]), r["solve_ms"]] for r in result["rounds"]]
+    table = format_table(["round", "tau[s]", "S", "m", "channel", "p_n[W]", "max Y", "sum Gamma", "solve[ms]"], rows)
+    head = (f"scenario {result['scenario']}, policy {result['policy']}, variant {result['variant']}, "
+            f"lyapunov {result['lyapunov']}, solver {result['solver']}, V = {result['V']:g}, seed {result['seed']}")
+    tail = (f"total latency over {len(result['rounds'])} rounds: {result['total_latency_s']:.6g} s; "
+            f"mean solve time {result['mean_solve_ms']:.3g} ms")
+    return "\n".join([head, table, tail])
+
+
+def run_train_command(args):
+    cfg = config_from_args(TrainConfig, args, seed=args.seed, preset=args.preset, scenario=args.scenario)
+    result = train(cfg)
+    metric_names = sorted({k for r in result["rounds"] for k in r["metrics"]})
+    rows = [[r["round"], r["loss"], r["tau_round_s"], r["energy_j"], *[r["metrics"].get(n) for n in metric_names]]
+            for r in result["rounds"]]
+    table = format_table(["round", "loss", "tau_round[s]", "energy[J]", *metric_names], rows)
+    lines = [f"task {cfg.task}, framework {cfg.framework} (policy {cfg.resolved_policy}), model {result['model']}, "
+             f"N={result['clusters']}, pipelined={result['pipelined']}", table,
+             "final: " + ", ".join(f"{k} = {v:.4g}" for k, v in result["final_metrics"].items())]
+    return result, "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    name: str = option("all", f"a sweep name or 'all' ({', '.join(SWEEPS)})", positional=True)
+    scale: str = option("quick", "quick (minutes on 2 CPU cores) or paper", choices=SCALES)
+    out: str = option("results", "output directory")
+    force: bool = option(False, "recompute sweeps that already finished")
+    replot: bool = option(False, "redraw figures and summaries of finished sweeps from their tables.json")
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.name != "all" and self.name not in SWEEPS:
+            raise ValidationError("sweep", f"unknown sweep, choose 'all' or one of {list(SWEEPS)}", self.name)
+
+
+def run_sweep_command(args):
+    for name in ("preset", "scenario"):
+        if getattr(args, name) is not None:
+            raise ValidationError(name, "sweep runs the paper's own settings; it takes no --preset or --scenario",
+                                  getattr(args, name))
+    opts = config_from_args(SweepOptions, args)
+    names = list(SWEEPS) if opts.name == "all" else [opts.name]
+    out = pathlib.Path(opts.out)
+    summaries = {name: (replot(SWEEPS[name], out) if opts.replot else run_sweep(SWEEPS[name], opts.scale, out,
+                                                                              opts.force))
+                 for name in names}
+    for name in SWEEPS:  # the report covers every finished sweep in `out`, not only this call's
+        if name not in summaries and (summary := finished_summary(out, name)) is not None:
+            summaries[name] = summary
+    summaries = {name: summaries[name] for name in SWEEPS if name in summaries}
+    report = write_report(out, summaries)
+    lines = [f"{name}: {out / name}" for name in summaries] + [f"report: {report}"]
+    return {"sweeps": summaries, "report": str(report)}, "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- tables and main
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v + 0.0:.4g}"  # + 0.0 prints -0.0 as 0
+        return str(v)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
+    return "\n".join(lines)
+
+
+COMMANDS = (
+    # (name, help, handler, config dataclass, fields the shared options already cover)
+    ("latency", "latency, energy and Γ of one decision (Eq. 10-28)", run_latency, DecisionOptions, ()),
+    ("sensitivity", "∂τ/∂p_n by jax.grad, hard and smooth max", run_sensitivity, DecisionOptions, ()),
+    ("schedule", "run DSSRA or a baseline policy for T rounds", run_schedule_command, ScheduleConfig, ()),
+    ("train", "federated CollaPipe training on a real task", run_train_command, TrainConfig, ()),
+    ("sweep", "reproduce the paper's figures and tables", run_sweep_command, SweepOptions, ()),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,37 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
     shared = _Parser(add_help=False)
-    shared.add_argument("--preset", help="scenario preset: paper-bert (default) or paper-transformer")
+    shared.add_argument("--preset", help=f"scenario preset: {' | '.join(PRESETS)} (default: the command's)")
     shared.add_argument("--scenario", help="scenario JSON file (may name a base \"preset\" and override fields)")
     shared.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     shared.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    shared.add_argument("--host-devices", dest="host_devices", type=int,
-                        help="number of XLA host (CPU) devices, set before JAX starts")
-
-    p = sub.add_parser("latency", parents=[shared], help="latency, energy and Γ of one decision (Eq. 10-28)")
-    add_decision_arguments(p)
-    p.set_defaults(handler=run_latency)
-
-    p = sub.add_parser("sensitivity", parents=[shared], help="∂τ/∂p_n by jax.grad, hard and smooth max")
-    add_decision_arguments(p)
-    p.add_argument("--temperature", type=float, help="log-sum-exp temperature in s (default 1%% of τ)")
-    p.set_defaults(handler=run_sensitivity)
-
-    for name, module_name, help_text in EXTERNAL_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):
-                continue  # that part of the package is not built yet: no command, no stub
-            raise
+    shared.add_argument("--host-devices", dest="host_devices", help="number of XLA host (CPU) devices, set before "
+                                                                    "JAX starts")
+    for name, help_text, handler, cls, skip in COMMANDS:
         p = sub.add_parser(name, parents=[shared], help=help_text)
-        module.add_arguments(p)
-        p.set_defaults(handler=module.run)
+        add_config_arguments(p, cls, skip)
+        if name == "sensitivity":
+            p.add_argument("--temperature", type=float, help="log-sum-exp temperature in s (default 1%% of τ)")
+        p.set_defaults(handler=handler)
     return parser
 
 
-def _set_host_devices(argv: list[str]) -> None:
-    """XLA reads its flags once, at JAX start-up: set the host device count before that."""
+def set_host_devices(argv: list[str]) -> None:
+    """XLA reads its flags once, when JAX's backends start: set the host device count before."""
     for i, arg in enumerate(argv):
         value = None
         if arg == "--host-devices" and i + 1 < len(argv):
@@ -236,9 +358,7 @@ def _set_host_devices(argv: list[str]) -> None:
             continue
         if not value.isdigit() or int(value) < 1:
             raise ValidationError("host-devices", "must be an integer >= 1", value)
-        if "jax" in sys.modules:
-            import jax
-
+        if xla_bridge.backends_are_initialized():
             if jax.device_count() != int(value) and jax.default_backend() == "cpu":
                 raise ValidationError("host-devices", "JAX was already started in this process", value)
             return
@@ -250,7 +370,7 @@ def _set_host_devices(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _set_host_devices(argv)
+        set_host_devices(argv)
         args = build_parser().parse_args(argv)
         result, text = args.handler(args)
     except (ValidationError, InfeasibleError) as err:

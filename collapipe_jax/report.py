@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from collapipe_jax.sweep import atomic_write_text
+from collapipe_jax.io import atomic_write_text
 
 
 def _fmt(value) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 from flax import struct
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.io import atomic_write_json
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import model_preset
 
@@ -103,10 +104,7 @@ class Scenario:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename)."""
-        path = pathlib.Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Scenario":
@@ -385,12 +383,19 @@ def make_decision(scenario: Scenario, delta, m, channel, p_n_w, orders=None) -> 
     )
 
 
+def even_split(L: int, K: int, S: int | None = None) -> list[int]:
+    """δ of the uniform split: L TEBs over the first S of K devices (all K by default), as
+    even as integers allow, the remainder one each to the first devices."""
+    S = K if S is None else S
+    base, extra = divmod(L, S)
+    return [base + (1 if k < extra else 0) if k < S else 0 for k in range(K)]
+
+
 def default_decision(scenario: Scenario) -> Decision:
     """Uniform δ over the K devices (remainder to the first ones), index order, m = 4,
     channel n for cluster n < J (none for the rest), p_n = P_n^max."""
     s = scenario
-    base, extra = divmod(s.L, s.K)
-    row = [base + (1 if k < extra else 0) for k in range(s.K)]
+    row = even_split(s.L, s.K)
     channel = [n if n < s.J else -1 for n in range(s.N)]
     return make_decision(s, [row] * s.N, min(4, s.b), channel, s.P_max_n_w)
 

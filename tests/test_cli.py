@@ -68,7 +68,8 @@ def test_table_output_is_readable(capsys):
     (["latency", "--m", "x"], "m"),
     (["latency", "--channel", "0,0,1"], "channel"),
     (["latency", "--preset", "nope"], "preset"),
-    (["latency", "--variant", "other"], "arguments"),
+    (["latency", "--variant", "other"], "variant"),
+    (["latency", "--bogus"], "arguments"),
     (["sensitivity", "--temperature", "-1"], "temperature"),
     (["latency", "--host-devices", "0"], "host-devices"),
 ])

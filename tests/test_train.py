@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from collapipe_jax import train as train_mod
+from collapipe_jax.checkpoints import Checkpoints
+from collapipe_jax.federated import program
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, train
@@ -112,7 +114,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, toutiao_r
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    real = train_mod.compiled_round
+    real = program.compiled_round
     calls = {"n": 0}
 
     def poisoned(*key):
@@ -127,11 +129,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
         return round_fn
 
-    monkeypatch.setattr(train_mod, "compiled_round", poisoned)
+    monkeypatch.setattr(program, "compiled_round", poisoned)
     ckpt = tmp_path / "ck"
     with pytest.raises(train_mod.NonFiniteLossError, match=r"non-finite training loss at round 1.*round 0"):
         train(tiny(tmp_path, task="toutiao", rounds=3, no_pipeline=True, checkpoint_dir=str(ckpt)))
-    assert train_mod.Checkpoints(str(ckpt)).latest() == 0
+    assert Checkpoints(str(ckpt)).latest() == 0
 
 
 def test_missing_data_file_is_named(tmp_path):
@@ -149,25 +151,30 @@ def test_bad_config_values():
         TrainConfig(framework="vanilla-fl", policy="random")
 
 
-# ---------------------------------------------------------------- baseline decisions
+# ---------------------------------------------------------------- framework decisions
 
 
-def _state_and_scenario(**changes):
+def _problem(**changes):
     import jax
 
     from collapipe_jax.scenario import draw_state, scenario_from_model
+    from collapipe_jax.scheduling.dssra import round_problem
 
     sc = scenario_from_model("tiny", **changes)
-    return sc, draw_state(sc, jax.random.PRNGKey(4))
+    state = draw_state(sc, jax.random.PRNGKey(4))
+    return sc, state, round_problem(sc, state)
 
 
 def test_vanilla_fl_picks_fastest_device_that_fits():
-    sc, state = _state_and_scenario()
+    from collapipe_jax.scheduling.dssra import round_problem
+    from collapipe_jax.scheduling.frameworks import vanilla_fl_policy
+
+    sc, state, _ = _problem()
     speed = np.asarray(state.phi_flops_per_cycle) * np.asarray(state.f_hz)
     mem = np.array(state.gamma_max_k_bytes)
     mem[0, np.argmax(speed[0])] = 0.5 * sc.L * sc.gamma0_bytes  # the fastest device of cluster 0 is too small
     state = state.replace(gamma_max_k_bytes=mem)
-    d = train_mod.vanilla_fl_decision(sc, state)
+    d = vanilla_fl_policy(round_problem(sc, state)).decision
     delta = np.asarray(d.delta)
     assert np.all(delta.sum(axis=1) == sc.L) and np.all((delta > 0).sum(axis=1) == 1)
     assert np.argmax(delta[0]) == np.argsort(speed[0])[-2]  # the second fastest
@@ -175,23 +182,26 @@ def test_vanilla_fl_picks_fastest_device_that_fits():
     assert np.all(np.asarray(d.m) == 1)
     state = state.replace(gamma_max_k_bytes=np.zeros_like(mem))
     with pytest.raises(InfeasibleError, match="C7"):
-        train_mod.vanilla_fl_decision(sc, state)
+        vanilla_fl_policy(round_problem(sc, state))
 
 
 def test_proportional_split_hand_worked():
+    from collapipe_jax.scheduling.frameworks import proportional_split
+
     # L = 7, speeds 3:2:1 → shares 3.5, 2.33, 1.17 → floors 3, 2, 1, the extra to the largest remainder
-    assert train_mod.proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([9, 9, 9])).tolist() == [4, 2, 1]
+    assert proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([9, 9, 9])).tolist() == [4, 2, 1]
     # memory cap of the fastest device at 2 pushes the rest down the remainders
-    assert train_mod.proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([2, 9, 9])).tolist() == [2, 3, 2]
+    assert proportional_split(7, np.array([3.0, 2.0, 1.0]), np.array([2, 9, 9])).tolist() == [2, 3, 2]
     with pytest.raises(InfeasibleError):
-        train_mod.proportional_split(7, np.array([1.0, 1.0]), np.array([3, 3]))
+        proportional_split(7, np.array([1.0, 1.0]), np.array([3, 3]))
 
 
 def test_titanic_decision_selects_fast_devices_in_speed_order():
     from collapipe_jax.scenario import orders_of
+    from collapipe_jax.scheduling.frameworks import titanic_policy
 
-    sc, state = _state_and_scenario(L=6)
-    d = train_mod.titanic_decision(sc, state)
+    sc, state, problem = _problem(L=6)
+    d = titanic_policy(problem).decision
     speed = np.asarray(state.phi_flops_per_cycle) * np.asarray(state.f_hz)
     for n, order in enumerate(orders_of(d)):
         assert set(order) <= set(np.argsort(-speed[n])[: (sc.K + 1) // 2].tolist())
@@ -215,16 +225,16 @@ def test_cli_train_json(tmp_path, capsys):
 
 
 def test_scheduler_policies_in_the_loop(tmp_path, monkeypatch):
-    from collapipe_jax.scheduling import baselines
+    from collapipe_jax.scheduling import policies
 
     seen = []
-    real = baselines.POLICIES["loss-only"]
+    real = policies.POLICIES["loss-only"]
 
     def spy(problem, Y, rng, losses=None, **kw):
         seen.append(None if losses is None else np.array(losses))
         return real(problem, Y, rng, losses=losses, **kw)
 
-    monkeypatch.setitem(baselines.POLICIES, "loss-only", spy)
+    monkeypatch.setitem(policies.POLICIES, "loss-only", spy)
     loss_only = train(tiny(tmp_path, task="toutiao", policy="loss-only", no_pipeline=True))
     assert seen[0] is None  # round 0: no losses yet
     np.testing.assert_array_equal(seen[1], loss_only["rounds"][0]["cluster_losses"])  # the real ones of round 0

@@ -1,8 +1,9 @@
 """Baseline scheduling policies (paper §VI), on the host.
 
-Every policy is a function `(problem, Y, rng, losses=None) -> RoundResult`; `.decision` is the
-`Decision` pytree the system model and the trainer take. Every decision satisfies C1–C11'
-(checked in `dssra.build_result`); an instance where none exists raises InfeasibleError.
+Every policy has the registry's signature (`scheduling.policies`):
+`(problem, Y, rng, losses=None, **options) -> RoundResult`; `.decision` is the `Decision` pytree
+the system model and the trainer take. Every decision satisfies C1–C11' (checked in
+`dssra.build_result`); an instance where none exists raises InfeasibleError.
 
 * ``random``     — random m ∈ [1, b], a random feasible device set, pipeline order and split
                    of the L TEBs, a random feasible channel matching, p_n uniform in (0, p_ub].
@@ -22,7 +23,8 @@ import time
 
 import numpy as np
 
-from collapipe_jax.errors import InfeasibleError
+from collapipe_jax.errors import InfeasibleError, ValidationError
+from collapipe_jax.scenario import even_split
 from collapipe_jax.scheduling import dssra as ds
 from collapipe_jax.scheduling import resources as rs
 from collapipe_jax.scheduling import segments as sg
@@ -30,7 +32,7 @@ from collapipe_jax.scheduling import segments as sg
 LOSS_ONLY_V = 1e-9  # latency only breaks ties between equally good Γ
 
 
-def random_policy(problem: ds.RoundProblem, Y, rng: np.random.Generator, losses=None) -> ds.RoundResult:
+def random_policy(problem: ds.RoundProblem, Y, rng: np.random.Generator, losses=None, **options) -> ds.RoundResult:
     started = time.perf_counter()
     plans = [_random_plan(dev, rng, n) for n, dev in enumerate(problem.clusters)]
     up = problem.uplink
@@ -79,8 +81,6 @@ def delay_only_policy(problem: ds.RoundProblem, Y, rng=None, losses=None, **kw) 
 def loss_only_policy(problem: ds.RoundProblem, Y, rng=None, losses=None, **kw) -> ds.RoundResult:
     weights = np.ones(problem.N) if losses is None else np.asarray(losses, float)
     if weights.shape != (problem.N,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        from collapipe_jax.errors import ValidationError
-
         raise ValidationError("losses", f"must be N={problem.N} finite numbers >= 0", np.asarray(losses).tolist())
     drift = ds.RoundProblem(problem.scenario, problem.clusters, problem.uplink, problem.V, problem.Gamma_max,
                             problem.variant, "drift")
@@ -105,8 +105,7 @@ def uniform_policy(problem: ds.RoundProblem, Y, rng=None, losses=None, **kw) -> 
 
 def uniform_plan(dev: sg.ClusterDevices, cluster: int, max_steps: int = 8) -> sg.SegmentPlan:
     """Even split over all devices (index order), m by the stationary rule (Eq. 38) iterated."""
-    base, extra = divmod(dev.L, dev.K)
-    delta = tuple(base + (1 if k < extra else 0) for k in range(dev.K))
+    delta = tuple(even_split(dev.L, dev.K))
     order = tuple(k for k in range(dev.K) if delta[k] > 0)
     m = sg._initial_m(dev)
     seen = set()
@@ -125,16 +124,3 @@ def uniform_plan(dev: sg.ClusterDevices, cluster: int, max_steps: int = 8) -> sg
         "constraint": bad[0], "cluster": cluster,
         "message": f"cluster {cluster}: the uniform split {list(delta)} violates {', '.join(bad)} (policy uniform)",
     })
-
-
-def dssra_policy(problem: ds.RoundProblem, Y, rng=None, losses=None, **kw) -> ds.RoundResult:
-    return ds.dssra_round(problem, Y, **kw)
-
-
-POLICIES = {
-    "dssra": dssra_policy,
-    "random": random_policy,
-    "delay-only": delay_only_policy,
-    "loss-only": loss_only_policy,
-    "uniform": uniform_policy,
-}

@@ -34,6 +34,7 @@ from collapipe_jax.scenario import Decision, Scenario, SystemState, make_decisio
 from collapipe_jax.scheduling import lyapunov as lyap
 from collapipe_jax.scheduling import resources as rs
 from collapipe_jax.scheduling import segments as sg
+from collapipe_jax.system.latency import check_variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,6 @@ class RoundProblem:
 def round_problem(scenario: Scenario, state: SystemState, variant: str = "paper", lyapunov: str = "drift",
                   V: float | None = None) -> RoundProblem:
     """Host copy of one round's draw plus the scenario's L, V, Γ^max."""
-    from collapipe_jax.system.latency import check_variant
-
     check_variant(variant)
     lyap.check_lyapunov(lyapunov)
     V = scenario.V if V is None else V
@@ -153,12 +152,14 @@ def check_decision(problem: RoundProblem, plans, channel, p_n_w) -> list[dict]:
 
 
 def build_result(problem: RoundProblem, plans, channel, p_n_w, Y, policy: str, iterations: int = 1,
-                 fallback: bool = False, started: float | None = None) -> RoundResult:
-    """Check, evaluate and package a decision; a violated constraint here is a bug, not input."""
+                 fallback: bool = False, started: float | None = None, strict: bool = True) -> RoundResult:
+    """Check, evaluate and package a decision. `strict`: a violated constraint is a bug of the
+    policy (optimising policies stay inside the feasible set); the frameworks' fixed rules pass
+    False and their breaches are reported by the host round instead."""
     channel = np.asarray(channel, int)
     p = np.where(channel >= 0, np.asarray(p_n_w, float), 0.0)
-    bad = check_decision(problem, plans, channel, p)
-    if bad:  # pragma: no cover - every policy builds decisions inside the feasible set
+    bad = check_decision(problem, plans, channel, p) if strict else []
+    if bad:  # pragma: no cover - every optimising policy builds decisions inside the feasible set
         raise RuntimeError(f"{policy} produced a decision violating {bad}")
     ev = evaluate_host(problem, plans, channel, p, Y)
     if not (np.isfinite(ev["objective"]) and np.all(np.isfinite(ev["Gamma"]))):  # pragma: no cover

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import cvxpy as cp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -304,8 +305,6 @@ def _power_problem(N: int):
     """min V T + Σ_n w_n exp(1/v_n) s.t. τ_pipe_n + a_n v_n ≤ T, v_lo_n ≤ v_n ≤ v_hi_n: the
     ``paper``-objective power control with the upload delay written u_n = a_n v_n
     (a_n = ln2 θ/B, so p_n = (e^{1/v_n} − 1)(I + B N0)/h), built once per N (DPP)."""
-    import cvxpy as cp
-
     if N in _POWER_CACHE:
         return _POWER_CACHE[N]
     T = cp.Variable()
@@ -366,8 +365,6 @@ def power_control_paper(up: Uplink, tau_pipe, channel, Y, V, p_ub, use_cvxpy: bo
 
 
 def _power_cvxpy(up: Uplink, tau_pipe, channel, Y, V, u_lo, T_hi) -> float | None:
-    import cvxpy as cp
-
     problem, par, T, v = _power_problem(up.N)
     channel = np.asarray(channel)
     assigned = channel >= 0

@@ -89,19 +89,3 @@ def constraint_violations(state: SystemState, decision: Decision, metrics) -> li
         out.append({"constraint": "C11'", "cluster": int(n),
                     "message": f"upload energy {ecom[n]:.4g} J > E_max_n {emaxn[n]:.4g} J"})
     return out
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    def cell(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v + 0.0:.4g}"  # + 0.0 prints -0.0 as 0
-        return str(v)
-
-    text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
-    return "\n".join(lines)

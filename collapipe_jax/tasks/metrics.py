@@ -11,14 +11,14 @@
 from __future__ import annotations
 
 import numpy as np
+import sacrebleu
+from seqeval.metrics import f1_score, precision_score, recall_score
 
 from collapipe_jax.errors import ValidationError
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     """sacrebleu corpus BLEU (0..100) of detokenised hypotheses against one reference each."""
-    import sacrebleu
-
     if len(hypotheses) != len(references):
         raise ValidationError("hypotheses", f"must have one per reference ({len(references)})", len(hypotheses))
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
@@ -26,8 +26,6 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
 
 def entity_scores(gold_tags: list[list[str]], pred_tags: list[list[str]]) -> dict[str, float]:
     """seqeval entity precision, recall and F1 (micro over PER/LOC/ORG)."""
-    from seqeval.metrics import f1_score, precision_score, recall_score
-
     if len(gold_tags) != len(pred_tags) or any(len(g) != len(p) for g, p in zip(gold_tags, pred_tags)):
         raise ValidationError("pred_tags", "must match gold_tags sentence by sentence and token by token", None)
     return {

@@ -14,7 +14,10 @@ import os
 import pathlib
 from collections import Counter
 
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.io import atomic_write_text
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 CLS = BOS
@@ -77,8 +80,6 @@ def train_bpe(texts: list[str], vocab_size: int, *, cache_dir: str | os.PathLike
     BLEU on detokenised text needs), ids 0..3 the shared specials. Cached as JSON under
     cache_dir/bpe-<hash>.json, the hash covering the text and the settings.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     if vocab_size < len(SPECIALS) + 1:
         raise ValidationError("vocab_size", f"must be > {len(SPECIALS)}", vocab_size)
     digest = hashlib.sha256()
@@ -96,8 +97,6 @@ def train_bpe(texts: list[str], vocab_size: int, *, cache_dir: str | os.PathLike
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, path)  # atomic: concurrent runs never read a half-written tokenizer
+    # atomic: concurrent runs never read a half-written tokenizer
+    atomic_write_text(path, tok.to_str())
     return tok

@@ -1,0 +1,86 @@
+"""The host part of one round (DESIGN.md §1), shared by `collapipe train` and `collapipe schedule`:
+
+  1. draw the channel state and device capabilities  (scenario.draw_state, seeded by (seed, t))
+  2. decide X(t) = [m, S, δ, order, I, p]              (a policy of scheduling.policies)
+  3. charge latency, energy, ε and Γ of X(t)           (system.evaluate: Eq. 10–16, 25–28, 33)
+     and list the constraints it breaks                (C7, C9', C11')
+  4. update the Lyapunov queues                        (Eq. 29: Y ← max(Y + Γ_n − Γ^max, 0))
+
+Everything is a pure function of (context, t, Y, losses), so a resumed run repeats it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from collapipe_jax.errors import InfeasibleError
+from collapipe_jax.scenario import Decision, Scenario, SystemState, draw_state, round_key
+from collapipe_jax.scheduling import lyapunov
+from collapipe_jax.scheduling.dssra import RoundResult, round_problem
+from collapipe_jax.scheduling.policies import POLICIES, policy_rng
+from collapipe_jax.system import Metrics, evaluate
+from collapipe_jax.system.report import constraint_violations
+
+draw = jax.jit(draw_state, static_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostContext:
+    """What stays fixed over the rounds of a run.
+
+    uploads_model: False for a framework without FL aggregation (PipeLine): the CU uploads only
+    the encoder output, so θ^enc is not charged (the state's theta_enc_bits is zeroed before the
+    policy sees it).
+    """
+
+    scenario: Scenario
+    policy: str = "dssra"
+    seed: int = 0
+    variant: str = "paper"
+    lyapunov: str = "drift"
+    V: float | None = None  # None: the scenario's
+    solver: str = "exact"
+    m_rule: str = "stationary"
+    uploads_model: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class HostRound:
+    t: int
+    state: SystemState  # the round's draw, as charged
+    result: RoundResult  # the policy's decision with its host (float64) evaluation
+    metrics: Metrics  # the system model's charge of the decision (float32, jitted)
+    violations: list[dict]  # constraints the decision breaks (empty for the optimising policies)
+    Y: np.ndarray  # queues the decision was made with
+    Y_next: np.ndarray  # Eq. 29
+    host_ms: float  # wall time of steps 1–4
+
+    @property
+    def decision(self) -> Decision:
+        return self.result.decision
+
+
+def run_host_round(ctx: HostContext, t: int, Y, losses=None) -> HostRound:
+    """Steps 1–4 for round t with queues Y(t) and the previous round's losses (None: none)."""
+    started = time.perf_counter()
+    sc = ctx.scenario
+    state = draw(sc, round_key(ctx.seed, t))
+    if not ctx.uploads_model:
+        state = state.replace(theta_enc_bits=state.theta_enc_bits * 0.0)
+    problem = round_problem(sc, state, ctx.variant, ctx.lyapunov, ctx.V)
+    Y = np.asarray(Y, np.float64)
+    try:
+        result = POLICIES[ctx.policy](problem, Y, policy_rng(ctx.seed, t), losses, solver=ctx.solver,
+                                      m_rule=ctx.m_rule)
+    except InfeasibleError as err:
+        report = dict(err.report, round=t, policy=ctx.policy)
+        report["message"] = f"round {t}: {err.report.get('message', err)}"
+        raise InfeasibleError(report) from None
+    metrics = evaluate(state, result.decision, ctx.variant)
+    violations = constraint_violations(state, result.decision, metrics)
+    Y_next = lyapunov.update_queues(Y, np.asarray(metrics.Gamma, np.float64), sc.Gamma_max)
+    return HostRound(t, state, result, metrics, violations, Y, Y_next, 1e3 * (time.perf_counter() - started))

@@ -1,0 +1,50 @@
+"""The one registry of decision rules: DSSRA, the paper's baselines and the frameworks' rules.
+
+Every policy is `policy(problem, Y, rng, losses=None, **options) -> RoundResult`:
+  problem  the round's `dssra.RoundProblem` (host float64 copy of the draw and the scenario)
+  Y        the Lyapunov queues Y(t) [N]
+  rng      `policy_rng(seed, t)`: the one seeding of every random choice, so a resumed or
+           repeated run (train or schedule) makes the same decisions
+  losses   the previous round's per-cluster training losses (None when there are none)
+  options  `solver` ("exact" | "milp") and `m_rule` ("stationary" | "exhaustive") for the rules
+           that solve Sub-1; the others ignore them
+`collapipe schedule --policy` and `collapipe train --policy` take their names from here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from collapipe_jax.scheduling import baselines, dssra, frameworks
+
+Policy = Callable[..., dssra.RoundResult]
+
+
+def dssra_policy(problem: dssra.RoundProblem, Y, rng=None, losses=None, **options) -> dssra.RoundResult:
+    """Alg. 4 (DSSRA) with the round's queues."""
+    return dssra.dssra_round(problem, Y, **options)
+
+
+POLICIES: dict[str, Policy] = {
+    "dssra": dssra_policy,
+    "random": baselines.random_policy,
+    "delay-only": baselines.delay_only_policy,
+    "loss-only": baselines.loss_only_policy,
+    "uniform": baselines.uniform_policy,  # CollaPipe w/o segment scheduling
+    "default": frameworks.default_policy,  # no optimisation at all (PipeLine's decision)
+    "vanilla-fl": frameworks.vanilla_fl_policy,
+    "titanic": frameworks.titanic_policy,
+}
+# the rules a user picks for `schedule` and for the collapipe framework in `train`; the other
+# entries are the fixed rules of the vanilla-fl and titanic frameworks
+SCHEDULER_POLICIES = ("dssra", "random", "loss-only", "delay-only", "uniform", "default")
+# the rules whose every decision satisfies C1–C11' (or that raise InfeasibleError): the fixed
+# rules transmit at P_max and may break C9'/C11', which the host round reports
+CONSTRAINED_POLICIES = ("dssra", "random", "loss-only", "delay-only", "uniform")
+
+
+def policy_rng(seed: int, t: int) -> np.random.Generator:
+    """The generator of round t's random choices: a pure function of (seed, t)."""
+    return np.random.default_rng([seed, t])

@@ -1,0 +1,85 @@
+"""The sweep engine: each experiment is compute → tables, plot(tables), findings(tables).
+
+`compute(scale, work_dir, progress)` returns named tables (lists of flat dict rows) and may cache
+intermediate results under `work_dir` (the training sweep caches each run); `plot(tables,
+out_dir)` draws the PNGs; `findings(tables)` returns the summary: `findings` (sentences), `claims`
+(the paper's claims next to measured numbers) and any other numbers. Numbers are therefore
+tested without matplotlib, and figures are redrawn from `tables.json` without recomputing
+(`collapipe sweep NAME --replot`).
+
+Files per sweep, in `out/NAME/`: `<table>.csv` per table, `tables.json` (all tables), the
+PNGs, and `summary.json`, written last: a sweep whose summary is readable is finished and is
+skipped on a rerun (a damaged or missing summary is recomputed), so a killed `make sweep`
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import time
+from typing import Callable
+
+from tqdm import tqdm
+
+from collapipe_jax.errors import ValidationError
+from collapipe_jax.io import atomic_write_json, read_json, write_csv
+
+SCALES = ("quick", "paper")
+Tables = dict[str, list[dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    compute: Callable[[str, pathlib.Path, Callable[[int], object]], Tables]
+    plot: Callable[[Tables, pathlib.Path], None]
+    findings: Callable[[Tables], dict]
+
+
+SWEEPS: dict[str, Sweep] = {}
+
+
+def register(sweep: Sweep) -> Sweep:
+    SWEEPS[sweep.name] = sweep
+    return sweep
+
+
+def finished_summary(out: pathlib.Path, name: str) -> dict | None:
+    """The summary of a finished sweep in `out`, or None (not run, or its summary is damaged)."""
+    summary = read_json(out / name / "summary.json")
+    return summary if isinstance(summary, dict) and summary.get("sweep") == name else None
+
+
+def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str, seconds: float) -> dict:
+    """CSVs, plots and the summary of computed tables (the summary last: it marks completion)."""
+    for table, rows in tables.items():
+        write_csv(folder / f"{table}.csv", rows)
+    sweep.plot(tables, folder)
+    summary = {"sweep": sweep.name, "scale": scale, "seconds": seconds, **sweep.findings(tables)}
+    atomic_write_json(folder / "summary.json", summary)
+    return summary
+
+
+def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False) -> dict:
+    """Compute (or skip, when finished) one sweep; returns its summary."""
+    folder = out / sweep.name
+    summary = None if force else finished_summary(out, sweep.name)
+    if summary is not None:
+        return summary
+    start = time.perf_counter()
+    with tqdm(desc=f"sweep {sweep.name}", unit="step", file=sys.stderr) as bar:
+        tables = sweep.compute(scale, folder, bar.update)
+    atomic_write_json(folder / "tables.json", {"scale": scale, "tables": tables})
+    return write_outputs(sweep, tables, folder, scale, time.perf_counter() - start)
+
+
+def replot(sweep: Sweep, out: pathlib.Path) -> dict:
+    """Redraw the figures and the summary of a computed sweep from its tables.json."""
+    folder = out / sweep.name
+    saved = read_json(folder / "tables.json")
+    if not isinstance(saved, dict) or "tables" not in saved:
+        raise ValidationError("replot", f"no readable tables.json in {folder}: run the sweep first", sweep.name)
+    old = finished_summary(out, sweep.name) or {}
+    return write_outputs(sweep, saved["tables"], folder, saved.get("scale", "?"), old.get("seconds", 0.0))
