@@ -32,3 +32,10 @@ class Checkpoints:
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                  meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
+
+    def restore_raw(self, step: int) -> tuple[dict, dict]:
+        """The saved state as nested dicts of arrays, without a target structure (to read
+        another run's checkpoint, whose optimizer states need not match this run's)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                 meta=ocp.args.JsonRestore()))
+        return out["state"], out["meta"]

@@ -35,7 +35,8 @@ from tqdm import tqdm
 from collapipe_jax.checkpoints import Checkpoints
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated import program
-from collapipe_jax.federated.rounds import NOISE_MODES, Uploads
+from collapipe_jax.federated.optim import CLIENT_OPTIMIZERS, LR_SCHEDULES, SERVER_OPTIMIZERS
+from collapipe_jax.federated.rounds import NOISE_MODES, LocalWork, ServerState, Uploads, init_server_state
 from collapipe_jax.io import atomic_write_json, write_csv
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
@@ -47,7 +48,7 @@ from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
 from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.tasks import TaskData, load_task
-from collapipe_jax.tasks.batching import eval_batches, gather, round_indices, split_clusters
+from collapipe_jax.tasks.batching import eval_batches, gather, local_batches, split_clusters
 
 MODEL_SIZES = ("tiny", "small", "paper")
 TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
@@ -70,8 +71,24 @@ class TrainConfig:
                            choices=LYAPUNOV_VARIANTS)
     no_pipeline: bool = option(False, "train the same model with the unsegmented encoder (reference)")
     rounds: int = option(2, "number of rounds")
-    batch: int = option(8, "b: samples per cluster and round")
-    lr: float = option(0.05, "SGD learning rate")
+    batch: int = option(8, "b: samples per cluster and local step")
+    local_steps: int | None = option(None, "E: local steps (mini-batches of b, each a full GPipe forward/backward) "
+                                           "per cluster and round [1 when neither this nor --local-epochs is given]")
+    local_epochs: float | None = option(None, "X: local epochs per round instead of --local-steps: cluster n makes "
+                                              "E_n = ceil(X D_n / b) steps")
+    optimizer: str = option("sgd", "client optimizer of the local steps and of the server head",
+                            choices=CLIENT_OPTIMIZERS)
+    lr: float = option(0.05, "peak learning rate of the client optimizer")
+    weight_decay: float = option(0.0, "weight decay λ (decoupled for adamw, L2 otherwise; not on biases and "
+                                      "LayerNorm scales)")
+    lr_schedule: str = option("constant", "learning-rate schedule over the run's local steps", choices=LR_SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up steps of the warmup-* schedules")
+    clip_norm: float | None = option(None, "clip each local gradient to this global norm")
+    server_optimizer: str = option("avg", "server optimizer on the mean update: avg = FedAvg, adam = FedAdam, "
+                                          "yogi = FedYogi (Reddi et al., 2021)", choices=SERVER_OPTIMIZERS)
+    server_lr: float = option(1.0, "server learning rate (sgd, adam, yogi)")
+    init_from: str | None = option(None, "start from the last checkpoint of a finished run (its --checkpoint-dir): "
+                                         "embedding and encoder, and the head/decoder when the task matches")
     clusters: int | None = option(None, "N clusters (default: the scenario's)")
     cluster_chunk: int | None = option(None, "vmap the clusters in groups of this size inside the jitted round "
                                              "(smaller working set on CPUs at large N)")
@@ -101,9 +118,18 @@ class TrainConfig:
         check_fields(self)
         for name in ("rounds", "batch", "micro_batches", "eval_every"):
             check_int(name.replace("_", "-"), getattr(self, name))
-        for name in ("cluster_chunk", "clusters", "max_examples", "max_eval_examples", "seq_len"):
+        for name in ("cluster_chunk", "clusters", "max_examples", "max_eval_examples", "seq_len", "local_steps"):
             check_int(name.replace("_", "-"), getattr(self, name), optional=True)
+        check_int("warmup-steps", self.warmup_steps, low=0)
         check_float("lr", self.lr, low=0.0, strict_low=True)
+        check_float("server-lr", self.server_lr, low=0.0, strict_low=True)
+        check_float("weight-decay", self.weight_decay, low=0.0)
+        check_float("clip-norm", self.clip_norm, low=0.0, strict_low=True, optional=True)
+        check_float("local-epochs", self.local_epochs, low=0.0, strict_low=True, optional=True)
+        require(self.local_steps is None or self.local_epochs is None, "local-epochs",
+                "give --local-steps or --local-epochs, not both", self.local_epochs)
+        require(FRAMEWORKS[self.framework].federated or self.server_optimizer == "avg", "server-optimizer",
+                f"the {self.framework} framework has no federated aggregation", self.server_optimizer)
         check_float("V", self.V, low=0.0, optional=True)
         check_float("dirichlet-alpha", self.dirichlet_alpha, low=0.0, strict_low=True)
         require(self.micro_batches <= self.batch, "micro-batches", f"must be <= batch={self.batch}", self.micro_batches)
@@ -134,16 +160,25 @@ class Setup:
     scenario: Scenario
     clusters: list[np.ndarray]  # training example indices per cluster
     weights: np.ndarray  # D_n
+    local_steps: np.ndarray  # E_n: local steps of each cluster per round
+
+    def round_settings(self, n_stages: int) -> program.RoundSettings:
+        cfg = self.cfg
+        E = int(self.local_steps.max())
+        return program.RoundSettings(
+            pipelined=cfg.pipelined, n_micro=cfg.micro_batches, n_stages=n_stages, local_steps=E,
+            optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
+            warmup_steps=cfg.warmup_steps, total_steps=cfg.rounds * E, clip_norm=cfg.clip_norm,
+            server_optimizer=cfg.server_optimizer, server_lr=cfg.server_lr, noise_mode=cfg.noise_mode,
+            independent=not FRAMEWORKS[cfg.framework].federated, cluster_chunk=cfg.cluster_chunk)
 
 
 @struct.dataclass
 class TrainState:
-    """Everything a round changes: the global client model θ (or one per cluster without FL),
-    the server model ω and its optimizer state, the Lyapunov queues and the last losses."""
+    """Everything a round changes: the server state (global client model θ — one per cluster
+    without FL —, server model ω and the optimizer states), the queues and the last losses."""
 
-    client: dict
-    server: dict
-    server_opt: optax.OptState
+    server: ServerState
     Y: np.ndarray  # [N] float64
     last_losses: np.ndarray  # [N]; NaN before the first round
 
@@ -171,19 +206,63 @@ def build_setup(cfg: TrainConfig) -> Setup:
     scenario = base.replace(**overrides)
     clusters = split_clusters(task.n_train, scenario.N, seed=cfg.seed, labels=task.partition_labels,
                               non_iid=cfg.non_iid, alpha=cfg.dirichlet_alpha)
-    weights = np.array([len(c) for c in clusters], np.float32)
-    return Setup(cfg, task, model_cfg, scenario, clusters, weights)
+    sizes = np.array([len(c) for c in clusters])
+    if cfg.local_epochs is not None:
+        steps = np.maximum(np.ceil(cfg.local_epochs * sizes / cfg.batch), 1).astype(int)
+    else:
+        steps = np.full(scenario.N, cfg.local_steps or 1)
+    return Setup(cfg, task, model_cfg, scenario, clusters, sizes.astype(np.float32), steps)
 
 
 def initial_state(setup: Setup) -> TrainState:
     cfg, sc = setup.cfg, setup.scenario
     n_classes = setup.task.n_labels if setup.task.kind != "seq2seq" else None
     params = program.jitted_init(setup.model_cfg, TASK_MODEL[cfg.task], n_classes)(jax.random.PRNGKey(cfg.seed))
+    if cfg.init_from:
+        params = init_from_run(cfg.init_from, params, setup.task)
     client = params["client"]
     if not FRAMEWORKS[cfg.framework].federated:  # every cluster keeps its own encoder
         client = jax.tree.map(lambda x: jnp.broadcast_to(x, (sc.N,) + x.shape), client)
-    server_opt = optax.sgd(cfg.lr).init(params["server"])
-    return TrainState(client, params["server"], server_opt, np.zeros(sc.N), np.full(sc.N, np.nan))
+    server = init_server_state(setup.round_settings(1).spec(), client, params["server"])
+    return TrainState(server, np.zeros(sc.N), np.full(sc.N, np.nan))
+
+
+def init_from_run(run_dir: str, params: dict, task: TaskData) -> dict:
+    """The embedding and encoder (and the server model when the task matches) of a finished
+    run's last checkpoint in place of the fresh ones; a different vocabulary or shape is a
+    one-line error naming what differs."""
+    path = pathlib.Path(run_dir)
+    ckpt = Checkpoints(str(path)) if path.is_dir() else None
+    step = ckpt.latest() if ckpt is not None else None
+    require(step is not None, "init-from", "must be the --checkpoint-dir of a run with a checkpoint", run_dir)
+    saved, meta = ckpt.restore_raw(step)
+    source = meta.get("config", {})
+    require(meta.get("vocab_id") == task.vocab_id, "init-from",
+            f"the run's vocabulary ({source.get('task')}, {meta.get('vocab_id')}) differs from this task's "
+            f"({task.name}, {task.vocab_id})", run_dir)
+    client = saved["server"]["client"]
+    if not FRAMEWORKS.get(source.get("framework"), FRAMEWORKS["collapipe"]).federated:
+        client = jax.tree.map(lambda x: x[0], client)  # a run without FL: cluster 0's model
+    out = {"client": match_shapes("client", params["client"], client), "server": params["server"]}
+    if source.get("task") == task.name:
+        out["server"] = match_shapes("server", params["server"], saved["server"]["server"])
+    return out
+
+
+def match_shapes(name: str, fresh, saved):
+    """`saved` arranged as `fresh`, leaf by leaf; a missing leaf or another shape is an error."""
+    flat_saved = dict(jax.tree_util.tree_leaves_with_path(saved))
+    flat_saved = {jax.tree_util.keystr(k): v for k, v in flat_saved.items()}
+
+    def take(path, leaf):
+        key = jax.tree_util.keystr(path)
+        value = flat_saved.get(key)
+        require(value is not None, "init-from", f"the run has no parameter {name}{key}")
+        require(tuple(value.shape) == tuple(leaf.shape), "init-from",
+                f"parameter {name}{key} has shape {tuple(value.shape)} in the run, {tuple(leaf.shape)} here")
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(take, fresh)
 
 
 def evaluate_model(setup: Setup, client, server, eval_batch: int = 64) -> dict[str, float]:
@@ -205,12 +284,20 @@ def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState) -> tuple[Tra
     return state, meta["records"], int(meta["next_round"])
 
 
+def needs_losses(policy: str) -> bool:
+    """Whether round t+1's decision needs round t's losses (then it cannot overlap round t)."""
+    return policy == "loss-only"
+
+
 def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
-    """Run (or resume) a training run; returns the result dict of DESIGN §6."""
+    """Run (or resume) a training run; returns the result dict of DESIGN §6.
+
+    The host decides round t+1 (draw, policy, charge, queues) while the device runs round t:
+    JAX dispatches the jitted round asynchronously, and nothing waits for its results until the
+    losses are read (loss-only, which decides from those losses, runs in series)."""
     setup = setup or build_setup(cfg)
     sc, task = setup.scenario, setup.task
     framework = FRAMEWORKS[cfg.framework]
-    independent = not framework.federated
     ctx = HostContext(sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=framework.federated)
     state = initial_state(setup)
     records: list[dict] = []
@@ -221,12 +308,14 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
             raise ValidationError("checkpoint-dir", "holds a checkpoint: pass --resume to continue it, or use an "
                                                     "empty directory", str(ckpt.path))
         state, records, start = restore(ckpt, cfg, state)
+    E = int(setup.local_steps.max())
+    work = LocalWork(jnp.asarray(setup.local_steps, jnp.int32), jnp.asarray(0, jnp.int32))
 
     bar = tqdm(total=cfg.rounds, initial=min(start, cfg.rounds), file=sys.stderr, leave=False,
                desc=f"train {cfg.task}/{cfg.framework}", disable=not cfg.progress)
+    hr = run_host_round(ctx, start, state.Y, None if start == 0 else state.last_losses) if start < cfg.rounds else None
     for t in range(start, cfg.rounds):
         t0 = time.perf_counter()
-        hr = run_host_round(ctx, t, state.Y, None if t == 0 else state.last_losses)
         decision = hr.decision
         delta, orders = np.asarray(decision.delta), orders_of(decision)
         if cfg.pipelined:
@@ -234,61 +323,93 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
             layouts = program.stage_layouts(delta, orders, n_stages, n_slots)
         else:
             n_stages, layouts = 1, program.single_stage_layouts(sc.N, sc.L)
-        round_fn = program.compiled_round(cfg.pipelined, cfg.micro_batches, n_stages, cfg.lr, cfg.noise_mode,
-                                          independent, cfg.cluster_chunk)
-        params = (state.client, state.server, state.server_opt)
+        round_fn = program.compiled_round(setup.round_settings(n_stages))
+        server_state = state.server
         if cfg.pipelined:
             # keep the state replicated over the round's stage mesh: the round returns it there,
             # and inputs placed elsewhere would make jit compile the round a second time
-            params = jax.device_put(params, program.replicated(n_stages))
+            server_state = jax.device_put(server_state, program.replicated(n_stages))
         active = np.asarray(decision.channel) >= 0
         uploads = Uploads(active=jnp.asarray(active),
                           eps=jnp.asarray(np.where(active, np.asarray(hr.metrics.eps), 0.0), jnp.float32),
                           weight=jnp.asarray(setup.weights))
-        batch = gather(task.train, round_indices(setup.clusters, cfg.batch, t, cfg.seed))
-        noise_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed ^ 0x5EED), t)
-        client, server, server_opt, out = round_fn(*params, batch, layouts, uploads, noise_key)
+        batch = gather(task.train, local_batches(setup.clusters, cfg.batch, setup.local_steps, t, cfg.seed))
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed ^ 0x5EED), t)
+        t_step = time.perf_counter()
+        new_server, out = round_fn(server_state, batch, layouts, uploads, work.replace(step0=jnp.asarray(t * E)), key)
+        overlap = t + 1 < cfg.rounds and not needs_losses(ctx.policy)
+        next_hr = run_host_round(ctx, t + 1, hr.Y_next) if overlap else None  # while the device works
         losses = np.asarray(out.loss, np.float64)
+        step_ms = 1e3 * (time.perf_counter() - t_step)
         loss = float(np.sum(setup.weights * losses) / np.sum(setup.weights))
         if not (np.isfinite(losses).all() and bool(out.params_finite)):
             kept = f"last good checkpoint (round {t - 1}) kept in {ckpt.path}" if ckpt and t > 0 else "no checkpoint written"
             raise NonFiniteLossError("loss", f"non-finite training loss at round {t} (cluster losses {losses.tolist()}); "
                                              f"training stopped, {kept}")
-        state = TrainState(client, server, server_opt, hr.Y_next, losses)
+        state = TrainState(new_server, hr.Y_next, losses)
+        t_eval = time.perf_counter()
         evaluated = (t + 1) % cfg.eval_every == 0 or t == cfg.rounds - 1
-        eval_client = jax.tree.map(lambda x: x[0], client) if independent else client
-        metrics = evaluate_model(setup, eval_client, server) if evaluated else {}
-        sysm = hr.metrics
-        records.append({
-            "round": t, "loss": loss, "cluster_losses": losses.tolist(), "metrics": metrics,
-            "tau_round_s": float(sysm.tau_round_s),
-            "energy_j": float(np.sum(sysm.E_com_j) + np.sum(sysm.E_pipe_j)),
-            "violations": hr.violations,
-            "Y": hr.Y_next.tolist(), "Gamma": np.asarray(sysm.Gamma).tolist(),
-            "decision": {"delta": delta.tolist(), "order": orders, "m": np.asarray(decision.m).tolist(),
-                         "channel": np.asarray(decision.channel).tolist(),
-                         "p_n_w": np.asarray(decision.p_n_w).tolist()},
-            "decide_ms": hr.host_ms, "wall_s": time.perf_counter() - t0,
-        })
+        client = new_server.client
+        eval_client = client if framework.federated else jax.tree.map(lambda x: x[0], client)
+        metrics = evaluate_model(setup, eval_client, new_server.server) if evaluated else {}
+        records.append(round_record(t, loss, losses, metrics, hr, setup, step_ms,
+                                    1e3 * (time.perf_counter() - t_eval), t0))
         if ckpt is not None:
             ckpt.save(t, serialization.to_state_dict(state),
                       {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "records": records,
-                       "next_round": t + 1})
+                       "next_round": t + 1, "vocab_id": task.vocab_id})
         write_logs(cfg, records)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
+        if t + 1 < cfg.rounds:
+            hr = next_hr if next_hr is not None else run_host_round(ctx, t + 1, hr.Y_next, losses)
     bar.close()
-    result = result_dict(cfg, setup, records)
+    result = result_dict(cfg, setup, records, trainable_parameters(cfg, state))
     write_logs(cfg, records, result)
     return result
 
 
-def result_dict(cfg: TrainConfig, setup: Setup, records: list[dict]) -> dict:
+def round_record(t, loss, losses, metrics, hr, setup: Setup, step_ms, eval_ms, t0) -> dict:
+    decision, sysm = hr.decision, hr.metrics
+    return {
+        "round": t, "loss": loss, "cluster_losses": losses.tolist(), "metrics": metrics,
+        "tau_round_s": float(sysm.tau_round_s),
+        "energy_j": float(np.sum(sysm.E_com_j) + np.sum(sysm.E_pipe_j)),
+        "violations": hr.violations,
+        "Y": hr.Y_next.tolist(), "Gamma": np.asarray(sysm.Gamma).tolist(),
+        "decision": {"delta": np.asarray(decision.delta).tolist(), "order": orders_of(decision),
+                     "m": np.asarray(decision.m).tolist(), "channel": np.asarray(decision.channel).tolist(),
+                     "p_n_w": np.asarray(decision.p_n_w).tolist()},
+        "local_steps": setup.local_steps.tolist(),
+        "decide_ms": hr.host_ms, "step_ms": step_ms, "eval_ms": eval_ms,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def parameter_count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def trainable_parameters(cfg: TrainConfig, state: TrainState) -> int:
+    """Parameters the optimizers update: one client model (of N without FL) and the server's."""
+    client = parameter_count(state.server.client)
+    if not FRAMEWORKS[cfg.framework].federated:
+        client //= len(state.Y)
+    return client + parameter_count(state.server.server)
+
+
+def result_dict(cfg: TrainConfig, setup: Setup, records: list[dict], trainable: int) -> dict:
     return {
         "task": cfg.task, "framework": cfg.framework, "policy": cfg.resolved_policy, "model": setup.model_cfg.name,
         "pipelined": cfg.pipelined, "variant": cfg.variant, "clusters": setup.scenario.N,
         "samples_per_cluster": setup.weights.astype(int).tolist(),
         "n_train": setup.task.n_train, "n_test": setup.task.n_test, "seed": cfg.seed,
+        "optimizer": {"name": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                      "lr_schedule": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps, "clip_norm": cfg.clip_norm},
+        "server_optimizer": {"name": cfg.server_optimizer, "lr": cfg.server_lr},
+        "local_steps": setup.local_steps.tolist(),
+        "trainable_params": trainable,
+        "uploaded_bits_per_round": float(setup.scenario.theta_enc_bits) if FRAMEWORKS[cfg.framework].federated else 0.0,
         "rounds": records,
         "final_metrics": records[-1]["metrics"] if records else {},
         "total_latency_s": float(sum(r["tau_round_s"] for r in records)),

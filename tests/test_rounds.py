@@ -1,4 +1,7 @@
-"""Federated round (Eq. 6–9, 25): vmapped round vs Python loop, aggregation by hand, noise."""
+"""Federated round (Alg. 1; Eq. 6–9, 25): vmapped round vs Python loops, local steps, client and
+server optimizers, aggregation by hand, noise."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -7,14 +10,19 @@ import optax
 import pytest
 
 from collapipe_jax.errors import ValidationError
-from collapipe_jax.federated.rounds import Uploads, cluster_group_size, looped_round, make_round, noisy_upload
+from collapipe_jax.federated.optim import client_direction, learning_rate_schedule, server_transform
+from collapipe_jax.federated.rounds import (LocalWork, RoundSpec, Uploads, cluster_group_size, init_server_state,
+                                            looped_round, make_round, noisy_upload)
 
 V, D, L, C, B, N = 11, 8, 3, 4, 5, 3
 
 
-def toy_loss(client, server, batch, layout):
-    """Embedding → L residual tanh layers (masked by layout, as the stage masks do) → head, CE."""
+def toy_loss(client, server, batch, layout, key, jitter=0.01):
+    """Embedding → L residual tanh layers (masked by layout, as the stage masks do) → head, CE.
+    `jitter` scales a key-dependent perturbation, standing in for dropout (so the keys matter)."""
     x = jnp.mean(client["embed"][batch["tokens"]], axis=1)
+    if jitter:
+        x = x + jitter * jax.random.normal(key, x.shape)
     for l in range(L):
         x = x + layout["mask"][l] * jnp.tanh(x @ client["encoder"]["w"][l])
     logp = jax.nn.log_softmax(x @ server["head"])
@@ -22,47 +30,71 @@ def toy_loss(client, server, batch, layout):
     return jnp.sum(nll), jnp.asarray(nll.shape[0], jnp.float32)
 
 
-def toy_setup(seed=0, n=N):
+plain_loss = functools.partial(toy_loss, jitter=0.0)
+
+
+def toy_setup(seed=0, n=N, steps=1):
     k = jax.random.split(jax.random.PRNGKey(seed), 5)
     client = {"embed": jax.random.normal(k[0], (V, D)), "encoder": {"w": 0.3 * jax.random.normal(k[1], (L, D, D))}}
     server = {"head": jax.random.normal(k[2], (D, C))}
-    batch = {"tokens": jax.random.randint(k[3], (n, B, 6), 0, V), "label": jax.random.randint(k[4], (n, B), 0, C)}
+    batch = {"tokens": jax.random.randint(k[3], (n, steps, B, 6), 0, V),
+             "label": jax.random.randint(k[4], (n, steps, B), 0, C)}
     layout = {"mask": jnp.asarray(np.random.default_rng(seed).integers(0, 2, (n, L)), jnp.float32)}
     return client, server, batch, layout
+
+
+def spec_of(loss=toy_loss, optimizer="sgd", lr=0.1, server="avg", server_lr=1.0, **kw):
+    return RoundSpec(loss, client_direction(optimizer, weight_decay=0.01 if optimizer == "adamw" else 0.0),
+                     learning_rate_schedule("constant", lr), server_transform(server, server_lr), **kw)
+
+
+def work(steps, step0=0):
+    return LocalWork(jnp.asarray(steps, jnp.int32), jnp.asarray(step0, jnp.int32))
 
 
 def close(a, b, rtol=1e-5, atol=1e-6):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
 
 
-@pytest.mark.parametrize("independent", [False, True])
-def test_vmapped_round_equals_python_loop(independent):
-    client, server, batch, layout = toy_setup()
+@pytest.mark.parametrize("independent, optimizer, server, steps", [
+    (False, "sgd", "avg", [1, 1, 1]),
+    (True, "sgd", "avg", [1, 1, 1]),
+    (False, "adamw", "adam", [3, 1, 2]),
+    (False, "momentum", "yogi", [2, 2, 2]),
+    (True, "adam", "avg", [3, 2, 3]),
+])
+def test_vmapped_round_equals_python_loop(independent, optimizer, server, steps):
+    E = max(steps)
+    client, server_params, batch, layout = toy_setup(steps=E)
     if independent:
         client = jax.tree.map(lambda x: jnp.stack([x, 1.1 * x, 0.9 * x]), client)
+        server = "avg"
+    spec = spec_of(optimizer=optimizer, server=server, server_lr=0.3, local_steps=E, independent=independent)
     uploads = Uploads(active=jnp.array([True, False, True]), eps=jnp.array([0.02, 0.05, 0.01]),
                       weight=jnp.array([10.0, 20.0, 30.0]))
-    sgd = optax.sgd(0.1)
-    args = (client, server, sgd.init(server), batch, layout, uploads, jax.random.PRNGKey(3))
-    out_v = make_round(toy_loss, sgd, sgd, independent=independent)(*args)
-    out_l = looped_round(toy_loss, sgd, sgd, independent=independent)(*args)
+    with jax.default_matmul_precision("highest"):
+        args = (init_server_state(spec, client, server_params), batch, layout, uploads, work(steps, 7),
+                jax.random.PRNGKey(3))
+        out_v = make_round(spec)(*args)
+        out_l = looped_round(spec)(*args)
     close(out_v, out_l)
-    assert np.all(np.isfinite(np.asarray(out_v[3].loss)))
+    assert np.all(np.isfinite(np.asarray(out_v[1].loss)))
 
 
 @pytest.mark.parametrize("independent", [False, True])
 def test_grouped_round_equals_python_loop(independent, n=4, chunk=2):
-    """Clusters in a scan over 2 vmapped groups of 2: same round as the loop (k = 1 is covered
-    by the hand-computed aggregation and the no-channel tests)."""
-    client, server, batch, layout = toy_setup(4, n=n)
+    """Cluster gradients in a lax.map over 2 vmapped groups of 2: the same round as the loops."""
+    client, server, batch, layout = toy_setup(4, n=n, steps=2)
     if independent:
         client = jax.tree.map(lambda x: jnp.stack([(1 + 0.1 * i) * x for i in range(n)]), client)
     uploads = Uploads(active=jnp.arange(n) != 1, eps=jnp.linspace(0.01, 0.05, n), weight=jnp.arange(1.0, n + 1) * 10)
-    sgd = optax.sgd(0.1)
-    args = (client, server, sgd.init(server), batch, layout, uploads, jax.random.PRNGKey(3))
-    out_g = make_round(toy_loss, sgd, sgd, independent=independent, cluster_chunk=chunk)(*args)
-    close(out_g, looped_round(toy_loss, sgd, sgd, independent=independent)(*args))
-    assert out_g[3].loss.shape == (n,)
+    spec = spec_of(local_steps=2, independent=independent, cluster_chunk=chunk)
+    with jax.default_matmul_precision("highest"):
+        args = (init_server_state(spec, client, server), batch, layout, uploads, work([2, 1, 2, 2]),
+                jax.random.PRNGKey(3))
+        out_g = make_round(spec)(*args)
+        close(out_g, looped_round(spec)(*args))
+    assert out_g[1].loss.shape == (n,)
 
 
 def test_cluster_group_size_is_largest_divisor():
@@ -70,42 +102,76 @@ def test_cluster_group_size_is_largest_divisor():
     assert cluster_group_size(7, 4) == 1
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValidationError, match="cluster_chunk"):
-            make_round(toy_loss, optax.sgd(0.1), optax.sgd(0.1), cluster_chunk=bad)
+            spec_of(cluster_chunk=bad)
+    with pytest.raises(ValidationError, match="local_steps"):
+        spec_of(local_steps=0)
+
+
+def mean_loss(c, s, batch, layout, n, e):
+    pick = lambda t: jax.tree.map(lambda x: x[n], t)  # noqa: E731
+    ls, ws = plain_loss(c, s, jax.tree.map(lambda x: x[e], pick(batch)), pick(layout), None)
+    return ls / ws
 
 
 @pytest.mark.parametrize("chunk", [None, 1])
-def test_aggregation_matches_hand_computation_without_noise(chunk):
-    client, server, batch, layout = toy_setup(1)
+def test_two_sgd_steps_and_fedavg_match_hand_computation(chunk):
+    """E = 2 plain SGD steps per cluster (cluster 1 stops after one), the head stepping on the
+    weighted mean head gradient of the uploading clusters, then FedAvg without noise."""
+    client, server, batch, layout = toy_setup(1, steps=2)
     lr = 0.05
     active = np.array([True, False, True])
     w = np.array([3.0, 5.0, 7.0])
+    steps = [2, 1, 2]
     uploads = Uploads(active=jnp.asarray(active), eps=jnp.zeros(N), weight=jnp.asarray(w))
-    sgd = optax.sgd(lr)
-    new_c, new_s, _, out = make_round(toy_loss, sgd, sgd, cluster_chunk=chunk)(
-        client, server, sgd.init(server), batch, layout, uploads, jax.random.PRNGKey(0))
-    # independent computation: per-cluster gradients by jax.grad of the mean loss
-    def mean_loss(c, s, n):
-        ls, ws = toy_loss(c, s, jax.tree.map(lambda x: x[n], batch), jax.tree.map(lambda x: x[n], layout))
-        return ls / ws
+    spec = spec_of(loss=plain_loss, lr=lr, local_steps=2, cluster_chunk=chunk)
+    with jax.default_matmul_precision("highest"):
+        new, out = make_round(spec)(init_server_state(spec, client, server), batch, layout, uploads, work(steps),
+                                    jax.random.PRNGKey(0))
+        grad = jax.grad(mean_loss, argnums=(0, 1))
+        sub = lambda p, g: jax.tree.map(lambda a, b: a - lr * b, p, g)  # noqa: E731
+        thetas, omega, losses = [client] * N, server, [[], [], []]
+        for e in range(2):
+            g_heads, wts = [], []
+            for n in range(N):
+                gc, gs = grad(thetas[n], omega, batch, layout, n, e)
+                if e < steps[n]:
+                    losses[n].append(float(mean_loss(thetas[n], omega, batch, layout, n, e)))
+                    thetas[n] = sub(thetas[n], gc)
+                g_heads.append(gs)
+                wts.append(w[n] * active[n] * (e < steps[n]))
+            wts = np.asarray(wts) / np.sum(wts)
+            omega = sub(omega, jax.tree.map(lambda *g: sum(wn * gn for wn, gn in zip(wts, g)), *g_heads))
+        wa = np.where(active, w, 0) / np.sum(np.where(active, w, 0))
+        expected = jax.tree.map(lambda *t: sum(wn * tn for wn, tn in zip(wa, t)), *thetas)
+    close(new.client, expected)
+    close(new.server, omega)
+    np.testing.assert_allclose(out.loss, [np.mean(x) for x in losses], rtol=1e-5)
 
-    grads = [jax.grad(mean_loss, argnums=(0, 1))(client, server, n) for n in range(N)]
-    wa = np.where(active, w, 0) / np.sum(np.where(active, w, 0))
-    exp_c = jax.tree.map(lambda p, *g: p - lr * sum(wn * gn for wn, gn in zip(wa, g)), client, *[g[0] for g in grads])
-    exp_s = jax.tree.map(lambda p, *g: p - lr * sum(wn * gn for wn, gn in zip(wa, g)), server, *[g[1] for g in grads])
-    close(new_c, exp_c)
-    close(new_s, exp_s)
-    np.testing.assert_allclose(out.loss, [mean_loss(client, server, n) for n in range(N)], rtol=1e-6)
+
+def test_fedadam_server_step_matches_hand_computation():
+    """One FedAdam step from a fresh state: m = (1−β1)Δ, v = (1−β2)Δ², bias-corrected
+    θ^{t+1} = θ^t − η_s Δ / (|Δ| + ε) with Δ = θ^t − θ̄ (ε = 1e-3)."""
+    client, server, batch, layout = toy_setup(5)
+    uploads = Uploads(active=jnp.array([True, True, False]), eps=jnp.zeros(N), weight=jnp.array([1.0, 3.0, 2.0]))
+    avg, adam = spec_of(loss=plain_loss), spec_of(loss=plain_loss, server="adam", server_lr=0.2)
+    with jax.default_matmul_precision("highest"):
+        mean, _ = make_round(avg)(init_server_state(avg, client, server), batch, layout, uploads, work([1] * N),
+                                  jax.random.PRNGKey(0))
+        stepped, _ = make_round(adam)(init_server_state(adam, client, server), batch, layout, uploads, work([1] * N),
+                                      jax.random.PRNGKey(0))
+    expected = jax.tree.map(lambda t, m: t - 0.2 * (t - m) / (jnp.abs(t - m) + 1e-3), client, mean.client)
+    close(stepped.client, expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("chunk", [None, 1])
 def test_no_channel_means_no_update(chunk):
     client, server, batch, layout = toy_setup(2)
     uploads = Uploads(active=jnp.zeros(N, bool), eps=jnp.full(N, 0.1), weight=jnp.ones(N))
-    sgd = optax.sgd(0.1)
-    new_c, new_s, _, out = make_round(toy_loss, sgd, sgd, cluster_chunk=chunk)(client, server, sgd.init(server), batch, layout, uploads,
-                                                           jax.random.PRNGKey(0))
-    close(new_c, client, rtol=0, atol=0)
-    close(new_s, server, rtol=0, atol=0)
+    spec = spec_of(cluster_chunk=chunk)
+    new, out = make_round(spec)(init_server_state(spec, client, server), batch, layout, uploads, work([1] * N),
+                                jax.random.PRNGKey(0))
+    close(new.client, client, rtol=0, atol=0)
+    close(new.server, server, rtol=0, atol=0)
     assert np.all(np.asarray(out.grad_norm) > 0)  # the clusters did compute; they just did not upload
 
 
@@ -121,13 +187,32 @@ def test_upload_noise_variance(mode):
     assert noise.var() == pytest.approx(expected_var, rel=0.05)  # 20,100 samples: ~1% standard error
 
 
+def test_learning_rate_schedules():
+    cos = learning_rate_schedule("warmup-cosine", 1.0, warmup_steps=10, total_steps=110)
+    lin = learning_rate_schedule("warmup-linear", 1.0, warmup_steps=10, total_steps=110)
+    for sched in (cos, lin):
+        assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(0.5) and float(sched(10)) == pytest.approx(1.0)
+        assert float(sched(110)) == pytest.approx(0.0, abs=1e-7)
+    assert float(cos(60)) == pytest.approx(0.5, rel=1e-5)  # half-way through the cosine
+    assert float(lin(60)) == pytest.approx(0.5, rel=1e-5)
+    assert float(learning_rate_schedule("constant", 0.3)(1000)) == pytest.approx(0.3)
+
+
+def test_weight_decay_skips_biases_and_scales():
+    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "ln": {"scale": jnp.ones(2)}}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    tx = client_direction("adamw", weight_decay=0.5)
+    d, _ = tx.update(zero, tx.init(params), params)
+    np.testing.assert_allclose(d["dense"]["kernel"], 0.5)  # λθ on the matrix
+    np.testing.assert_allclose(d["dense"]["bias"], 0.0)
+    np.testing.assert_allclose(d["ln"]["scale"], 0.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_vmapped_gpipe_round_equals_loop_real_model(chunk):
     """Tiny BERT, each cluster with its own δ / order (stage layouts as data), GPipe encoder;
-    all clusters in one vmap, or one cluster at a time in a scan (chunk 2 → groups of 1)."""
-    import functools
-
+    all clusters in one vmap, or one cluster at a time (chunk 2 → groups of 1)."""
     from collapipe_jax.models import split
     from collapipe_jax.models.config import model_preset
     from collapipe_jax.pipeline.gpipe import pipelined_encoder, stage_mesh
@@ -138,15 +223,17 @@ def test_vmapped_gpipe_round_equals_loop_real_model(chunk):
     layouts = stack_layouts([make_stage_layout(d, o, 3, 2) for d, o in
                              (([2, 1, 1], [0, 1, 2]), ([0, 2, 2], [2, 1]), ([1, 2, 1], [2, 0, 1]))])
     rng = np.random.default_rng(0)
-    batch = {"tokens": jnp.asarray(rng.integers(1, 50, (3, 4, 8)), jnp.int32),
-             "label": jnp.asarray(rng.integers(0, 5, (3, 4)), jnp.int32)}
+    batch = {"tokens": jnp.asarray(rng.integers(1, 50, (3, 2, 4, 8)), jnp.int32),
+             "label": jnp.asarray(rng.integers(0, 5, (3, 2, 4)), jnp.int32)}
 
-    def loss(client, server, b, layout):
+    def loss(client, server, b, layout, key):
         enc = pipelined_encoder(layout, 2, mesh=stage_mesh(3))
         return split.split_model_loss({"client": client, "server": server}, b, enc)
 
-    sgd = optax.sgd(0.1)
-    uploads = Uploads(active=jnp.array([True, True, False]), eps=jnp.array([0.01, 0.02, 0.03]), weight=jnp.array([4.0, 5.0, 6.0]))
-    args = (params["client"], params["server"], sgd.init(params["server"]), batch, layouts, uploads, jax.random.PRNGKey(2))
-    close(make_round(loss, sgd, sgd, cluster_chunk=chunk)(*args), looped_round(loss, sgd, sgd)(*args),
-          rtol=1e-4, atol=1e-6)
+    spec = spec_of(loss=loss, optimizer="adam", lr=0.01, local_steps=2, cluster_chunk=chunk)
+    uploads = Uploads(active=jnp.array([True, True, False]), eps=jnp.array([0.01, 0.02, 0.03]),
+                      weight=jnp.array([4.0, 5.0, 6.0]))
+    with jax.default_matmul_precision("highest"):
+        args = (init_server_state(spec, params["client"], params["server"]), batch, layouts, uploads, work([2, 1, 2]),
+                jax.random.PRNGKey(2))
+        close(make_round(spec)(*args), looped_round(spec)(*args), rtol=1e-4, atol=1e-6)

@@ -121,11 +121,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
         fn = real(*key)
 
         def round_fn(*args):
-            out = fn(*args)
+            state, out = fn(*args)
             calls["n"] += 1
             if calls["n"] == 2:  # round 1 diverges
-                out = (out[0], out[1], out[2], out[3].replace(loss=out[3].loss * np.nan))
-            return out
+                out = out.replace(loss=out.loss * np.nan)
+            return state, out
 
         return round_fn
 

@@ -10,34 +10,63 @@ system model. S, δ and the order are data: stage layouts padded to the round's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from collapipe_jax.federated.rounds import make_round
+from collapipe_jax.federated.optim import client_direction, learning_rate_schedule, server_transform
+from collapipe_jax.federated.rounds import RoundSpec, make_round
 from collapipe_jax.models import bert, split, transformer
 from collapipe_jax.models.teb import encoder_reference
 from collapipe_jax.pipeline.gpipe import pipelined_encoder, stage_mesh
 from collapipe_jax.pipeline.partition import StageLayout, make_stage_layout, stack_layouts
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundSettings:
+    """Everything static about a compiled round (the lru_cache key of `compiled_round`)."""
+
+    pipelined: bool
+    n_micro: int  # static GPipe micro-batches (the gradient is m-independent)
+    n_stages: int  # padded stage count of the round's layouts
+    local_steps: int = 1  # compiled E
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 1  # of the learning-rate schedule: rounds × E
+    clip_norm: float | None = None
+    server_optimizer: str = "avg"
+    server_lr: float = 1.0
+    noise_mode: str = "relative"
+    independent: bool = False
+    cluster_chunk: int | None = None
+
+    def spec(self) -> RoundSpec:
+        return RoundSpec(
+            loss_fn=loss_fn_for(self.pipelined, self.n_micro, self.n_stages),
+            direction=client_direction(self.optimizer, self.weight_decay, self.clip_norm),
+            schedule=learning_rate_schedule(self.lr_schedule, self.lr, self.warmup_steps, self.total_steps),
+            server_tx=None if self.independent else server_transform(self.server_optimizer, self.server_lr),
+            local_steps=self.local_steps, noise_mode=self.noise_mode, independent=self.independent,
+            cluster_chunk=self.cluster_chunk)
+
+
 @functools.lru_cache(maxsize=32)
-def compiled_round(pipelined: bool, n_micro: int, n_stages: int, lr: float, noise_mode: str, independent: bool,
-                   cluster_chunk: int | None = None):
+def compiled_round(settings: RoundSettings):
     """The jitted round for one program shape, shared by every run in the process (a resumed or
     repeated run reuses the compiled executable)."""
-    sgd = optax.sgd(lr)
-    return make_round(loss_fn_for(pipelined, n_micro, n_stages), sgd, sgd, noise_mode=noise_mode,
-                      independent=independent, cluster_chunk=cluster_chunk)
+    return make_round(settings.spec())
 
 
 def loss_fn_for(pipelined: bool, n_micro: int, n_stages: int):
-    """loss_fn(client, server, batch, layout) -> (loss_sum, weight_sum) of the split model."""
+    """loss_fn(client, server, batch, layout, key) -> (loss_sum, weight_sum) of the split model."""
 
-    def loss_fn(client, server, batch, layout):
+    def loss_fn(client, server, batch, layout, key):
         if pipelined:
             encoder = pipelined_encoder(layout, n_micro, mesh=stage_mesh(n_stages))
         else:

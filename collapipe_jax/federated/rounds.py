@@ -1,38 +1,44 @@
-"""One federated CollaPipe round, vmapped over the N clusters (Eq. 6–9, Eq. 25).
+"""One federated CollaPipe round, vmapped over the N clusters (Alg. 1; Eq. 6–9, 25).
 
 Per round t, every cluster n starts from the global client model θ^t (embedding + encoder, the
-part that lives in the cluster) and the shared server model ω^t (decoder / head on the edge
-server), trains on its mini-batch B_n^t, and uploads its model through its assigned channel:
+part that lives in the cluster) and the shared server model ω (decoder / head on the edge
+server), makes E local steps on its own mini-batches, and uploads its model through its
+assigned channel:
 
-  local step (Eq. 6):        θ_n = θ^t − η ∇_θ F_n(θ^t, ω^t; B_n^t)
-  noisy upload (Eq. 25):     θ̃_n = θ^t + (θ_n − θ^t) + ξ_n,   ξ_n ~ N(0, ε_n · P_n · I),
-                             ε_n = C / (p_n h_n + I_i)  (Lemma 2), the channel's noise variance
-                             per unit transmit power, P_n = mean((θ_n − θ^t)²) the power of the
-                             uploaded update (the CU normalises its payload to unit power before
-                             transmission and the server rescales it, so ε_n is the noise-to-
-                             signal ratio; noise_mode="absolute" adds N(0, ε_n) to θ_n instead)
-  aggregation (Eq. 7–9):     θ^{t+1} = Σ_{n∈A} D_n θ̃_n / Σ_{n∈A} D_n, A = clusters with a channel
-                             (a cluster without one skips this round's aggregation; if A = ∅,
-                             θ^{t+1} = θ^t)
-  server (shared head):      ω^{t+1} = ω^t − η Σ_{n∈A} D_n ∇_ω F_n / Σ_{n∈A} D_n
-                             (the server sees only the clusters whose encoder outputs reached it)
+  local steps (Eq. 6), e = 0..E_n−1, global step s = s_0 + e (optim.py):
+      θ_n ← θ_n − η(s) D(∇_θ F_n(θ_n, ω; B_n^{t,e}))           (θ_n = θ^t at e = 0; D: SGD/momentum/Adam)
+      ω  ← ω  − η(s) D_ω(Σ_{n∈A} D_n ∇_ω F_n / Σ_{n∈A} D_n)    (the server head steps once per local
+                                                                step on the weighted mean gradient of
+                                                                the clusters whose outputs reach it)
+  noisy upload (Eq. 25):  θ̃_n = θ^t + (θ_n − θ^t) + ξ_n,  ξ_n ~ N(0, ε_n · P_n · I),
+                          ε_n = C / (p_n h_n + I_i) (Lemma 2) from the system model, P_n = mean((θ_n − θ^t)²)
+                          the power of the uploaded update (the CU normalises its payload to unit
+                          power and the server rescales it, so ε_n is the noise-to-signal ratio;
+                          noise_mode="absolute" adds N(0, ε_n) instead)
+  aggregation (Eq. 7–9):  θ̄ = Σ_{n∈A} D_n θ̃_n / Σ_{n∈A} D_n over A = clusters with a channel, then
+                          the server optimizer on Δ = θ^t − θ̄ (FedAvg: θ^{t+1} = θ̄; FedAdam/FedYogi);
+                          if A = ∅, θ^{t+1} = θ^t.
 
-Per-cluster quantities — the stage layout (S, δ, order as masks), the upload mask, ε_n, D_n —
+E is the compiled number of local steps; cluster n makes E_n ≤ E of them (`LocalWork.steps`,
+data: local epochs over clusters of different sizes), its later steps masked. The client
+optimizer state is reset every round (FedAvg convention: the state of a cluster's local run
+does not describe the aggregated model), the learning-rate schedule counts global steps; the
+server head's optimizer state and the server optimizer's state persist across rounds.
+
+Per-cluster quantities — the stage layout (S, δ, order as masks), the upload mask, ε_n, D_n, E_n —
 are data with a leading N axis, never shapes, so one compiled program serves every decision.
-The local model is one optax step (SGD as in the paper) on the cluster's batch; the optimizer
-state of θ is fresh each round (plain SGD has none), ω's persists on the server.
 
-`independent=True` is the no-FL variant (the PipeLine baseline): θ carries a leading N axis,
-each cluster keeps its own encoder and no client model is uploaded or averaged; the server head
-(which every cluster's encoder output reaches) takes the D_n-weighted mean gradient of all clusters.
+`independent=True` is the no-FL variant (the PipeLine baseline): θ carries a leading N axis, each
+cluster keeps its own encoder and no client model is uploaded or averaged; the server head takes
+the D_n-weighted mean gradient of all clusters.
 
-`make_round(...)` returns the jitted vmapped round; `looped_round(...)` the same computation as
-a Python loop over the clusters (reference for tests and the benchmark).
+`make_round(spec)` returns the jitted vmapped round; `looped_round(spec)` the same computation
+as Python loops over the steps and clusters (reference for tests and the benchmark).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -42,8 +48,10 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.federated.optim import apply_direction
 
-LossFn = Callable[[Any, Any, dict, Any], tuple[jax.Array, jax.Array]]
+# loss_fn(client, server, batch, layout, key) -> (Σ weighted loss, Σ weights); key: dropout
+LossFn = Callable[[Any, Any, dict, Any, jax.Array], tuple[jax.Array, jax.Array]]
 NOISE_MODES = ("relative", "absolute")
 
 
@@ -57,39 +65,83 @@ class Uploads:
 
 
 @struct.dataclass
+class LocalWork:
+    steps: jax.Array  # int [N]: local steps E_n of each cluster this round (≤ the compiled E)
+    step0: jax.Array  # int []: global index of the round's first local step (learning-rate schedule)
+
+
+@struct.dataclass
+class ServerState:
+    """What persists between rounds on the server (as FedJAX's ServerState)."""
+
+    client: Any  # θ: the global client model ([N, ...] per cluster when independent)
+    server: Any  # ω: the server-side decoder / head
+    head_opt: Any  # optimizer state of ω (the client optimizer's transformation)
+    fed_opt: Any  # server optimizer state on θ (() for FedAvg)
+
+
+@struct.dataclass
 class RoundOutput:
-    loss: jax.Array  # float [N]: each cluster's mean training loss on its batch, before the update
-    loss_sum: jax.Array  # float [N]
+    loss: jax.Array  # float [N]: each cluster's mean training loss over its local steps
+    loss_sum: jax.Array  # float [N]: Σ weighted loss over the local steps
     weight_sum: jax.Array  # float [N]
-    grad_norm: jax.Array  # float [N]: ‖∇_θ F_n‖ of the local step
+    grad_norm: jax.Array  # float [N]: ‖∇_θ F_n‖ at the round's first local step (θ^t)
     params_finite: jax.Array  # bool []: every new client and server parameter is finite
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundSpec:
+    """The static description of a compiled round."""
+
+    loss_fn: LossFn
+    direction: optax.GradientTransformation  # client update direction (optim.client_direction)
+    schedule: Callable[[jax.Array], jax.Array]  # learning rate of global step s
+    server_tx: optax.GradientTransformation | None = None  # on Δ = θ^t − θ̄; None = FedAvg
+    local_steps: int = 1  # compiled E
+    noise_mode: str = "relative"
+    independent: bool = False
+    cluster_chunk: int | None = None
+
+    def __post_init__(self):
+        if self.noise_mode not in NOISE_MODES:
+            raise ValidationError("noise_mode", f"must be one of {list(NOISE_MODES)}", self.noise_mode)
+        chunk = self.cluster_chunk
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValidationError("cluster_chunk", "must be None or an integer >= 1", chunk)
+        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int) or self.local_steps < 1:
+            raise ValidationError("local_steps", "must be an integer >= 1", self.local_steps)
+        if self.independent and self.server_tx is not None:
+            raise ValidationError("server_optimizer", "a round without FL aggregation has no server optimizer")
+
+
+def init_server_state(spec: RoundSpec, client, server) -> ServerState:
+    fed_opt = spec.server_tx.init(client) if spec.server_tx is not None else ()
+    return ServerState(client, server, spec.direction.init(server), fed_opt)
 
 
 def all_finite(*trees) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
 
 
-def eps_of(c_noise, p_n, h_n, interference):
-    """Eq. 25: ε_n = C / (p_n h_n + I_i)."""
-    return c_noise / (p_n * h_n + interference)
+def select(mask, on_true, on_false):
+    """Per-cluster choice between two pytrees with a leading N axis (mask [N])."""
+    return jax.tree.map(lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b),
+                        on_true, on_false)
 
 
-def _mean_loss(loss_fn: LossFn):
-    def f(client, server, batch, layout):
-        loss_sum, weight_sum = loss_fn(client, server, batch, layout)
+def where_tree(cond, on_true, on_false):
+    return jax.tree.map(lambda a, b: jnp.where(cond, a, b), on_true, on_false)
+
+
+def cluster_grad(loss_fn: LossFn, client, server, batch, layout, key):
+    """One cluster's mean loss and gradients: (loss, loss_sum, weight_sum, ∇_θ, ∇_ω)."""
+    def mean_loss(c, s):
+        loss_sum, weight_sum = loss_fn(c, s, batch, layout, key)
         return loss_sum / jnp.maximum(weight_sum, 1e-9), (loss_sum, weight_sum)
 
-    return f
-
-
-def cluster_step(loss_fn: LossFn, client_opt: optax.GradientTransformation, client, server, batch, layout):
-    """One cluster's local step: (θ_n, ∇_ω F_n, loss, loss_sum, weight_sum, ‖∇_θ F_n‖)."""
     (loss, (loss_sum, weight_sum)), (g_client, g_server) = jax.value_and_grad(
-        _mean_loss(loss_fn), argnums=(0, 1), has_aux=True
-    )(client, server, batch, layout)
-    updates, _ = client_opt.update(g_client, client_opt.init(client), client)
-    new_client = optax.apply_updates(client, updates)
-    return new_client, g_server, loss, loss_sum, weight_sum, optax.tree.norm(g_client)
+        mean_loss, argnums=(0, 1), has_aux=True)(client, server)
+    return loss, loss_sum, weight_sum, g_client, g_server
 
 
 def noisy_upload(global_client, local_client, eps, key, noise_mode: str):
@@ -104,20 +156,22 @@ def noisy_upload(global_client, local_client, eps, key, noise_mode: str):
 
 
 def weighted_average(trees, weights):
-    """Σ_n w_n tree_n / Σ_n w_n over a leading N axis; w = 0 everywhere → None-safe zeros."""
-    total = jnp.sum(weights)
-    w = weights / jnp.maximum(total, 1e-30)
+    """Σ_n w_n tree_n / Σ_n w_n over a leading N axis (zeros when every w_n = 0)."""
+    w = weights / jnp.maximum(jnp.sum(weights), 1e-30)
     return jax.tree.map(lambda x: jnp.tensordot(w.astype(x.dtype), x, axes=1), trees)
 
 
-def aggregate(global_client, uploaded, g_server_all, uploads: Uploads):
-    """Eq. 7–9 over the clusters with a channel; (θ^{t+1}, averaged ∇_ω, any_active)."""
+def server_update(spec: RoundSpec, state: ServerState, uploaded, uploads: Uploads):
+    """Eq. 7–9 then the server optimizer: (θ^{t+1}, its optimizer state)."""
     w = jnp.where(uploads.active, uploads.weight, 0.0)
     any_active = jnp.sum(w) > 0
-    averaged = weighted_average(uploaded, w)
-    new_client = jax.tree.map(lambda a, g: jnp.where(any_active, a, g), averaged, global_client)
-    g_server = weighted_average(g_server_all, w)  # zeros when nobody uploads: ω unchanged by SGD
-    return new_client, g_server, any_active
+    mean = weighted_average(uploaded, w)
+    if spec.server_tx is None:
+        return where_tree(any_active, mean, state.client), state.fed_opt
+    pseudo_grad = jax.tree.map(jnp.subtract, state.client, mean)
+    updates, fed_opt = spec.server_tx.update(pseudo_grad, state.fed_opt, state.client)
+    new_client = optax.apply_updates(state.client, updates)
+    return where_tree(any_active, new_client, state.client), where_tree(any_active, fed_opt, state.fed_opt)
 
 
 def cluster_group_size(n_clusters: int, cluster_chunk: int | None) -> int:
@@ -128,133 +182,125 @@ def cluster_group_size(n_clusters: int, cluster_chunk: int | None) -> int:
     return max(k for k in range(1, cluster_chunk + 1) if n_clusters % k == 0)
 
 
-def make_round(
-    loss_fn: LossFn,
-    client_opt: optax.GradientTransformation,
-    server_opt: optax.GradientTransformation,
-    *,
-    noise_mode: str = "relative",
-    independent: bool = False,
-    cluster_chunk: int | None = None,
-):
-    """The jitted round: (client, server, server_opt_state, batch[N], layout[N], uploads, key)
-    → (client', server', server_opt_state', RoundOutput).
+def step_keys(key, e, n_clusters: int):
+    """The dropout key of (round, local step e, cluster n): a pure function, shared by the
+    vmapped and the looped round."""
+    return jax.vmap(lambda n: jax.random.fold_in(jax.random.fold_in(key, e), n))(jnp.arange(n_clusters))
 
-    client has no cluster axis (FL: the global θ) unless `independent` (then [N, ...]).
 
-    `cluster_chunk` bounds how many clusters are vectorised at once. None: one `vmap` over all
-    N. An integer k: a `lax.scan` over N/k groups of k clusters (k rounded down to a divisor of
-    N), each group vmapped; the Eq. 7–9 sums Σ_n D_n θ̃_n and Σ_n D_n ∇_ω F_n are accumulated
-    group by group, so neither the N uploaded models [N, |θ|] nor all N clusters' activations
-    are ever live at once. Same result up to float round-off (the sums are taken in another
-    order). It trades parallelism for working-set size: on a CPU, where one cluster's step
-    already fills the cores, groups whose working set stays in cache are faster than one wide
-    vmap (benchmarks/bench_federated.py); on a GPU/TPU it bounds device memory for large N.
+def make_round(spec: RoundSpec):
+    """The jitted round: (ServerState, batch [N, E, b, ...], layout [N], Uploads, LocalWork, key)
+    → (ServerState, RoundOutput).
+
+    `cluster_chunk` bounds how many clusters' gradients are computed at once: None, one `vmap`
+    over all N; an integer k, a `lax.map` over N/k groups of k vmapped clusters (k rounded down
+    to a divisor of N), which bounds the activations held at once (CPU caches, device memory at
+    large N). The result is the same up to float round-off.
     """
-    if noise_mode not in NOISE_MODES:
-        raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
-    if cluster_chunk is not None and (isinstance(cluster_chunk, bool) or not isinstance(cluster_chunk, int)
-                                      or cluster_chunk < 1):
-        raise ValidationError("cluster_chunk", "must be None or an integer >= 1", cluster_chunk)
-    step = functools.partial(cluster_step, loss_fn, client_opt)
-    client_axis = 0 if independent else None
-    vstep = jax.vmap(step, in_axes=(client_axis, None, 0, 0))
-    vupload = jax.vmap(noisy_upload, in_axes=(None, 0, 0, 0, None))
+    vgrad = jax.vmap(lambda c, s, b, lay, k: cluster_grad(spec.loss_fn, c, s, b, lay, k), in_axes=(0, None, 0, 0, 0))
 
-    def finish(server, server_opt_state, new_client, g_server, metrics):
-        updates, server_opt_state = server_opt.update(g_server, server_opt_state, server)
-        new_server = optax.apply_updates(server, updates)
-        return new_client, new_server, server_opt_state, RoundOutput(
-            *metrics, all_finite(new_client, new_server)
-        )
+    def grads(clients, server, batch, layout, keys):
+        n = keys.shape[0]
+        k = cluster_group_size(n, spec.cluster_chunk)
+        if k == n:
+            return vgrad(clients, server, batch, layout, keys)
+        groups = jax.tree.map(lambda x: x.reshape((n // k, k) + x.shape[1:]), (clients, batch, layout, keys))
+        out = jax.lax.map(lambda g: vgrad(g[0], server, g[1], g[2], g[3]), groups)
+        return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
 
-    def round_all(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
-        local, g_server_all, loss, loss_sum, weight_sum, gnorm = vstep(client, server, batch, layout)
-        if independent:
-            new_client, g_server = local, weighted_average(g_server_all, uploads.weight)
+    def round_fn(state: ServerState, batch, layout, uploads: Uploads, work: LocalWork, key):
+        n = uploads.active.shape[0]
+        dropout_key, noise_key = jax.random.split(key)
+        if spec.independent:
+            clients = state.client
         else:
-            keys = jax.random.split(key, loss.shape[0])
-            uploaded = vupload(client, local, uploads.eps, keys, noise_mode)
-            new_client, g_server, _ = aggregate(client, uploaded, g_server_all, uploads)
-        return finish(server, server_opt_state, new_client, g_server, (loss, loss_sum, weight_sum, gnorm))
+            clients = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), state.client)
+        head_weight = uploads.weight if spec.independent else jnp.where(uploads.active, uploads.weight, 0.0)
 
-    def round_grouped(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
-        n_clusters = uploads.active.shape[0]
-        k = cluster_group_size(n_clusters, cluster_chunk)
-        if k == n_clusters:  # one group: the plain vmap, without a one-trip loop around it
-            return round_all(client, server, server_opt_state, batch, layout, uploads, key)
-        groups = lambda tree: jax.tree.map(lambda x: x.reshape((n_clusters // k, k) + x.shape[1:]), tree)  # noqa: E731
-        # the normalised Eq. 7–9 weights of `aggregate` / `weighted_average`, applied per group
-        w = uploads.weight if independent else jnp.where(uploads.active, uploads.weight, 0.0)
-        w_norm = w / jnp.maximum(jnp.sum(w), 1e-30)
-        keys = jax.random.split(key, n_clusters)
-        per_cluster = (batch, layout, uploads.eps, keys, w_norm) + ((client,) if independent else ())
-        zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
-        weighted_sum = lambda wg, tree: jax.tree.map(lambda x: jnp.tensordot(wg.astype(x.dtype), x, axes=1), tree)  # noqa: E731
+        def local_step(carry, xs):
+            clients, client_opt, server, head_opt = carry
+            batch_e, e = xs
+            live = e < work.steps
+            loss, loss_sum, weight_sum, g_client, g_server = grads(clients, server, batch_e, layout,
+                                                                    step_keys(dropout_key, e, n))
+            lr = spec.schedule(work.step0 + e)
+            direction, new_opt = jax.vmap(spec.direction.update)(g_client, client_opt, clients)
+            clients = select(live, apply_direction(clients, direction, lr), clients)
+            client_opt = select(live, new_opt, client_opt)
+            w = head_weight * live
+            head_dir, new_head_opt = spec.direction.update(weighted_average(g_server, w), head_opt, server)
+            stepped = jnp.sum(w) > 0
+            server = where_tree(stepped, apply_direction(server, head_dir, lr), server)
+            head_opt = where_tree(stepped, new_head_opt, head_opt)
+            gnorm = jax.vmap(optax.tree.norm)(g_client)
+            return (clients, client_opt, server, head_opt), (loss * live, loss_sum * live, weight_sum * live, gnorm)
 
-        def group(acc, xs):
-            b, lay, eps, ks, wg = xs[:5]
-            c = xs[5] if independent else client
-            local, g_s, loss, loss_sum, weight_sum, gnorm = vstep(c, server, b, lay)
-            acc_g = jax.tree.map(jnp.add, acc["server"], weighted_sum(wg, g_s))
-            metrics = (loss, loss_sum, weight_sum, gnorm)
-            if independent:
-                return {"server": acc_g}, (local, metrics)
-            uploaded = vupload(client, local, eps, ks, noise_mode)
-            acc_c = jax.tree.map(jnp.add, acc["client"], weighted_sum(wg, uploaded))
-            return {"client": acc_c, "server": acc_g}, metrics
-
-        init = {"server": zeros(server)} if independent else {"client": zeros(client), "server": zeros(server)}
-        acc, ys = jax.lax.scan(group, init, groups(per_cluster))
-        flat = lambda tree: jax.tree.map(lambda x: x.reshape((n_clusters,) + x.shape[2:]), tree)  # noqa: E731
-        if independent:
-            new_client, metrics = flat(ys)
+        per_step = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch)  # [E, N, b, ...]
+        init = (clients, jax.vmap(spec.direction.init)(clients), state.server, state.head_opt)
+        (clients, _, server, head_opt), (loss, loss_sum, weight_sum, gnorm) = jax.lax.scan(
+            local_step, init, (per_step, jnp.arange(spec.local_steps)))
+        if spec.independent:
+            new_client, fed_opt = clients, state.fed_opt
         else:
-            any_active = jnp.sum(w) > 0  # nobody uploads: θ unchanged (the sums are 0)
-            new_client = jax.tree.map(lambda a, g: jnp.where(any_active, a, g), acc["client"], client)
-            metrics = flat(ys)
-        return finish(server, server_opt_state, new_client, acc["server"], metrics)
+            keys = jax.random.split(noise_key, n)
+            uploaded = jax.vmap(noisy_upload, in_axes=(None, 0, 0, 0, None))(state.client, clients, uploads.eps, keys,
+                                                                            spec.noise_mode)
+            new_client, fed_opt = server_update(spec, state, uploaded, uploads)
+        new_state = ServerState(new_client, server, head_opt, fed_opt)
+        out = RoundOutput(jnp.sum(loss, 0) / jnp.maximum(work.steps, 1), jnp.sum(loss_sum, 0), jnp.sum(weight_sum, 0),
+                          gnorm[0], all_finite(new_client, server))
+        return new_state, out
 
-    return jax.jit(round_all if cluster_chunk is None else round_grouped)
+    return jax.jit(round_fn)
 
 
-def looped_round(
-    loss_fn: LossFn,
-    client_opt: optax.GradientTransformation,
-    server_opt: optax.GradientTransformation,
-    *,
-    noise_mode: str = "relative",
-    independent: bool = False,
-):
-    """The same round as `make_round`, as a Python loop over clusters of a jitted per-cluster
-    step (what one would write without vmap). Reference for tests and the benchmark."""
-    step = jax.jit(functools.partial(cluster_step, loss_fn, client_opt))
+def looped_round(spec: RoundSpec):
+    """The same round as `make_round`, as Python loops over the local steps and the clusters of
+    a jitted per-cluster gradient (what one would write without vmap and scan). Reference for
+    tests and the benchmark."""
+    grad = jax.jit(lambda c, s, b, lay, k: cluster_grad(spec.loss_fn, c, s, b, lay, k))
     upload = jax.jit(noisy_upload, static_argnums=4)
+    pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
 
-    @jax.jit
-    def finish(client, server, server_opt_state, uploaded, g_server_all, uploads):
-        if independent:
-            new_client, g_server = uploaded, weighted_average(g_server_all, uploads.weight)
+    def round_fn(state: ServerState, batch, layout, uploads: Uploads, work: LocalWork, key):
+        n = uploads.active.shape[0]
+        dropout_key, noise_key = jax.random.split(key)
+        clients = [pick(state.client, i) if spec.independent else state.client for i in range(n)]
+        opts = [spec.direction.init(c) for c in clients]
+        server, head_opt = state.server, state.head_opt
+        head_weight = uploads.weight if spec.independent else jnp.where(uploads.active, uploads.weight, 0.0)
+        sums = [[0.0, 0.0, 0.0] for _ in range(n)]
+        first_norm = [None] * n
+        for e in range(spec.local_steps):
+            keys = step_keys(dropout_key, e, n)
+            lr = spec.schedule(work.step0 + e)
+            g_servers, weights = [], []
+            for i in range(n):
+                loss, ls, ws, g_c, g_s = grad(clients[i], server, pick(pick(batch, i), e), pick(layout, i), keys[i])
+                if e == 0:
+                    first_norm[i] = optax.tree.norm(g_c)
+                live = e < int(work.steps[i])
+                if live:
+                    direction, opts[i] = spec.direction.update(g_c, opts[i], clients[i])
+                    clients[i] = apply_direction(clients[i], direction, lr)
+                    sums[i] = [sums[i][0] + loss, sums[i][1] + ls, sums[i][2] + ws]
+                g_servers.append(g_s)
+                weights.append(head_weight[i] * live)
+            w = jnp.asarray(weights)
+            if float(jnp.sum(w)) > 0:
+                head_dir, head_opt = spec.direction.update(weighted_average(stack(g_servers), w), head_opt, server)
+                server = apply_direction(server, head_dir, lr)
+        if spec.independent:
+            new_client, fed_opt = stack(clients), state.fed_opt
         else:
-            new_client, g_server, _ = aggregate(client, uploaded, g_server_all, uploads)
-        updates, server_opt_state = server_opt.update(g_server, server_opt_state, server)
-        new_server = optax.apply_updates(server, updates)
-        return new_client, new_server, server_opt_state, all_finite(new_client, new_server)
-
-    def round_fn(client, server, server_opt_state, batch, layout, uploads: Uploads, key):
-        n_clusters = uploads.active.shape[0]
-        keys = jax.random.split(key, n_clusters)
-        outs = []
-        for n in range(n_clusters):
-            pick = lambda t: jax.tree.map(lambda x: x[n], t)  # noqa: E731
-            c = pick(client) if independent else client
-            local, g_s, loss, ls, ws, gn = step(c, server, pick(batch), pick(layout))
-            up = local if independent else upload(client, local, uploads.eps[n], keys[n], noise_mode)
-            outs.append((up, g_s, loss, ls, ws, gn))
-        stack = lambda i: jax.tree.map(lambda *xs: jnp.stack(xs), *[o[i] for o in outs])  # noqa: E731
-        new_client, new_server, server_opt_state, finite = finish(
-            client, server, server_opt_state, stack(0), stack(1), uploads
-        )
-        return new_client, new_server, server_opt_state, RoundOutput(stack(2), stack(3), stack(4), stack(5), finite)
+            keys = jax.random.split(noise_key, n)
+            uploaded = stack([upload(state.client, clients[i], uploads.eps[i], keys[i], spec.noise_mode)
+                              for i in range(n)])
+            new_client, fed_opt = server_update(spec, state, uploaded, uploads)
+        steps = jnp.maximum(work.steps, 1)
+        out = RoundOutput(jnp.asarray([s[0] for s in sums]) / steps, jnp.asarray([s[1] for s in sums]),
+                          jnp.asarray([s[2] for s in sums]), jnp.asarray(first_norm), all_finite(new_client, server))
+        return ServerState(new_client, server, head_opt, fed_opt), out
 
     return round_fn

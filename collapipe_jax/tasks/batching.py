@@ -63,23 +63,42 @@ def split_clusters(n_examples: int, n_clusters: int, *, seed: int, labels=None, 
     return dirichlet_split(labels, n_clusters, alpha, seed)
 
 
-def round_indices(cluster_indices: list[np.ndarray], batch: int, round_idx: int, seed: int) -> np.ndarray:
-    """Global example indices [N, batch] that each cluster trains on in round `round_idx`.
+def cluster_stream(idx: np.ndarray, cluster: int, positions: np.ndarray, seed: int) -> np.ndarray:
+    """Examples at `positions` of cluster n's stream: it walks through its D_n examples in
+    epochs, epoch e in the permutation seeded by (seed, n, e); position p is example
+    perm_e[p mod D_n], e = p // D_n."""
+    d = len(idx)
+    out = np.empty(positions.shape, dtype=np.int64)
+    epochs = positions // d
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([seed, cluster, int(e)]).permutation(d)
+        sel = epochs == e
+        out[sel] = idx[perm[positions[sel] % d]]
+    return out
 
-    Cluster n walks through its D_n examples in epochs; epoch e uses the permutation seeded by
-    (seed, n, e). Position p = round·b + i of the stream is example perm_e[p mod D_n], e = p // D_n.
-    """
+
+def round_indices(cluster_indices: list[np.ndarray], batch: int, round_idx: int, seed: int) -> np.ndarray:
+    """Global example indices [N, batch] that each cluster trains on in round `round_idx`
+    (positions round·b .. round·b + b − 1 of each cluster's stream)."""
     if batch < 1:
         raise ValidationError("batch", "must be >= 1", batch)
-    out = np.empty((len(cluster_indices), batch), dtype=np.int64)
     pos = round_idx * batch + np.arange(batch)
-    for n, idx in enumerate(cluster_indices):
-        d = len(idx)
-        epochs = pos // d
-        for e in np.unique(epochs):
-            perm = np.random.default_rng([seed, n, int(e)]).permutation(d)
-            sel = epochs == e
-            out[n, sel] = idx[perm[pos[sel] % d]]
+    return np.stack([cluster_stream(idx, n, pos, seed) for n, idx in enumerate(cluster_indices)])
+
+
+def local_batches(cluster_indices: list[np.ndarray], batch: int, steps, round_idx: int, seed: int) -> np.ndarray:
+    """Global example indices [N, E, b] of the round's E = max_n E_n local steps: cluster n takes
+    positions round·E_n·b .. of its stream for its E_n steps (a round of E_n steps consumes
+    E_n·b examples, so a resumed run continues the same stream); rows past E_n, which the
+    round masks, repeat its first batch."""
+    steps = [int(e) for e in steps]
+    if batch < 1 or min(steps) < 1:
+        raise ValidationError("batch", "batch and local steps must be >= 1", (batch, steps))
+    out = np.empty((len(cluster_indices), max(steps), batch), dtype=np.int64)
+    for n, (idx, e_n) in enumerate(zip(cluster_indices, steps)):
+        pos = round_idx * e_n * batch + np.arange(e_n * batch)
+        out[n, :e_n] = cluster_stream(idx, n, pos, seed).reshape(e_n, batch)
+        out[n, e_n:] = out[n, 0]
     return out
 
 

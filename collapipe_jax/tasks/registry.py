@@ -19,6 +19,10 @@ Sequences longer than T are truncated.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import itertools
+import pathlib
 from collections import Counter
 from typing import Callable
 
@@ -47,6 +51,7 @@ class TaskData:
     partition_labels: np.ndarray  # [D_train] int: what a non-IID split is skewed by
     score: Callable[[np.ndarray], dict[str, float]]
     primary_metric: str
+    vocab_id: str = ""  # digest of the input vocabulary: a model moves only between equal ones
 
     @property
     def n_train(self) -> int:
@@ -108,7 +113,7 @@ def _multi30k(root, seq_len, vocab_size, max_examples, max_eval_examples, cache_
         return {"bleu": metrics.corpus_bleu(hyps, references)}
 
     return TaskData("multi30k", "seq2seq", train_arrays, test_arrays, tok.get_vocab_size(), 0, seq_len,
-                    buckets.astype(np.int32), score, "bleu")
+                    buckets.astype(np.int32), score, "bleu", digest(tok.to_str()))
 
 
 def _until_eos(row) -> list[int]:
@@ -116,10 +121,25 @@ def _until_eos(row) -> list[int]:
     return ids[: ids.index(EOS)] if EOS in ids else ids
 
 
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def chinese_vocab(root: pathlib.Path):
+    """One character vocabulary for both Chinese tasks, so that a model moves between them (the
+    paper pre-trains BERT on NER and fine-tunes it on Toutiao): every character of the NER
+    training file and of the Toutiao training split (seed 0), whatever the run's seed and
+    `max_examples` (the vocabulary, and with it the embedding table, never depends on them)."""
+    ner = data_lib.load_ner(root, "train")
+    toutiao = data_lib.load_toutiao(root, "train", seed=0)
+    return build_char_vocab(itertools.chain(("".join(chars) for chars, _ in ner), (title for title, _ in toutiao)))
+
+
 def _ner(root, seq_len, max_examples, max_eval_examples) -> TaskData:
     train = data_lib.load_ner(root, "train", max_examples)
     test = data_lib.load_ner(root, "test", max_eval_examples)
-    vocab = build_char_vocab("".join(chars) for chars, _ in train)
+    vocab = chinese_vocab(root)
     tag_id = {t: i for i, t in enumerate(NER_TAGS)}
 
     def encode(sents):
@@ -143,13 +163,13 @@ def _ner(root, seq_len, max_examples, max_eval_examples) -> TaskData:
 
     labels = np.array([dominant_type(tags) for _, tags in train], dtype=np.int32)
     return TaskData("ner", "tagging", encode(train), encode(test), vocab.size, len(NER_TAGS), seq_len,
-                    labels, score, "entity_f1")
+                    labels, score, "entity_f1", digest("".join(vocab.chars)))
 
 
 def _toutiao(root, seq_len, max_examples, max_eval_examples, seed) -> TaskData:
     train = data_lib.load_toutiao(root, "train", seed=seed, max_examples=max_examples)
     test = data_lib.load_toutiao(root, "test", seed=seed, max_examples=max_eval_examples)
-    vocab = build_char_vocab(title for title, _ in train)
+    vocab = chinese_vocab(root)
 
     def encode(rows):
         tokens, _ = pad_rows([[CLS] + vocab.encode(title) for title, _ in rows], seq_len)
@@ -164,7 +184,7 @@ def _toutiao(root, seq_len, max_examples, max_eval_examples, seed) -> TaskData:
 
     train_arrays = encode(train)
     return TaskData("toutiao", "classification", train_arrays, test_arrays, vocab.size, data_lib.TOUTIAO_N_CLASSES,
-                    seq_len, train_arrays["label"].copy(), score, "accuracy")
+                    seq_len, train_arrays["label"].copy(), score, "accuracy", digest("".join(vocab.chars)))
 
 
 def _check_rows(pred, n):
