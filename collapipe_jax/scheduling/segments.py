@@ -74,7 +74,7 @@ class ClusterDevices:
     f_hz: np.ndarray
     phi: np.ndarray  # FLOPs per cycle
     p_k_w: np.ndarray
-    r_dd_bps: np.ndarray  # Eq. 11 D2D rate of each device
+    r_dd_bps: np.ndarray  # D2D rate of each device (Eq. 13)
     gamma_max_bytes: np.ndarray
     E_max_j: np.ndarray
     L: int
@@ -95,7 +95,7 @@ class ClusterDevices:
 
 
 def d2d_rate(p_k, h_dd, i_dd, b_dd, n0):
-    """Eq. 11: r^dd_k = B^dd log2(1 + p_k h^dd / (I^dd + B^dd N0))."""
+    """Eq. 13's rate: r^dd_k = B^dd log2(1 + p_k h^dd / (I^dd + B^dd N0))."""
     return b_dd * np.log2(1.0 + np.asarray(p_k, float) * h_dd / (i_dd + b_dd * n0))
 
 
