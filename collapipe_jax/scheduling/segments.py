@@ -430,7 +430,7 @@ def front_dp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     cost = _cost_table(terms, L)
     weight = terms.weight(np.arange(K + 1))
     # S = 1 directly: one device holds all L TEBs and is the last stage
-    single = np.where(terms.allowed[:, L, LAST], cost[:, L, LAST] + weight[1] * stage[:, L, LAST], np.inf)
+    single = np.where(terms.allowed[:, L, LAST], cost[:, L, LAST] + weight[1] * terms.stage[:, L, LAST], np.inf)
     plans: list[SegmentPlan | None] = [None]
     if np.isfinite(single).any():
         k = int(np.argmin(single))
