@@ -84,3 +84,24 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "collapipe_jax.cli", "latency", "--delta", "1;2"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_latency_paper_variant_is_eq15_as_printed_on_the_issue_example(capsys):
+    """Issue 9's example: cluster 1 (δ = 2 on each of the 6 devices, m = 3) gives 2.833 s under
+    Eq. 15 as printed (the GPipe makespan gave 2.735 s); every cluster equals the hand reading."""
+    from system_by_hand import pipeline_by_hand
+
+    delta = "0,3,0,4,5,0;2,2,2,2,2,2;12,0,0,0,0,0"
+    code, out, _ = run_cli(capsys, "latency", "--json", "--preset", "paper-bert", "--seed", "0", "--delta", delta,
+                           "--m", "4,3,1", "--variant", "paper")
+    assert code == 0
+    result = json.loads(out)
+    inputs = result["inputs"]
+    orders = [[k for k, d in enumerate(row) if d > 0] for row in inputs["delta"]]  # default: index order
+    want = pipeline_by_hand(inputs, orders, [4, 3, 1], "paper")
+    assert result["tau_pipe_s"] == pytest.approx([tau for tau, _ in want], rel=1e-5)
+    assert round(result["tau_pipe_s"][1], 3) == 2.833
+    code, out, _ = run_cli(capsys, "latency", "--json", "--preset", "paper-bert", "--seed", "0", "--delta", delta,
+                           "--m", "4,3,1", "--variant", "consistent")
+    want = pipeline_by_hand(json.loads(out)["inputs"], orders, [4, 3, 1], "consistent")
+    assert json.loads(out)["tau_pipe_s"] == pytest.approx([tau for tau, _ in want], rel=1e-5)

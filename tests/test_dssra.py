@@ -116,7 +116,8 @@ def run_rounds(s, policy, T, seed=0, **kw):
 
 @pytest.mark.parametrize("policy", CONSTRAINED_POLICIES)
 def test_constraints_hold_on_every_decision_of_a_random_run(policy):
-    s = feasible_scenario(N=4, J=3, Gamma_max=0.05, E_max_k_j=1.0)  # C9' binds at large m
+    # C9' binds at large m (E_k = 2m (...) under paper: with 1 J the uniform split fails even at m = 1)
+    s = feasible_scenario(N=4, J=3, Gamma_max=0.05, E_max_k_j=2.0)
     for t, state, problem, res, Y in run_rounds(s, policy, 25, seed=7):
         assert ds.check_decision(problem, res.plans, res.channel, res.p_n_w) == []
         metrics = evaluate(state, res.decision)
@@ -145,12 +146,13 @@ def test_queues_stay_bounded_over_500_rounds():
 
 
 def test_queues_stay_bounded_short():
-    """The same over 120 rounds (default suite)."""
+    """The same over 120 rounds (default suite), on the running maximum of the queues (single
+    values of a bounded queue fluctuate, so Y(119)/119 < Y(40)/40 can fail for a stable one)."""
     s = feasible_scenario(N=3, J=2, Gamma_max=0.055)
     ys = []
     for t, state, problem, res, Y in run_rounds(s, "dssra", 120, seed=11):
         ys.append(np.max(Y))
-    ys = np.array(ys)
+    ys = np.maximum.accumulate(np.array(ys))
     assert ys[119] / 119 < ys[40] / 40
     assert ys.max() < 1.0
 

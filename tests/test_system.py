@@ -6,6 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from system_by_hand import pipeline_by_hand
 
 from collapipe_jax.scenario import Scenario, draw_state, make_decision
 from collapipe_jax.system import evaluate, round_latency_of_power
@@ -35,34 +38,17 @@ def by_hand(scenario, decision_lists, variant):
     s = scenario
     delta, orders, m, channel, p = decision_lists
     n0 = 10 ** (-17.4) / 1000
-    out = {"tau_pipe": [], "tau_up": [], "E_com": [], "E_sch": [], "Gamma": []}
+    inp = dict(f_hz=F, phi_flops_per_cycle=PHI, p_k_w=PK, h_dd=s.h_dd, I_dd_w=s.I_dd_w, B_dd_hz=s.B_dd_hz,
+               N0_w_per_hz=n0, o_fwd_flops=s.o_fwd_flops, o_bwd_flops=s.o_bwd_flops, z_bits=s.z_bits,
+               g_bits=s.g_bits, kappa=s.kappa, b=s.b, delta=delta)
+    pipe = pipeline_by_hand(inp, orders, m, variant)
+    out = {"tau_pipe": [t for t, _ in pipe], "E_sch": [e for _, e in pipe], "tau_up": [], "E_com": [], "Gamma": []}
     for n in range(2):
-        b_hat = s.b / m[n]
-        stages, energies = [], []
-        for k in range(3):
-            if delta[n][k] == 0:
-                energies.append(0.0)
-                continue
-            if variant == "paper":
-                flops = delta[n][k] * (b_hat * s.o_fwd_flops + s.o_bwd_flops)
-                dd_bits = s.z_bits + s.g_bits
-            else:
-                flops = delta[n][k] * b_hat * (s.o_fwd_flops + s.o_bwd_flops)
-                dd_bits = b_hat * (s.z_bits + s.g_bits)
-            cycles = flops / PHI[n][k]
-            t_cmp = cycles / F[n][k]
-            r_dd = s.B_dd_hz * math.log2(1 + PK[n][k] * s.h_dd / (s.I_dd_w + s.B_dd_hz * n0))
-            is_last = orders[n][-1] == k
-            t_dd = 0.0 if is_last else dd_bits / r_dd
-            stages.append(t_cmp + t_dd)
-            energies.append(m[n] * (s.kappa * F[n][k] ** 2 * cycles + PK[n][k] * t_dd))
-        out["tau_pipe"].append(sum(stages) + (m[n] - 1) * max(stages))
         j = channel[n]
         r_up = B_CH[j] * math.log2(1 + p[n] * H[n] / (I_CH[j] + B_CH[j] * n0))
         t_up = (s.theta_enc_bits + s.z_enc_bits) / r_up
         out["tau_up"].append(t_up)
         out["E_com"].append(p[n] * t_up)
-        out["E_sch"].append(energies)
         eps = s.C_noise / (p[n] * H[n] + I_CH[j])
         n_stages = sum(1 for d in delta[n] if d > 0)
         out["Gamma"].append(0.5 * s.beta * s.eta**2 * s.phi_seg * n_stages + 0.5 * s.beta * eps)
@@ -85,18 +71,54 @@ def test_equations_match_hand_computation(variant):
     np.testing.assert_allclose(got.tau_round_s, expected["tau_round"], rtol=1e-5)
 
 
-def test_variants_differ_and_last_device_sends_nothing():
+def test_variants_differ_and_where_the_last_device_is_charged():
     scenario, state, decision = instance()
     paper, consistent = evaluate(state, decision, "paper"), evaluate(state, decision, "consistent")
     assert not np.allclose(paper.tau_pipe_s, consistent.tau_pipe_s)
-    # the last device of each order (device 0 of cluster 0, device 2 of cluster 1) and the idle one
-    assert float(paper.tau_dd_s[0, 0]) == 0.0 and float(paper.tau_dd_s[1, 2]) == 0.0
-    assert float(paper.tau_dd_s[0, 1]) == 0.0 and float(paper.tau_cmp_s[0, 1]) == 0.0
+    # the last device of each order (device 0 of cluster 0, device 2 of cluster 1) sends nothing
+    # under consistent; under paper its τ^dd is inside Eq. 15's max, then subtracted once
+    assert float(consistent.tau_dd_s[0, 0]) == 0.0 and float(consistent.tau_dd_s[1, 2]) == 0.0
+    assert float(paper.tau_dd_s[0, 0]) > 0.0 and float(paper.tau_dd_s[1, 2]) > 0.0
+    for metrics in (paper, consistent):  # the idle device
+        assert float(metrics.tau_dd_s[0, 1]) == 0.0 and float(metrics.tau_cmp_s[0, 1]) == 0.0
+        assert float(metrics.E_sch_j[0, 1]) == 0.0
     assert float(paper.tau_dd_s[0, 2]) > 0.0
-    # reversing the order moves the missing D2D term to another device: the latency changes
+    # reversing the order moves the special D2D term to another device: the latency changes
     flipped = make_decision(scenario, [[2, 0, 3], [1, 3, 1]], [2, 4], [1, 0], [0.3, 0.45],
                             orders=[[0, 2], [0, 1, 2]])
-    assert float(evaluate(state, flipped).tau_pipe_s[0]) != pytest.approx(float(paper.tau_pipe_s[0]))
+    for variant, metrics in (("paper", paper), ("consistent", consistent)):
+        assert float(evaluate(state, flipped, variant).tau_pipe_s[0]) != pytest.approx(float(metrics.tau_pipe_s[0]))
+
+
+ORDERS = st.permutations(range(4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), variant=st.sampled_from(["paper", "consistent"]),
+       teb_device=st.lists(st.lists(st.integers(0, 3), min_size=9, max_size=9), min_size=3, max_size=3),
+       orders=st.lists(ORDERS, min_size=3, max_size=3), m=st.lists(st.integers(1, 16), min_size=3, max_size=3))
+def test_pipeline_latency_and_energy_equal_the_printed_equations_on_random_plans(seed, variant, teb_device,
+                                                                                 orders, m):
+    """Uneven δ (each TEB on a random device), idle devices, any pipeline order, any m: τ^pipe
+    and E_k equal the plain-Python reading (tests/system_by_hand.py) of Eq. 15/16 (paper) or
+    the GPipe makespan (consistent)."""
+    from collapipe_jax.system.report import inputs_dict
+
+    scenario = Scenario(N=3, K=4, J=3, L=9, b=16, z_bits=3e5, g_bits=2e5, z_enc_bits=1e6, theta_enc_bits=2e6,
+                        gamma0_bytes=1e7, o_fwd_flops=4e7, o_bwd_flops=8e7)
+    state = draw_state(scenario, jax.random.PRNGKey(seed))
+    delta = [[row.count(k) for k in range(4)] for row in teb_device]
+    orders = [[k for k in order if delta[n][k] > 0] for n, order in enumerate(orders)]
+    decision = make_decision(scenario, delta, m, [0, 1, 2], 0.3, orders=orders)
+    inp = inputs_dict(scenario, state, decision)
+    want = pipeline_by_hand(inp, orders, m, variant)
+    got = evaluate(state, decision, variant)
+    eps = float(np.finfo(np.float32).eps)
+    for n, (tau, energy) in enumerate(want):
+        # float32 rounding of the terms (Eq. 15 subtracts τ^dd_last from (S + m − 1) max u)
+        scale = (len(orders[n]) + m[n]) * float(np.max(np.asarray(got.stage_s[n])))
+        assert abs(float(got.tau_pipe_s[n]) - tau) <= 64 * eps * scale
+        np.testing.assert_allclose(np.asarray(got.E_sch_j[n]), energy, rtol=64 * eps, atol=0)
 
 
 def test_unassigned_cluster_uploads_nothing_and_uses_mean_interference():

@@ -2,7 +2,8 @@
 Alg. 3) until the queues' next values Y_n(t+1) stop changing; the queues persist across rounds.
 
 Round objective (lyapunov.py): V·τ(t) + Σ_n Y_n·Γ_n (``drift``) or V·τ(t) + Σ_n Y_n (S_n + p_n)
-(``paper``, Eq. 32), τ(t) = max_n (τ_pipe_n + τ^up_n) (Eq. 26).
+(``paper``, Eq. 32), τ(t) = max_n (τ_pipe_n + τ^up_n) (Eq. 26), τ_pipe_n under the problem's
+variant: Eq. 15 as printed (``paper``) or the GPipe makespan (``consistent``), segments.py.
 
 Sub-1 inside Alg. 4: each cluster's exact front (best plan per stage count S, segments.py) is
 solved once per round: it does not depend on channels or powers. Given Sub-2's channels and
@@ -114,11 +115,14 @@ class RoundResult:
 
 
 def evaluate_host(problem: RoundProblem, plans, channel, p_n_w, Y) -> dict:
-    """τ_pipe, τ^up, τ, Γ and the round objective of a decision (float64 mirror of the model)."""
+    """τ_pipe, τ^up, τ, Γ and the round objective of a decision (float64 mirror of the model).
+
+    τ_pipe is recomputed from each plan under the problem's variant (Eq. 15 as printed or the
+    GPipe makespan), not read from the plan, so a plan built elsewhere is charged correctly."""
     up = problem.uplink
     channel = np.asarray(channel)
     p = np.asarray(p_n_w, float)
-    tau_pipe = np.array([pl.tau_pipe_s for pl in plans])
+    tau_pipe = np.array([sg.pipeline_latency(dev, pl.m, pl.delta, pl.order) for dev, pl in zip(problem.clusters, plans)])
     tau_up = np.array([float(rs.upload_delay(up, p[n], n, channel[n])) if channel[n] >= 0 else 0.0
                        for n in range(problem.N)])
     S = np.array([pl.S for pl in plans])

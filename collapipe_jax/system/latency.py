@@ -1,4 +1,4 @@
-"""Latency model: Eq. 10, 11, 13/33, 15 and 26. Pure `jnp`; jit, vmap and grad friendly.
+"""Latency model: Eq. 10, 11, 13, 15 (33) and 26. Pure `jnp`; jit, vmap and grad friendly.
 
 Axis convention: cluster axis 0, device axis 1, then any number of *trailing* batch axes
 (per-device arrays [N, K, ...], per-cluster [N, ...], per-channel [J, ...], scalars [...]). One
@@ -7,14 +7,24 @@ batch in the trailing (minor) axes lets XLA vectorise across configurations (the
 `evaluate` on batch-minor arrays).
 
 Conventions: b̂ = b / m is a real number (as in the paper); a device is *scheduled* when
-δ_k > 0; `rank` gives its position in the cluster's pipeline order; the last scheduled device
-sends nothing onwards, which is the −τ^dd term of Eq. 15 (DESIGN.md §3).
+δ_k > 0; `rank` gives its position in the cluster's pipeline order, S is the number of
+scheduled devices and "last" is the scheduled device of rank S − 1 (DESIGN.md §3).
 
-Two variants of the per-micro-batch terms (DESIGN.md §3):
-* ``paper``      — Eq. 15 literally: τ^cmp_k = δ_k (b̂ o_l + o'_l) / (ϕ_k f_k) and constant
-                    z^s, g^s per micro-batch.
-* ``consistent`` — forward and backward both scale with the micro-batch:
-                    τ^cmp_k = δ_k b̂ (o_l + o'_l) / (ϕ_k f_k) and b̂ (z^s + g^s) on the D2D link.
+Two variants of the system model (DESIGN.md §3); τ^cmp_k and τ^dd_k are per micro-batch:
+
+* ``paper``      — the equations as printed. τ^cmp_k = δ_k (b̂ o_l + o'_l) / (ϕ_k f_k),
+                    τ^dd_k = (z^s + g^s) / r^dd_k (constant per micro-batch), and Eq. 15
+
+                        τ^pipe = (S + m − 1) · max_k (τ^cmp_k + τ^dd_k) − τ^dd_last,
+
+                    the max over every scheduled device *including* the last one, then the
+                    last device's D2D delay subtracted once.
+* ``consistent`` — forward and backward both scale with the micro-batch,
+                    τ^cmp_k = δ_k b̂ (o_l + o'_l) / (ϕ_k f_k) and τ^dd_k = b̂ (z^s + g^s) / r^dd_k,
+                    and τ^pipe is the exact makespan of a heterogeneous GPipe: with stage times
+                    t_k = τ^cmp_k + τ^dd_k (no τ^dd for the last device, which sends nothing on)
+
+                        τ^pipe = Σ_k t_k + (m − 1) · max_k t_k.
 """
 
 from __future__ import annotations
@@ -52,18 +62,19 @@ def uplink_rate(p_n, h_n, interference, bandwidth, n0, fading: str = "mean"):
 
 
 def uplink_delay(bits, rate, assigned):
-    """Eq. 10: τ^up_n = (θ^enc + z^enc) / r_n; zero when the cluster has no channel this round."""
+    """Eq. 11: τ^up_n = (θ^enc + z^enc) / r_n; zero when the cluster has no channel this round."""
     safe_rate = jnp.where(assigned, rate, 1.0)
     return jnp.where(assigned, bits / safe_rate, 0.0)
 
 
 def d2d_rate(p_k, h_dd, i_dd, b_dd, n0):
-    """Eq. 11: r^dd_k = B^dd log2(1 + p_k h^dd / (I^dd + B^dd N0))."""
+    """Eq. 13's rate: r^dd_k = B^dd log2(1 + p_k h^dd / (I^dd + B^dd N0))."""
     return b_dd * jnp.log2(1.0 + p_k * h_dd / (i_dd + b_dd * n0))
 
 
 def d2d_delay(z_bits, g_bits, rate, b_hat, variant: str = "paper"):
-    """Eq. 11: activation forward plus gradient backward over the D2D link, per micro-batch."""
+    """Eq. 13: activation forward plus gradient backward over the D2D link, per micro-batch
+    (z^s + g^s under ``paper``, b̂ (z^s + g^s) under ``consistent``)."""
     bits = z_bits + g_bits
     if variant == "consistent":
         bits = b_hat * bits
@@ -71,7 +82,7 @@ def d2d_delay(z_bits, g_bits, rate, b_hat, variant: str = "paper"):
 
 
 def compute_cycles(delta, b_hat, o_fwd, o_bwd, phi, variant: str = "paper"):
-    """CPU cycles of δ_k TEBs for one micro-batch (forward + backward), Eq. 13 / 33."""
+    """CPU cycles of δ_k TEBs for one micro-batch (forward + backward), Eq. 15 / 33."""
     if variant == "consistent":
         flops = delta * b_hat * (o_fwd + o_bwd)
     else:
@@ -80,7 +91,7 @@ def compute_cycles(delta, b_hat, o_fwd, o_bwd, phi, variant: str = "paper"):
 
 
 def compute_delay(delta, b_hat, o_fwd, o_bwd, phi, f_hz, variant: str = "paper"):
-    """Eq. 13 / 33: τ^cmp_k = cycles / f_k."""
+    """Eq. 15 / 33: τ^cmp_k = cycles / f_k."""
     return compute_cycles(delta, b_hat, o_fwd, o_bwd, phi, variant) / f_hz
 
 
@@ -92,14 +103,33 @@ def pipeline_positions(delta, rank):
     return scheduled, last
 
 
-def stage_times(tau_cmp, tau_dd, scheduled, last):
-    """t_k = τ^cmp_k + τ^dd_k for scheduled devices, without τ^dd for the last (Eq. 15)."""
-    return jnp.where(scheduled, tau_cmp + jnp.where(last, 0.0, tau_dd), 0.0)
+def charged_d2d(tau_dd, scheduled, last, variant: str = "paper"):
+    """The D2D delay each device is charged per micro-batch: every scheduled device under
+    ``paper`` (Eq. 15's max includes the last one's τ^dd), all but the last under ``consistent``."""
+    sends = scheduled if variant == "paper" else scheduled & ~last
+    return jnp.where(sends, tau_dd, 0.0)
 
 
-def pipeline_latency(stage_s, m):
-    """Eq. 15: τ^pipe = Σ_k t_k + (m − 1) max_k t_k (GPipe fill/drain plus steady state)."""
-    return jnp.sum(stage_s, axis=1) + (m - 1) * jnp.max(stage_s, axis=1)
+def stage_times(tau_cmp, tau_dd, scheduled, last, variant: str = "paper"):
+    """Per-device time of one micro-batch chunk, 0 for unscheduled devices.
+
+    ``paper``: the argument of Eq. 15's max, τ^cmp_k + τ^dd_k, the last device included;
+    ``consistent``: the GPipe stage time t_k = τ^cmp_k + τ^dd_k, without τ^dd for the last.
+    """
+    return jnp.where(scheduled, tau_cmp + charged_d2d(tau_dd, scheduled, last, variant), 0.0)
+
+
+def pipeline_latency(stage_s, m, scheduled, last, tau_dd, variant: str = "paper"):
+    """τ^pipe per cluster from `stage_times` of the same variant.
+
+    ``paper`` (Eq. 15 as printed): (S + m − 1) max_k u_k − τ^dd_last;
+    ``consistent`` (GPipe makespan): Σ_k t_k + (m − 1) max_k t_k.
+    """
+    top = jnp.max(stage_s, axis=1)
+    if variant == "paper":
+        n_stages = jnp.sum(scheduled, axis=1).astype(stage_s.dtype)
+        return (n_stages + m - 1) * top - jnp.sum(jnp.where(last, tau_dd, 0.0), axis=1)
+    return jnp.sum(stage_s, axis=1) + (m - 1) * top
 
 
 def round_latency(tau_pipe, tau_up):

@@ -3,6 +3,11 @@
 Composes Eq. 10–16, 25, 26, 28 and 33 over all clusters. Pure `jnp`: `jax.jit`, `jax.vmap`
 over any batch of states and decisions, and `jax.grad` w.r.t. the continuous inputs
 (p_n, p_k, bandwidths, f_k, gains). Integer decisions are inputs, not differentiated.
+
+`variant` picks the reading (latency.py, energy.py): ``paper`` computes Eq. 13–16 as printed,
+τ^pipe = (S + m − 1) max_k (τ^cmp_k + τ^dd_k) − τ^dd_last and E_k = 2m (κ f_k² cycles_k + p_k τ^dd_k);
+``consistent`` scales compute and D2D with b̂ and takes the heterogeneous GPipe makespan
+τ^pipe = Σ_k t_k + (m − 1) max_k t_k with E_k = m (κ f_k² cycles_k + p_k τ^dd_k [not last]).
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ from collapipe_jax.system import convergence, energy, latency
 @struct.dataclass
 class Metrics:
     tau_cmp_s: jax.Array  # [N, K] per micro-batch
-    tau_dd_s: jax.Array  # [N, K] charged D2D delay per micro-batch (0 for last/unscheduled)
-    stage_s: jax.Array  # [N, K] t_k of Eq. 15
+    tau_dd_s: jax.Array  # [N, K] charged D2D delay per micro-batch (0 unscheduled; last: consistent 0)
+    stage_s: jax.Array  # [N, K] τ^cmp_k + charged τ^dd_k (paper: Eq. 15's max argument; consistent: t_k)
     tau_pipe_s: jax.Array  # [N]
     tau_up_s: jax.Array  # [N]
     tau_round_s: jax.Array  # []
     E_com_j: jax.Array  # [N]
-    E_sch_j: jax.Array  # [N, K]
+    E_sch_j: jax.Array  # [N, K] device k's term of Eq. 16 (compute + D2D), bounded by C9
     E_pipe_j: jax.Array  # [N]
     eps: jax.Array  # [N]
     Gamma: jax.Array  # [N]
@@ -58,8 +63,8 @@ def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") ->
     tau_cmp = cycles / state.f_hz
     r_dd = latency.d2d_rate(state.p_k_w, state.h_dd, state.I_dd_w, state.B_dd_hz, state.N0_w_per_hz)
     tau_dd = latency.d2d_delay(state.z_bits, state.g_bits, r_dd, b_hat, variant)
-    stage = latency.stage_times(tau_cmp, tau_dd, scheduled, last)
-    tau_pipe = latency.pipeline_latency(stage, m)
+    stage = latency.stage_times(tau_cmp, tau_dd, scheduled, last, variant)
+    tau_pipe = latency.pipeline_latency(stage, m, scheduled, last, tau_dd, variant)
 
     assigned, interference, bandwidth = channel_view(state, decision.channel)
     rate = latency.uplink_rate(decision.p_n_w, state.h_n, interference, bandwidth, state.N0_w_per_hz,
@@ -67,7 +72,7 @@ def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") ->
     tau_up = latency.uplink_delay(state.theta_enc_bits + state.z_enc_bits, rate, assigned)
 
     e_com = energy.upload_energy(decision.p_n_w, tau_up)
-    e_sch = energy.device_energy(state.kappa, state.f_hz, cycles, state.p_k_w, tau_dd, m, scheduled, last)
+    e_sch = energy.device_energy(state.kappa, state.f_hz, cycles, state.p_k_w, tau_dd, m, scheduled, last, variant)
 
     n_stages = jnp.sum(scheduled, axis=1).astype(jnp.float32)
     p_eff = jnp.where(assigned, decision.p_n_w, 0.0)
@@ -76,7 +81,7 @@ def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") ->
 
     return Metrics(
         tau_cmp_s=jnp.where(scheduled, tau_cmp, 0.0),
-        tau_dd_s=jnp.where(scheduled & ~last, tau_dd, 0.0),
+        tau_dd_s=latency.charged_d2d(tau_dd, scheduled, last, variant),
         stage_s=stage,
         tau_pipe_s=tau_pipe,
         tau_up_s=tau_up,
