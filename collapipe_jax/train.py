@@ -634,7 +634,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="orbax checkpoints, one per round")
     parser.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")
     parser.add_argument("--log-dir", dest="log_dir", help="rounds.csv and result.json (default: --checkpoint-dir)")
-    parser.add_argument("--data-dir", dest="data_dir", help="data sets (default $COLLAPIPE_DATA, else ../shared/data)")
+    parser.add_argument("--data-dir", dest="data_dir", help="data sets (default $COLLAPIPE_DATA, else the repository's data/)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
 
 
