@@ -14,6 +14,7 @@ import math
 import os
 import sys
 
+from collapipe_jax.distributed import initialize_from_env
 from collapipe_jax.errors import InfeasibleError, ValidationError
 
 # Subcommands whose modules live elsewhere in the package: (name, module, help).
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _set_host_devices(argv)
+        initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
         args = build_parser().parse_args(argv)
         result, text = args.handler(args)
     except (ValidationError, InfeasibleError) as err:
