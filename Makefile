@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install test test-slow bench sweep clean
+.PHONY: install install-cuda test test-gpu test-slow bench sweep clean
 
 install: .venv/.installed
 
@@ -11,8 +11,20 @@ install: .venv/.installed
 	$(PIP) install -e ".[test]"
 	touch .venv/.installed
 
+# JAX with CUDA 13 (`CUDA=cuda12` for a CUDA 12 driver): pip install -e ".[test,cuda]"
+install-cuda: .venv/.installed-$(or $(CUDA),cuda)
+
+.venv/.installed-%: .venv/.installed
+	$(PIP) install -e ".[test,$*]"
+	touch $@
+
 test: install
 	$(PY) -m pytest -q
+
+# the suite with the GPU as JAX's default backend (8 host CPU devices beside it for the
+# fixed-size meshes, matmuls pinned to full f32: tests/conftest.py)
+test-gpu: install-cuda
+	COLLAPIPE_TEST_BACKEND=cuda $(PY) -m pytest -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

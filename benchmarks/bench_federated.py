@@ -1,7 +1,7 @@
 """Federated round: vmapped over the clusters vs a Python loop over them (DESIGN §7).
 
 One round of the tiny BERT sentence classifier (the model of the Toutiao task, unsegmented
-encoder, b = 8 samples of 32 tokens per cluster): local SGD step, noisy upload, FedAvg, shared
+encoder, b = 8 samples of 32 tokens per cluster on the CPU, 32 on a GPU/TPU): local SGD step, noisy upload, FedAvg, shared
 head update. Three programs for the same round:
 
 * vmapped: `make_round` with one vmap over all N clusters inside one jitted program;
@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import best_time, write_record
+from benchmarks.common import best_time, device_sized, write_record
 from collapipe_jax.federated.rounds import Uploads, looped_round, make_round
 from collapipe_jax.models import split
 from collapipe_jax.models.config import model_preset
 
-BATCH, SEQ, VOCAB, CLASSES = 8, 32, 2000, 15
+SEQ, VOCAB, CLASSES = 32, 2000, 15
+BATCH = device_sized(cpu=8, accelerator=32)  # samples per cluster
 GROUP = 4  # cluster_chunk of the grouped round
 
 

@@ -1,8 +1,11 @@
 """System-model throughput (DESIGN.md §7): latency + energy + Γ, and value + grad w.r.t. p_n.
 
 K = 6, N = 3 (paper-bert). Scenario-decision pairs per second for the jitted, vmapped JAX
-model (one device, and sharded over one host device per CPU core), against a vectorised NumPy
-reference and a per-configuration Python loop measured in the same run.
+model (one device, and sharded over the default backend's devices: one host device per CPU
+core on the CPU, every GPU/TPU otherwise), against a vectorised NumPy reference and a
+per-configuration Python loop measured in the same run. The batch and the chunk of the chunked
+evaluator are sized to the backend (`common.device_sized`): 2^17 pairs in chunks of 8192 on the
+CPU, 2^22 pairs in chunks of 2^20 on an accelerator.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import best_time, write_record  # noqa: E402
+from benchmarks.common import best_time, device_sized, on_accelerator, write_record  # noqa: E402
 from benchmarks.system_reference import numpy_evaluate, python_evaluate  # noqa: E402
 from collapipe_jax.scenario import Decision, draw_state, scenario_preset  # noqa: E402
 from collapipe_jax.system.model import evaluate, to_batch_minor  # noqa: E402
 from collapipe_jax.system.sharded import SUMMARY_FIELDS, batch_mesh, chunked_evaluator, chunked_power_grad, evaluate_sharded, to_chunks  # noqa: E402
 
-BATCH = 1 << 17
-CHUNK = 8192
+BATCH = device_sized(cpu=1 << 17, accelerator=1 << 22)
+CHUNK = device_sized(cpu=8192, accelerator=1 << 20)
 
 
 def random_batch(scenario, batch: int, seed: int = 0):
@@ -36,7 +39,7 @@ def random_batch(scenario, batch: int, seed: int = 0):
     delta = np.diff(bounds, axis=-1)
     rank = np.where(delta > 0, np.cumsum(delta > 0, axis=-1) - 1, -1)
     m = rng.integers(1, scenario.b + 1, size=(batch, N))
-    channel = np.stack([rng.permutation(scenario.J)[:N] for _ in range(batch)])
+    channel = np.argsort(rng.random((batch, scenario.J)), axis=-1)[:, :N]  # N distinct channels, uniformly
     p = rng.uniform(0.05, scenario.P_max_n_w, size=(batch, N))
     decisions = Decision(delta=jnp.asarray(delta, jnp.int32), rank=jnp.asarray(rank, jnp.int32),
                          m=jnp.asarray(m, jnp.int32), channel=jnp.asarray(channel, jnp.int32),
@@ -108,7 +111,7 @@ def main() -> None:
 
     rate = lambda t: BATCH / t  # noqa: E731
     record = {
-        "batch": BATCH, "N": scenario.N, "K": scenario.K, "devices_sharded": mesh.size,
+        "batch": BATCH, "chunk": CHUNK, "N": scenario.N, "K": scenario.K, "devices_sharded": mesh.size,
         "jax_forward_per_s": rate(t_fwd),
         "jax_forward_sharded_per_s": rate(t_sharded),
         "jax_forward_batch_minor_per_s": rate(t_minor),
@@ -120,7 +123,9 @@ def main() -> None:
         "ratio_jax_vs_numpy": t_numpy / min(t_fwd, t_sharded, t_minor, t_chunked),
         "ratio_jax_vs_python_loop": t_loop / min(t_fwd, t_sharded, t_minor, t_chunked),
         "ratio_grad_vs_numpy_forward": t_numpy / min(t_grad, t_chunked_grad),
-        "targets": {"forward_per_s": 3e7, "grad_per_s": 1e7, "vs_numpy": 5, "vs_loop": 500},
+        # DESIGN.md §7 on the CPU; the accelerator issue's targets on one H100/H200
+        "targets": ({"forward_per_s": 1.5e9, "grad_per_s": 2e9, "vs_numpy": 5, "vs_loop": 500} if on_accelerator()
+                    else {"forward_per_s": 3e7, "grad_per_s": 1e7, "vs_numpy": 5, "vs_loop": 500}),
     }
     record["load_average_1min"] = os.getloadavg()[0]  # other work on the machine skews timings
     for key, value in record.items():

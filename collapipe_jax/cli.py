@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
 
+from collapipe_jax.distributed import initialize_from_env
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.options import check_fields, flag_name, option
 from collapipe_jax.report import write_report
@@ -371,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         set_host_devices(argv)
+        initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
         args = build_parser().parse_args(argv)
         result, text = args.handler(args)
     except (ValidationError, InfeasibleError) as err:

@@ -1,11 +1,41 @@
-"""Test session set-up.
+"""Test session set-up: backend, host devices and matmul precision.
 
-The whole suite runs with 8 host CPU devices so that sharded and pipelined code is exercised
-on a real multi-device mesh; single-device behaviour is tested with meshes built from
-`jax.devices()[:1]`. XLA reads the flag once, so it must be set before JAX is imported.
+By default the suite runs on the CPU with 8 host CPU devices, so that sharded and pipelined
+code is exercised on a real multi-device mesh. `COLLAPIPE_TEST_BACKEND=cuda` (`make test-gpu`;
+`tpu` or `rocm` alike) makes that accelerator JAX's default backend and keeps the 8 host CPU
+devices beside it: tests that need a fixed number of devices build their meshes from
+`devices.host_devices()`, everything else runs on the accelerator. XLA reads its flags once,
+so all of this is set before JAX is imported.
+
+Tests compare two floating-point paths (pipelined vs unpipelined, vmapped vs looped, JAX vs
+NumPy); on GPUs JAX's default f32 matmul is TF32 (about 1e-3 relative) and on TPUs bf16 passes,
+so the whole session pins matmuls to full f32 ("highest"). It is a no-op on the CPU.
 """
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+HOST_DEVICES = 8
+BACKEND = os.environ.get("COLLAPIPE_TEST_BACKEND", "cpu").strip().lower()
+
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count={HOST_DEVICES}".strip()
+if BACKEND == "cpu":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+else:
+    os.environ["JAX_PLATFORMS"] = f"{BACKEND},cpu"  # the accelerator first: the default backend
+    # tests start JAX subprocesses (CLI, two-process runs): each would otherwise grab 75% of
+    # the GPU's memory at start-up and the second one would fail
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # for subprocesses
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_report_header(config):
+    devices = jax.devices()
+    return (f"jax {jax.__version__}: default backend {jax.default_backend()} "
+            f"({len(devices)} x {devices[0].device_kind}), {len(jax.devices('cpu'))} host CPU devices, "
+            f"matmul precision {jax.config.jax_default_matmul_precision}")

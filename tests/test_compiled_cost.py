@@ -5,6 +5,7 @@ import pytest
 from collapipe_jax.models.compiled_cost import segment_training_memory, xla_teb_flops
 from collapipe_jax.models.config import model_preset
 from collapipe_jax.models.cost import teb_backward_flops, teb_forward_flops, teb_param_count
+from devices import host_devices
 
 
 @pytest.mark.parametrize("name", ["small", "paper-transformer", "paper-bert"])
@@ -46,7 +47,7 @@ def test_pipelined_step_memory_per_device():
     cfg = model_preset("small")  # L = 6
     batch, n_micro = 8, 4
     layout = make_stage_layout([1] * 6)
-    mesh = stage_mesh(6)
+    mesh = stage_mesh(6, host_devices())
     assert mesh.size == 6
     plain = pipelined_step_memory(cfg, layout, n_micro, batch, mesh)
     remat = pipelined_step_memory(cfg, layout, n_micro, batch, mesh, remat=True)

@@ -12,6 +12,7 @@ from collapipe_jax.errors import ValidationError
 from collapipe_jax.models.teb import encoder_reference, init_encoder_stack
 from collapipe_jax.pipeline.gpipe import gpipe_encoder, gpipe_ticks, stage_mesh
 from collapipe_jax.pipeline.partition import make_stage_layout, stack_layouts, to_stages
+from devices import host_devices
 from pipeline_helpers import CFG, RTOL, rel_err
 
 reference = jax.jit(encoder_reference)  # compiled once per shape (eager scans recompile per call)
@@ -29,7 +30,7 @@ def test_schedule_has_s_plus_m_minus_1_ticks(n_micro, mesh_devices):
     layout = make_stage_layout([3, 0, 2, 1, 2], order=[4, 0, 1, 3, 2], n_layers=8)  # S = 4
     x = jax.random.normal(jax.random.key(1), (6, CFG.seq_len, CFG.d_model))
     pad = jnp.arange(CFG.seq_len)[None] < jnp.array([6, 2, 4, 1, 6, 3])[:, None]
-    mesh = stage_mesh(4, jax.devices()[:mesh_devices])
+    mesh = stage_mesh(4, host_devices(mesh_devices))
     out, active = jax.jit(
         lambda s, x, m: gpipe_encoder(s, layout.slot_mask, x, m, n_micro=n_micro, mesh=mesh, return_trace=True)
     )(to_stages(stacked, layout), x, pad)
@@ -51,7 +52,7 @@ def test_masked_slots_change_nothing():
     x = jax.random.normal(jax.random.key(1), (4, CFG.seq_len, CFG.d_model))
     pad = jnp.ones((4, CFG.seq_len), bool).at[1, 3:].set(False)
     w = jax.random.normal(jax.random.key(2), x.shape)
-    mesh = stage_mesh(4, jax.devices()[:2])
+    mesh = stage_mesh(4, host_devices(2))
     loss = lambda s: jnp.sum(w * gpipe_encoder(s, mask, x, pad, n_micro=2, mesh=mesh))  # noqa: E731
     (l_clean, g_clean), (l_dirty, g_dirty) = map(jax.jit(jax.value_and_grad(loss)), (staged, dirty))
     # Σ w·out cancels (random signs), so its error is measured against Σ|w| (|out| ~ 1 after LN)
@@ -98,13 +99,15 @@ def test_vmap_over_clusters_equals_python_loop():
 
 
 def test_stage_mesh_sizes():
-    devs = jax.devices()
+    devs = host_devices()
     assert len(devs) == 8
-    assert stage_mesh(6).size == 6
-    assert stage_mesh(12).size == 6  # largest divisor of 12 that is <= 8
+    assert stage_mesh(6, devs).size == 6
+    assert stage_mesh(12, devs).size == 6  # largest divisor of 12 that is <= 8
     assert stage_mesh(5, devs[:4]).size == 1
     assert stage_mesh(4, devs[:3]).size == 2
-    assert stage_mesh(7).size == 7
+    assert stage_mesh(7, devs).size == 7
+    default = stage_mesh(12)  # no devices given: the default backend's
+    assert set(default.devices.flat) <= set(jax.devices()) and 12 % default.size == 0
     with pytest.raises(ValidationError, match="n_stages"):
         stage_mesh(0)
 
@@ -119,4 +122,4 @@ def test_bad_arguments_rejected():
         with pytest.raises(ValidationError, match="n_micro"):
             gpipe_encoder(staged, layout.slot_mask, x, pad, n_micro=bad)
     with pytest.raises(ValidationError, match="mesh"):
-        gpipe_encoder(staged, layout.slot_mask, x, pad, n_micro=1, mesh=stage_mesh(3))
+        gpipe_encoder(staged, layout.slot_mask, x, pad, n_micro=1, mesh=stage_mesh(3, host_devices()))

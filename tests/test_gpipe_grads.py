@@ -16,6 +16,7 @@ from collapipe_jax.models import split
 from collapipe_jax.models.teb import encoder_reference, init_encoder_stack
 from collapipe_jax.pipeline.gpipe import pipelined_encoder, stage_mesh
 from collapipe_jax.pipeline.partition import make_stage_layout
+from devices import host_devices
 from pipeline_helpers import CFG, RTOL, make_batch, random_decision, rel_err
 
 
@@ -57,7 +58,7 @@ def test_pipelined_loss_and_grads_equal_unpipelined(case):
     delta, order = random_decision(case["seed"], CFG.n_enc_layers, case["n_devices"], case["n_stages"] - 1)
     assert (delta == 0).any() or case["n_devices"] == case["n_stages"]
     layout = make_stage_layout(delta, order, n_stages=case["n_stages"], n_layers=CFG.n_enc_layers)
-    mesh = stage_mesh(case["n_stages"], jax.devices()[: case["mesh_devices"]])
+    mesh = stage_mesh(case["n_stages"], host_devices(case["mesh_devices"]))
     if case["mesh_devices"] == 8:
         assert mesh.size == case["n_stages"]  # one stage per device
     batch = _task_batch(task, case["batch"], case["seed"])
@@ -84,7 +85,7 @@ def test_full_matrix_encoder_grads(n_stages, n_micro, mesh_devices):
     new_delta[scheduled[-1]] += n_layers - new_delta.sum()
     layout = make_stage_layout(new_delta, order, n_layers=n_layers)
     assert layout.n_stages == n_stages
-    mesh = stage_mesh(n_stages, jax.devices()[:mesh_devices])
+    mesh = stage_mesh(n_stages, host_devices(mesh_devices))
     x = jax.random.normal(jax.random.key(1), (7, CFG.seq_len, CFG.d_model))
     pad = jnp.arange(CFG.seq_len)[None] < jnp.array([6, 2, 4, 1, 6, 3, 5])[:, None]
     w = jax.random.normal(jax.random.key(2), x.shape)

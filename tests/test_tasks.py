@@ -1,6 +1,10 @@
 """Tasks: data-dir resolution, loading, tokenizers, batching, splits and metrics."""
 
 import gzip
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ from collapipe_jax.errors import ValidationError
 from collapipe_jax.tasks import batching, data, metrics, vocab
 from collapipe_jax.tasks.registry import NER_TAGS, load_task
 
-# $COLLAPIPE_DATA, else ../shared/data (from the working directory or beside the checkout)
+# $COLLAPIPE_DATA if set, else the repository's own data/ (tests need nothing beside the clone)
 DATA = data.resolve_data_dir()
 
 
@@ -23,14 +27,46 @@ def test_data_dir_precedence(tmp_path, monkeypatch):
     assert data.resolve_data_dir(a) == a.resolve()
     assert data.resolve_data_dir(None) == b.resolve()
     monkeypatch.delenv(data.DATA_ENV)
-    monkeypatch.chdir(tmp_path)
-    beside = tmp_path / "checkout_shared_data"
-    beside.mkdir()
-    monkeypatch.setattr(data, "CHECKOUT_DATA_DIR", beside)
-    assert data.resolve_data_dir(None) == beside.resolve()  # cwd has no ../shared/data: beside the checkout
-    monkeypatch.setattr(data, "CHECKOUT_DATA_DIR", tmp_path / "missing")
-    with pytest.raises(ValidationError, match="data_dir"):
-        data.resolve_data_dir(None)  # neither tmp/../shared/data nor the checkout's exists
+    monkeypatch.chdir(tmp_path)  # the default does not depend on the working directory
+    assert data.resolve_data_dir(None) == data.REPO_DATA_DIR.resolve()
+    monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "missing")
+    with pytest.raises(ValidationError, match="data_dir") as err:
+        data.resolve_data_dir(None)
+    assert "--data-dir" in str(err.value) and data.DATA_ENV in str(err.value) and "\n" not in str(err.value)
+
+
+def test_repository_data_dir_is_inside_the_checkout():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert data.REPO_DATA_DIR == root / "data"
+    for rel in ("multi30k/train.de.gz", "chinese_ner/example_test.txt", "toutiao/toutiao_subset.txt", "README.md"):
+        assert (root / "data" / rel).is_file(), rel
+
+
+def test_read_lines_gzip_plain_crlf_and_paragraphs(tmp_path):
+    text = "a b\r\nc\x1cd\n\n\ne\n"  # CRLF, a file separator inside a line, blank lines
+    plain, packed = tmp_path / "t.txt", tmp_path / "t.txt.gz"
+    plain.write_bytes(text.encode("utf-8"))
+    with gzip.open(packed, "wb") as f:
+        f.write(text.encode("utf-8"))
+    for path in (plain, packed):
+        assert data.read_lines(path) == ["a b", "c\x1cd", "", "", "e"]
+        assert data.read_lines(path, by_paragraph=True) == ["a b\nc\x1cd", "\ne\n"]
+    no_final_newline = tmp_path / "u.txt"
+    no_final_newline.write_text("x\ny", encoding="utf-8")
+    assert data.read_lines(no_final_newline) == ["x", "y"]
+
+
+def test_reading_the_corpora_leaves_nothing_in_home(tmp_path):
+    # a fresh interpreter with an empty $HOME: libraries that cache (or lock) by default would
+    # write under it when they are imported or read a file
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
+    env.update(HOME=str(home), PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    code = ("from collapipe_jax.tasks import data; d = data.resolve_data_dir(); "
+            "data.load_multi30k(d, 'val'); data.load_ner(d, 'test'); data.load_toutiao(d, 'val')")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert [p.relative_to(home) for p in home.rglob("*")] == []
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, train
 
-# $COLLAPIPE_DATA, else ../shared/data (from the working directory or beside the checkout)
+# $COLLAPIPE_DATA if set, else the repository's own data/
 DATA = resolve_data_dir()
 
 TINY = dict(rounds=2, batch=4, clusters=2, micro_batches=2, max_examples=24, max_eval_examples=8, seq_len=16,

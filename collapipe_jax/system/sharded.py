@@ -3,9 +3,10 @@
 The batch axis is split over a 1-D mesh of all devices with `NamedSharding` (inside,
 `jax.shard_map`); the batch is padded (repeating its last element) to whole chunks per device
 and the padding is cut off the result. The same code runs on one CPU, on `--xla_force_host_platform_device_count`
-host devices, on a GPU/TPU mesh and, after `jax.distributed.initialize()`, across hosts: there
-each process passes its own slice of the batch (`process_local=True`) and gets the whole
-result back.
+host devices, on a GPU/TPU mesh and, after `jax.distributed.initialize()` (see
+`collapipe_jax.distributed`), across processes and hosts: there every process either passes the
+whole batch, or its own slice of it (`process_local=True`, slices of any sizes), and gets the
+whole result back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from collapipe_jax.errors import ValidationError
 from collapipe_jax.system.model import evaluate
 
 BATCH_AXIS = "batch"
@@ -29,20 +31,34 @@ def stack(trees):
 
 
 def batch_mesh(devices=None) -> Mesh:
-    devices = jax.devices() if devices is None else devices
+    """1-D mesh over `devices`; by default every process's devices, process by process, so
+    that process p's part of a batch lands on process p's devices."""
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
-def _pad_to(tree, multiple: int):
-    size = jax.tree.leaves(tree)[0].shape[0]
-    pad = (-size) % multiple
-    if pad == 0:
-        return tree, size
+def _batch_size(tree) -> int:
+    return jax.tree.leaves(tree)[0].shape[0]
+
+
+def _pad_rows(tree, rows: int):
+    """Pad the leading axis to `rows` by repeating the last element (zeros if there is none:
+    their results are cut off like any padding)."""
+    pad = rows - _batch_size(tree)
 
     def pad_leaf(x):
-        return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+        if pad == 0:
+            return x
+        fill = jnp.repeat(x[-1:], pad, axis=0) if x.shape[0] else jnp.zeros((pad,) + x.shape[1:], x.dtype)
+        return jnp.concatenate([x, fill], axis=0)
 
-    return jax.tree.map(pad_leaf, tree), size
+    return jax.tree.map(pad_leaf, tree)
+
+
+def _pad_to(tree, multiple: int):
+    size = _batch_size(tree)
+    return _pad_rows(tree, -(-size // multiple) * multiple), size
 
 
 def to_chunks(tree, chunk: int):
@@ -96,24 +112,60 @@ def evaluate_sharded(states, decisions, variant: str = "paper", mesh: Mesh | Non
     `states`, `decisions`: a `SystemState` and a `Decision` whose leaves have a leading batch
     axis B. The batch is padded to whole chunks per device, cut into chunks of at most `chunk`
     configurations, and each device maps `evaluate` over its chunks. Returns `Metrics` with
-    leading axis B (the global batch when `process_local`, where each process passed its slice).
+    leading axis B.
+
+    Across processes (a mesh over several processes' devices, after `jax.distributed`): with
+    `process_local=False` every process passes the same whole batch and evaluates its share;
+    with `process_local=True` each passes its own slice (sizes may differ, even be 0) and the
+    result is the slices' concatenation in process order. Either way every process gets the
+    whole result.
     """
     mesh = batch_mesh() if mesh is None else mesh
-    n_dev = mesh.local_mesh.size if process_local else mesh.size
-    size = jax.tree.leaves(states)[0].shape[0]
+    fn, sharding = chunked_evaluator(mesh, variant)
+    if mesh.is_multi_process:
+        return _evaluate_across_processes(fn, sharding, mesh, (states, decisions), chunk, process_local)
+    if process_local and jax.process_count() > 1:
+        raise ValidationError("mesh", "process_local=True needs a mesh over every process's devices (batch_mesh())")
+    n_dev = mesh.size
+    size = _batch_size(states)
     chunk = max(1, min(chunk, -(-size // n_dev)))
     (states, decisions), size = _pad_to((states, decisions), n_dev * chunk)
-    fn, sharding = chunked_evaluator(mesh, variant)
-    chunks = to_chunks((states, decisions), chunk)
-    if process_local and jax.process_count() > 1:
-        put = lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))  # noqa: E731
-        out = from_chunks(multihost_utils.process_allgather(fn(jax.tree.map(put, chunks)), tiled=True))
-        # every process padded its own slice: drop each slice's padding
-        per = jax.tree.leaves(states)[0].shape[0]
-        keep = np.concatenate([np.arange(p * per, p * per + size) for p in range(jax.process_count())])
-        return jax.tree.map(lambda x: x[keep], out)
-    out = from_chunks(fn(jax.device_put(chunks, sharding)))
+    out = from_chunks(fn(jax.device_put(to_chunks((states, decisions), chunk), sharding)))
     return jax.tree.map(lambda x: x[:size], out)
+
+
+def _evaluate_across_processes(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: bool):
+    """The multi-process path of `evaluate_sharded`: every process feeds an equal number of
+    rows (its part, padded) to its own devices, and all-gathers the result."""
+    n_proc = jax.process_count()
+    owners = [d.process_index for d in mesh.devices.flat]
+    n_local = mesh.local_mesh.size
+    if owners != sorted(owners) or len(set(owners)) != n_proc or n_local * n_proc != mesh.size:
+        raise ValidationError("mesh", "must hold every process's devices, process by process, "
+                                      "as many per process (batch_mesh() does)", None)
+    size = _batch_size(batch)
+    if process_local:  # the slices' sizes, known to every process
+        sizes = np.asarray(multihost_utils.process_allgather(np.int32(size))).reshape(n_proc)
+        need = int(sizes.max())
+    else:
+        need = -(-size // n_proc)
+    chunk = max(1, min(chunk, -(-need // n_local)))
+    per = -(-need // (n_local * chunk)) * n_local * chunk  # rows per process, equal everywhere
+    if process_local:
+        local = _pad_rows(batch, per)
+        keep = np.concatenate([p * per + np.arange(n) for p, n in enumerate(sizes)])
+    else:  # process p evaluates rows [p·per, (p+1)·per) of the padded whole batch
+        me = jax.process_index()
+        local = jax.tree.map(lambda x: x[me * per : (me + 1) * per], _pad_rows(batch, n_proc * per))
+        keep = np.arange(size)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding, x, (n_proc * x.shape[0],) + x.shape[1:])
+
+    out = fn(jax.tree.map(put, to_chunks(local, chunk)))
+    out = from_chunks(multihost_utils.process_allgather(out, tiled=True))
+    return jax.tree.map(lambda x: x[keep], out)
 
 
 @functools.lru_cache(maxsize=None)

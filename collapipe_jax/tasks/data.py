@@ -1,11 +1,11 @@
-"""Raw corpora of the paper's three tasks, read with `datasets` from local files only.
+"""Raw corpora of the paper's three tasks, read from local files with the standard library.
 
 Data directory resolution (DESIGN §6, `train --data-dir`): the explicit argument, else the
-`COLLAPIPE_DATA` environment variable, else `../shared/data` relative to the working directory.
-Every file is checked before it is read; a missing one raises a `ValidationError` that names
-it, so a run never starts on half a corpus.
+`COLLAPIPE_DATA` environment variable, else the repository's own `data/` folder, found relative
+to this package, so any working directory works. Every file is checked before it is read; a
+missing one raises a `ValidationError` that names it, so a run never starts on half a corpus.
 
-Layout expected under the data directory (see shared/data/README.md):
+Layout expected under the data directory (provenance and licences: data/README.md):
   multi30k/{train,val,test_2016_flickr}.{de,en}.gz   one sentence per line, line i ↔ line i
   chinese_ner/example_{test,dev}.txt                 "char TAG" per line, blank line between sentences
   toutiao/toutiao_subset.txt                         "title_!_label" per line, label 0..14
@@ -13,6 +13,7 @@ Layout expected under the data directory (see shared/data/README.md):
 
 from __future__ import annotations
 
+import gzip
 import os
 import pathlib
 
@@ -21,12 +22,11 @@ import numpy as np
 from collapipe_jax.errors import ValidationError
 
 DATA_ENV = "COLLAPIPE_DATA"
-DEFAULT_DATA_DIR = "../shared/data"
-# ../shared/data beside the checkout: found wherever the command is started from
-CHECKOUT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / DEFAULT_DATA_DIR
+# <repository>/data: collapipe_jax/tasks/data.py → parents[2] is the repository root
+REPO_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "data"
 
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
-# The NER training file of the original repository is not shipped; README: train on
+# The NER training file of the original repository is not shipped; data/README.md: train on
 # example_test.txt, evaluate on example_dev.txt.
 NER_FILES = {"train": "example_test.txt", "test": "example_dev.txt"}
 TOUTIAO_FILE = "toutiao_subset.txt"
@@ -35,13 +35,13 @@ TOUTIAO_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test of a seeded permutatio
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """--data-dir, else $COLLAPIPE_DATA, else ../shared/data; must be an existing directory."""
-    chosen = data_dir if data_dir else os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
+    """--data-dir, else $COLLAPIPE_DATA, else the repository's data/; must be an existing directory."""
+    chosen = data_dir or os.environ.get(DATA_ENV) or REPO_DATA_DIR
     path = pathlib.Path(chosen).expanduser()
-    if not data_dir and not os.environ.get(DATA_ENV) and not path.is_dir() and CHECKOUT_DATA_DIR.is_dir():
-        path = CHECKOUT_DATA_DIR
     if not path.is_dir():
-        raise ValidationError("data_dir", "must be an existing directory (--data-dir, $COLLAPIPE_DATA or ../shared/data)", str(path))
+        raise ValidationError(
+            "data_dir", f"must be an existing directory (point at the data with --data-dir DIR or ${DATA_ENV}=DIR)", str(path)
+        )
     return path.resolve()
 
 
@@ -52,23 +52,22 @@ def require_file(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _quiet_datasets():
-    import datasets
+def read_lines(path: pathlib.Path, *, by_paragraph: bool = False) -> list[str]:
+    """Lines (or blank-line separated paragraphs) of a local UTF-8 text file, gzip or plain.
 
-    datasets.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_error()
-    return datasets
-
-
-def read_lines(path: pathlib.Path, *, by_paragraph: bool = False, cache_dir: str | None = None) -> list[str]:
-    """Lines (or blank-line separated paragraphs) of a local text file, gz or plain, via `datasets`."""
-    datasets = _quiet_datasets()
+    Universal newlines; a line loses its '\\n'; paragraphs are split on blank lines and empty
+    ones dropped. Plain reads: nothing is cached or locked outside the data directory.
+    """
     require_file(path)
-    kwargs = {"sample_by": "paragraph"} if by_paragraph else {}
-    ds = datasets.load_dataset(
-        "text", data_files={"data": str(path)}, split="data", keep_in_memory=True, cache_dir=cache_dir, **kwargs
-    )
-    return list(ds["text"])
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if by_paragraph:
+        return [p for p in text.split("\n\n") if p]
+    lines = text.split("\n")  # not str.splitlines: that also splits at \x1c, \u2028 and others
+    if lines[-1] == "":  # the final newline ends the last line and starts none
+        lines.pop()
+    return lines
 
 
 def _take(items: list, max_examples: int | None) -> list:
