@@ -1,14 +1,14 @@
 """Federated round: vmapped over the clusters vs a Python loop over them (DESIGN §7).
 
 One round of the tiny BERT sentence classifier (the model of the Toutiao task, unsegmented
-encoder, b = 8 samples of 32 tokens per cluster on the CPU, 32 on a GPU/TPU): local SGD step, noisy upload, FedAvg, shared
-head update. Three programs for the same round:
+encoder, b = 8 samples of 32 tokens per cluster on the CPU, 32 on a GPU/TPU): one local SGD
+step, noisy upload, FedAvg, shared head update. Three programs for the same round:
 
 * vmapped: `make_round` with one vmap over all N clusters inside one jitted program;
-* grouped: `make_round(cluster_chunk=4)`, the same jitted program as a lax.scan over groups of
-  (at most) 4 vmapped clusters, the aggregation sums accumulated group by group;
-* looped: `looped_round`, a jitted per-cluster step and upload in a Python loop, then the
-  same jitted aggregation.
+* grouped: `make_round` with cluster_chunk=4: the clusters' gradients in a lax.map over groups
+  of (at most) 4 vmapped clusters;
+* looped: `looped_round`, a jitted per-cluster gradient in a Python loop, then the updates,
+  uploads and aggregation.
 
 All are warmed up (compiled) before timing; the record holds seconds per round and the ratios
 looped / vmapped and looped / grouped for N = 3 and N = 16. On the 2-core CPU one cluster's
@@ -25,10 +25,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from benchmarks.common import best_time, device_sized, write_record
-from collapipe_jax.federated.rounds import Uploads, looped_round, make_round
+from collapipe_jax.federated.optim import client_direction, learning_rate_schedule
+from collapipe_jax.federated.rounds import LocalWork, RoundSpec, Uploads, init_server_state, looped_round, make_round
 from collapipe_jax.models import split
 from collapipe_jax.models.config import model_preset
 
@@ -43,26 +43,31 @@ def round_inputs(n_clusters: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     tokens = rng.integers(4, VOCAB, (n_clusters, BATCH, SEQ)).astype(np.int32)
     tokens[:, :, 0] = 1  # [CLS]
-    batch = {"tokens": jnp.asarray(tokens), "label": jnp.asarray(rng.integers(0, CLASSES, (n_clusters, BATCH)), jnp.int32)}
+    batch = {"tokens": jnp.asarray(tokens)[:, None],  # one local step: [N, E = 1, b, s]
+             "label": jnp.asarray(rng.integers(0, CLASSES, (n_clusters, 1, BATCH)), jnp.int32)}
     layout = {"unused": jnp.zeros((n_clusters, 1))}
     uploads = Uploads(active=jnp.asarray(np.arange(n_clusters) < max(1, (3 * n_clusters) // 4)),
                       eps=jnp.full((n_clusters,), 0.02), weight=jnp.asarray(rng.integers(50, 100, n_clusters), jnp.float32))
     return params, batch, layout, uploads
 
 
-def loss_fn(client, server, batch, layout):
+def loss_fn(client, server, batch, layout, key):
     return split.split_model_loss({"client": client, "server": server}, batch)
+
+
+def spec(cluster_chunk=None) -> RoundSpec:
+    return RoundSpec(loss_fn, client_direction("sgd"), learning_rate_schedule("constant", 0.05),
+                     cluster_chunk=cluster_chunk)
 
 
 def time_rounds(n_clusters: int, repeat: int = 10) -> dict:
     params, batch, layout, uploads = round_inputs(n_clusters)
-    sgd = optax.sgd(0.05)
-    args = (params["client"], params["server"], sgd.init(params["server"]), batch, layout, uploads, jax.random.PRNGKey(1))
+    state = init_server_state(spec(), params["client"], params["server"])
+    work = LocalWork(jnp.ones(n_clusters, jnp.int32), jnp.asarray(0, jnp.int32))
+    args = (state, batch, layout, uploads, work, jax.random.PRNGKey(1))
     out = {}
-    builds = (("vmapped", make_round), ("grouped", lambda *a: make_round(*a, cluster_chunk=GROUP)),
-              ("looped", looped_round))
-    for name, build in builds:
-        fn = build(loss_fn, sgd, sgd)
+    builds = (("vmapped", make_round(spec())), ("grouped", make_round(spec(GROUP))), ("looped", looped_round(spec())))
+    for name, fn in builds:
         jax.block_until_ready(fn(*args))  # compile
         out[f"{name}_s"] = best_time(lambda: jax.block_until_ready(fn(*args)), repeat=repeat)
     out["looped_over_vmapped"] = out["looped_s"] / out["vmapped_s"]
@@ -73,9 +78,9 @@ def time_rounds(n_clusters: int, repeat: int = 10) -> dict:
 def main() -> dict:
     load_before = os.getloadavg()[0]  # the 2-core CI machine is shared: context for the times
     record = {
-        "what": "one federated round (local SGD step, noisy upload, FedAvg, head update), tiny BERT, "
+        "what": "one federated round (one local SGD step, noisy upload, FedAvg, head update), tiny BERT, "
                 f"b={BATCH}, seq={SEQ}; seconds per round, best of 10; vmapped = one vmap over all N, "
-                f"grouped = scan over groups of {GROUP} vmapped clusters, looped = Python loop",
+                f"grouped = lax.map over groups of {GROUP} vmapped clusters, looped = Python loop",
         "results": {f"N={n}": time_rounds(n) for n in (3, 16)},
         "load_average_1m_before": load_before,
         "load_average_1m": os.getloadavg()[0],

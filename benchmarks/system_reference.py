@@ -40,6 +40,8 @@ def numpy_evaluate(st: dict, dc: dict, variant: str = "paper") -> dict:
         sends = scheduled & ~last
         stage = np.where(scheduled, tau_cmp + np.where(last, 0, tau_dd), 0)
         tau_pipe = stage.sum(-1) + (m - 1) * stage.max(-1)
+    iterations = st["local_steps"]  # [B, N]: E_n pipeline iterations per round
+    tau_pipe = iterations * tau_pipe
     ch = dc["channel"]
     assigned = ch >= 0
     idx = np.clip(ch, 0, None)
@@ -50,7 +52,7 @@ def numpy_evaluate(st: dict, dc: dict, variant: str = "paper") -> dict:
     up_bits = (st["theta_enc_bits"] + st["z_enc_bits"])[:, None]
     tau_up = np.where(assigned, up_bits / np.where(assigned, rate, 1), 0)
     factor = 2 * m if variant == "paper" else m  # Eq. 16 as printed: 2m
-    e_sch = np.where(scheduled, factor[:, :, None] * (st["kappa"][:, None, None] * st["f_hz"] ** 2 * cycles
+    e_sch = np.where(scheduled, (iterations * factor)[:, :, None] * (st["kappa"][:, None, None] * st["f_hz"] ** 2 * cycles
                                                       + np.where(sends, st["p_k_w"] * tau_dd, 0)), 0)
     eps = st["C_noise"][:, None] / (np.where(assigned, p, 0) * st["h_n"] + interference)
     gamma = (0.5 * st["beta"] * st["eta"] ** 2 * st["phi_seg"])[:, None] * n_stages[..., 0] \
@@ -91,6 +93,8 @@ def python_evaluate(st: dict, dc: dict, variant: str = "paper") -> tuple[float, 
             tau_pipe = (n_stages + m - 1) * max(stages) - dd_last
         else:
             tau_pipe = sum(stages) + (m - 1) * max(stages)
+        tau_pipe *= st["local_steps"][n]
+        energy *= st["local_steps"][n]
         j = dc["channel"][n]
         p = dc["p_n_w"][n]
         if j >= 0:

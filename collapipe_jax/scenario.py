@@ -53,7 +53,8 @@ class Scenario:
     K: int = 6  # devices per cluster
     J: int = 4  # uplink channels
     L: int = 12  # Transformer encoder blocks (TEBs)
-    b: int = 64  # batch size per cluster and round
+    b: int = 64  # batch size per cluster and pipeline iteration
+    local_steps: int = 1  # E: pipeline iterations (local steps) per round, one upload (Alg. 1's local epochs)
     # per-round random ranges
     f_hz: tuple[float, float] = (0.1e9, 0.8e9)  # device CPU frequency f_k
     phi_flops_per_cycle: tuple[float, float] = (10.0, 24.0)  # ϕ_k
@@ -162,7 +163,7 @@ def _check_number(name: str, value, *, positive: bool = False, nonnegative: bool
 
 def validate_scenario(s: Scenario) -> None:
     """Every field checked at the boundary; raises ValidationError naming the field."""
-    for name in ("N", "K", "J", "L", "b"):
+    for name in ("N", "K", "J", "L", "b", "local_steps"):
         _check_positive_int(name, getattr(s, name))
     for name in RANGE_FIELDS:
         value = getattr(s, name)
@@ -259,6 +260,7 @@ class SystemState:
     B_dd_hz: jax.Array
     N0_w_per_hz: jax.Array
     b: jax.Array  # batch size (float, so b / m is a real number as in the paper)
+    local_steps: jax.Array  # [N] E_n: pipeline iterations of cluster n this round
     o_fwd_flops: jax.Array
     o_bwd_flops: jax.Array
     z_bits: jax.Array
@@ -284,7 +286,7 @@ def _state(s: Scenario, f, phi, pk, h, I, B) -> SystemState:
         E_max_n_j=full(s.E_max_n_j, (s.N,)),
         P_max_n_w=full(s.P_max_n_w, (s.N,)),
         h_dd=scalar(s.h_dd), I_dd_w=scalar(s.I_dd_w), B_dd_hz=scalar(s.B_dd_hz),
-        N0_w_per_hz=scalar(s.N0_w_per_hz), b=scalar(s.b),
+        N0_w_per_hz=scalar(s.N0_w_per_hz), b=scalar(s.b), local_steps=full(s.local_steps, (s.N,)),
         o_fwd_flops=scalar(s.o_fwd_flops), o_bwd_flops=scalar(s.o_bwd_flops),
         z_bits=scalar(s.z_bits), g_bits=scalar(s.g_bits), z_enc_bits=scalar(s.z_enc_bits),
         theta_enc_bits=scalar(s.theta_enc_bits), gamma0_bytes=scalar(s.gamma0_bytes),

@@ -298,7 +298,8 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     setup = setup or build_setup(cfg)
     sc, task = setup.scenario, setup.task
     framework = FRAMEWORKS[cfg.framework]
-    ctx = HostContext(sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=framework.federated)
+    ctx = HostContext(sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=framework.federated,
+                      local_steps=tuple(int(e) for e in setup.local_steps))
     state = initial_state(setup)
     records: list[dict] = []
     start = 0

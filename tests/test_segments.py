@@ -228,3 +228,19 @@ def test_exact_methods_agree_beyond_brute_force_sizes(seed, K, L, m, variant):
 def test_paper_greedy_equals_dp_at_larger_k(seed, K, L, m):
     dev = random_cluster(seed, K, L, b=32, variant="paper")
     assert_fronts_equal(front_values(sg.front_greedy(dev, m)), front_values(sg.front_dp(dev, m)))
+
+
+@pytest.mark.parametrize("variant", ["paper", "consistent"])
+def test_iterations_scale_latency_and_tighten_the_energy_budget(variant):
+    """E pipeline iterations per round: the front under budget E_max with E = 3 is the front
+    of one iteration under E_max / 3, with every τ_pipe three times as long."""
+    base = random_cluster(11, 4, 6, 8, variant)
+    three = dataclasses.replace(base, iterations=3.0, _terms={})
+    third = dataclasses.replace(base, E_max_j=base.E_max_j / 3.0, _terms={})
+    for m in (1, 2, 4):
+        a, b = sg.front_exact(three, m), sg.front_exact(third, m)
+        assert [p is None for p in a] == [p is None for p in b]
+        for pa, pb in zip(a, b):
+            if pa is not None:
+                assert (pa.delta, pa.order) == (pb.delta, pb.order)
+                assert pa.tau_pipe_s == pytest.approx(3.0 * pb.tau_pipe_s, rel=1e-12)

@@ -233,3 +233,19 @@ def test_batch_in_trailing_axes_equals_vmap():
         for name in ("tau_pipe_s", "tau_up_s", "tau_round_s", "E_sch_j", "Gamma"):
             np.testing.assert_allclose(np.moveaxis(np.asarray(getattr(minor, name)), -1, 0),
                                        getattr(lead, name), rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["paper", "consistent"])
+def test_local_steps_charge_the_pipeline_e_times_and_the_upload_once(variant):
+    """E_n local steps: E_n pipeline iterations (latency and device energy E_n-fold), one upload."""
+    _, state, decision = instance()
+    one = evaluate(state, decision, variant)
+    steps = jnp.array([3.0, 2.0])
+    many = evaluate(state.replace(local_steps=steps), decision, variant)
+    np.testing.assert_allclose(many.tau_pipe_s, np.asarray(steps) * np.asarray(one.tau_pipe_s), rtol=1e-6)
+    np.testing.assert_allclose(many.E_sch_j, np.asarray(steps)[:, None] * np.asarray(one.E_sch_j), rtol=1e-6)
+    np.testing.assert_allclose(many.E_pipe_j, np.asarray(steps) * np.asarray(one.E_pipe_j), rtol=1e-6)
+    np.testing.assert_allclose(many.tau_up_s, one.tau_up_s, rtol=0)
+    np.testing.assert_allclose(many.E_com_j, one.E_com_j, rtol=0)
+    expected = max(float(e) * float(p) + float(u) for e, p, u in zip(steps, one.tau_pipe_s, one.tau_up_s))
+    assert float(many.tau_round_s) == pytest.approx(expected, rel=1e-6)

@@ -72,7 +72,7 @@ def round_problem(scenario: Scenario, state: SystemState, variant: str = "paper"
             gamma_max_bytes=a(state.gamma_max_k_bytes)[n], E_max_j=a(state.E_max_k_j)[n],
             L=scenario.L, b=scenario.b, o_fwd=f(state.o_fwd_flops), o_bwd=f(state.o_bwd_flops),
             z_bits=f(state.z_bits), g_bits=f(state.g_bits), gamma0_bytes=f(state.gamma0_bytes),
-            kappa=f(state.kappa), variant=variant)
+            kappa=f(state.kappa), variant=variant, iterations=float(np.asarray(state.local_steps)[n]))
         for n in range(scenario.N))
     uplink = rs.Uplink(
         h_n=a(state.h_n), I_i_w=a(state.I_i_w), B_U_hz=a(state.B_U_hz), P_max_n_w=a(state.P_max_n_w),

@@ -15,6 +15,7 @@ import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from collapipe_jax.errors import InfeasibleError
@@ -46,6 +47,7 @@ class HostContext:
     solver: str = "exact"
     m_rule: str = "stationary"
     uploads_model: bool = True
+    local_steps: tuple[int, ...] | None = None  # E_n per cluster (None: the scenario's E for every cluster)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,8 @@ def run_host_round(ctx: HostContext, t: int, Y, losses=None) -> HostRound:
     state = draw(sc, round_key(ctx.seed, t))
     if not ctx.uploads_model:
         state = state.replace(theta_enc_bits=state.theta_enc_bits * 0.0)
+    if ctx.local_steps is not None:
+        state = state.replace(local_steps=jnp.asarray(ctx.local_steps, jnp.float32))
     problem = round_problem(sc, state, ctx.variant, ctx.lyapunov, ctx.V)
     Y = np.asarray(Y, np.float64)
     try:

@@ -86,6 +86,7 @@ class ClusterDevices:
     gamma0_bytes: float
     kappa: float
     variant: str = "paper"
+    iterations: float = 1.0  # E: pipeline iterations (local steps) per round; τ_pipe and energy are per round
     # m_terms per m, memoised: Alg. 2 evaluates the same m for many plans (arrays are never mutated)
     _terms: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -140,7 +141,7 @@ def m_terms(dev: ClusterDevices, m: int) -> MTerms:
     # τ^dd is inside Eq. 15's max and its energy (Eq. 14/16) as well; under consistent it sends nothing
     sends = np.array([1.0, 1.0]) if paper else np.array([1.0, 0.0])
     stage = deltas[None, :, None] * c[:, None, None] + d[:, None, None] * sends[None, None, :]
-    factor = 2 * m if paper else m  # Eq. 16 as printed has 2m; consistent: m micro-batches
+    factor = (2 * m if paper else m) * dev.iterations  # Eq. 16 as printed has 2m; consistent: m micro-batches
     energy = factor * (dev.kappa * dev.f_hz[:, None, None] ** 2 * (deltas[None, :, None] * cycles[:, None, None])
                        + (dev.p_k_w * d)[:, None, None] * sends[None, None, :])
     mem_ok = deltas[None, :] * dev.gamma0_bytes <= dev.gamma_max_bytes[:, None]
@@ -186,13 +187,14 @@ def stage_times(dev: ClusterDevices, m: int, delta, order) -> np.ndarray:
 
 
 def pipeline_latency(dev: ClusterDevices, m: int, delta, order) -> float:
-    """τ_pipe: (S + m − 1) max_k t_k − d_ℓ (paper, Eq. 15) or Σ_k t_k + (m − 1) max_k t_k
-    (consistent), written as Σ_k cost_k + w_S max_k t_k."""
+    """τ_pipe of a round: E × ((S + m − 1) max_k t_k − d_ℓ) (paper, Eq. 15) or E × (Σ_k t_k +
+    (m − 1) max_k t_k) (consistent), written as E (Σ_k cost_k + w_S max_k t_k); E = dev.iterations
+    pipeline iterations (local steps) per round."""
     terms = m_terms(dev, m)
     delta = np.asarray(delta, int)
     t = stage_times(dev, m, delta, order)
     cost = sum(delta[k] * terms.cost_per_teb[k] + terms.cost_role[k, role] for k, role in zip(order, _roles(order)))
-    return float(cost + terms.weight(len(order)) * t.max())
+    return float(dev.iterations * (cost + terms.weight(len(order)) * t.max()))
 
 
 def plan_violations(dev: ClusterDevices, m: int, delta, order) -> list[str]:

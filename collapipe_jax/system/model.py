@@ -64,7 +64,9 @@ def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") ->
     r_dd = latency.d2d_rate(state.p_k_w, state.h_dd, state.I_dd_w, state.B_dd_hz, state.N0_w_per_hz)
     tau_dd = latency.d2d_delay(state.z_bits, state.g_bits, r_dd, b_hat, variant)
     stage = latency.stage_times(tau_cmp, tau_dd, scheduled, last, variant)
-    tau_pipe = latency.pipeline_latency(stage, m, scheduled, last, tau_dd, variant)
+    # E_n local steps: E_n pipeline iterations per round, then one upload
+    iterations = state.local_steps
+    tau_pipe = iterations * latency.pipeline_latency(stage, m, scheduled, last, tau_dd, variant)
 
     assigned, interference, bandwidth = channel_view(state, decision.channel)
     rate = latency.uplink_rate(decision.p_n_w, state.h_n, interference, bandwidth, state.N0_w_per_hz,
@@ -72,7 +74,8 @@ def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") ->
     tau_up = latency.uplink_delay(state.theta_enc_bits + state.z_enc_bits, rate, assigned)
 
     e_com = energy.upload_energy(decision.p_n_w, tau_up)
-    e_sch = energy.device_energy(state.kappa, state.f_hz, cycles, state.p_k_w, tau_dd, m, scheduled, last, variant)
+    e_sch = iterations[:, None] * energy.device_energy(state.kappa, state.f_hz, cycles, state.p_k_w, tau_dd, m,
+                                                      scheduled, last, variant)
 
     n_stages = jnp.sum(scheduled, axis=1).astype(jnp.float32)
     p_eff = jnp.where(assigned, decision.p_n_w, 0.0)

@@ -28,7 +28,7 @@ def inputs_dict(scenario: Scenario, state: SystemState, decision: Decision) -> d
     return {
         "scenario": s.name,
         "model": s.model,
-        "N": s.N, "K": s.K, "J": s.J, "L": s.L, "b": s.b,
+        "N": s.N, "K": s.K, "J": s.J, "L": s.L, "b": s.b, "local_steps": _list(state.local_steps),
         "f_hz": _list(state.f_hz),
         "phi_flops_per_cycle": _list(state.phi_flops_per_cycle),
         "p_k_w": _list(state.p_k_w),
