@@ -35,7 +35,7 @@ from collapipe_jax.sweep import SCALES, SWEEPS, finished_summary, replot, run_sw
 from collapipe_jax.system import evaluate, round_latency_of_power
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.report import constraint_violations, inputs_dict, metrics_dict
-from collapipe_jax.train import TrainConfig, train
+from collapipe_jax.train import TrainConfig, config_with_recipe, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -252,7 +252,10 @@ def format_schedule(result: dict) -> str:
 
 
 def run_train_command(args):
-    cfg = config_from_args(TrainConfig, args, seed=args.seed, preset=args.preset, scenario=args.scenario)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    shared = {"seed": args.seed if args.seed_given else None, "preset": args.preset, "scenario": args.scenario}
+    cfg = config_with_recipe({**given, **{k: v for k, v in shared.items() if v is not None}})
     result = train(cfg)
     metric_names = sorted({k for r in result["rounds"] for k in r["metrics"]})
     rows = [[r["round"], r["loss"], r["tau_round_s"], r["energy_j"], *[r["metrics"].get(n) for n in metric_names]]
@@ -334,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _Parser(add_help=False)
     shared.add_argument("--preset", help=f"scenario preset: {' | '.join(PRESETS)} (default: the command's)")
     shared.add_argument("--scenario", help="scenario JSON file (may name a base \"preset\" and override fields)")
-    shared.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    shared.add_argument("--seed", type=int, default=None, help="seed of the random draws (default 0)")
     shared.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     shared.add_argument("--host-devices", dest="host_devices", help="number of XLA host (CPU) devices, set before "
                                                                     "JAX starts")
@@ -374,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         set_host_devices(argv)
         initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
         args = build_parser().parse_args(argv)
+        args.seed_given = args.seed is not None  # a recipe's seed stands unless --seed is given
+        args.seed = 0 if args.seed is None else args.seed
         result, text = args.handler(args)
     except (ValidationError, InfeasibleError) as err:
         print(f"collapipe: error: {err}".replace("\n", " "), file=sys.stderr)

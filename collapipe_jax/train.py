@@ -36,7 +36,8 @@ from collapipe_jax.checkpoints import Checkpoints
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated import program
 from collapipe_jax.federated.optim import CLIENT_OPTIMIZERS, LR_SCHEDULES, SERVER_OPTIMIZERS
-from collapipe_jax.federated.rounds import NOISE_MODES, LocalWork, ServerState, Uploads, init_server_state
+from collapipe_jax.federated.rounds import (CLIENT_STATES, NOISE_MODES, LocalWork, ServerState, Uploads,
+                                            init_server_state)
 from collapipe_jax.io import atomic_write_json, write_csv
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
@@ -84,6 +85,8 @@ class TrainConfig:
     lr_schedule: str = option("constant", "learning-rate schedule over the run's local steps", choices=LR_SCHEDULES)
     warmup_steps: int = option(0, "linear warm-up steps of the warmup-* schedules")
     clip_norm: float | None = option(None, "clip each local gradient to this global norm")
+    client_state: str = option("reset", "client optimizer state: reset every round (FedAvg) or kept per cluster "
+                                        "across rounds", choices=CLIENT_STATES)
     server_optimizer: str = option("avg", "server optimizer on the mean update: avg = FedAvg, adam = FedAdam, "
                                           "yogi = FedYogi (Reddi et al., 2021)", choices=SERVER_OPTIMIZERS)
     server_lr: float = option(1.0, "server learning rate (sgd, adam, yogi)")
@@ -109,6 +112,8 @@ class TrainConfig:
     log_dir: str | None = option(None, "rounds.csv and result.json (default: --checkpoint-dir)")
     data_dir: str | None = option(None, "data sets (default: $COLLAPIPE_DATA, else the repository's data/)")
     progress: bool = option(True, "progress bar on stderr")
+    recipe: str | None = option(None, "JSON recipe (sweeps/recipes/): its values replace the defaults, the flags "
+                                      "given replace its values", flag="config")
     seed: int = option(0, "seed", cli=False)
     preset: str | None = option(None, "scenario preset", cli=False)
     scenario: str | None = option(None, "scenario JSON file", cli=False)
@@ -148,8 +153,37 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """What a resumed run must share with the run that wrote the checkpoint."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("rounds", "checkpoint_dir", "resume", "log_dir", "progress", "cache_dir", "data_dir")}
+                if k not in ("rounds", "checkpoint_dir", "resume", "log_dir", "progress", "cache_dir", "data_dir",
+                             "recipe")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+RECIPE_DIR = pathlib.Path(__file__).resolve().parents[1] / "sweeps" / "recipes"
+
+
+def load_recipe(path: str) -> dict:
+    """A recipe's settings: a JSON object of TrainConfig fields (a leading "about" string and
+    "_"-prefixed keys are notes). A bare name is looked up in sweeps/recipes/."""
+    file = pathlib.Path(path)
+    if not file.is_file() and (RECIPE_DIR / f"{path}.json").is_file():
+        file = RECIPE_DIR / f"{path}.json"
+    require(file.is_file(), "config", "must be a recipe JSON file (or the name of one in sweeps/recipes/)", path)
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValidationError("config", f"{file} is not valid UTF-8 JSON ({err})") from None
+    require(isinstance(values, dict), "config", "a recipe must be a JSON object", str(file))
+    values = {k: v for k, v in values.items() if k != "about" and not k.startswith("_")}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - fields)
+    require(not unknown, "config", f"{file}: unknown setting(s) {unknown}")
+    return values
+
+
+def config_with_recipe(values: dict) -> TrainConfig:
+    """TrainConfig from explicit values over the recipe they name (values["recipe"])."""
+    recipe = load_recipe(values["recipe"]) if values.get("recipe") else {}
+    return TrainConfig(**{**recipe, **values})
 
 
 @dataclasses.dataclass
@@ -170,7 +204,8 @@ class Setup:
             optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
             warmup_steps=cfg.warmup_steps, total_steps=cfg.rounds * E, clip_norm=cfg.clip_norm,
             server_optimizer=cfg.server_optimizer, server_lr=cfg.server_lr, noise_mode=cfg.noise_mode,
-            independent=not FRAMEWORKS[cfg.framework].federated, cluster_chunk=cfg.cluster_chunk)
+            independent=not FRAMEWORKS[cfg.framework].federated, cluster_chunk=cfg.cluster_chunk,
+            client_state=cfg.client_state)
 
 
 @struct.dataclass
@@ -223,7 +258,7 @@ def initial_state(setup: Setup) -> TrainState:
     client = params["client"]
     if not FRAMEWORKS[cfg.framework].federated:  # every cluster keeps its own encoder
         client = jax.tree.map(lambda x: jnp.broadcast_to(x, (sc.N,) + x.shape), client)
-    server = init_server_state(setup.round_settings(1).spec(), client, params["server"])
+    server = init_server_state(setup.round_settings(1).spec(), client, params["server"], sc.N)
     return TrainState(server, np.zeros(sc.N), np.full(sc.N, np.nan))
 
 

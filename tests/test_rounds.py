@@ -56,28 +56,34 @@ def close(a, b, rtol=1e-5, atol=1e-6):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
 
 
-@pytest.mark.parametrize("independent, optimizer, server, steps", [
-    (False, "sgd", "avg", [1, 1, 1]),
-    (True, "sgd", "avg", [1, 1, 1]),
-    (False, "adamw", "adam", [3, 1, 2]),
-    (False, "momentum", "yogi", [2, 2, 2]),
-    (True, "adam", "avg", [3, 2, 3]),
+@pytest.mark.parametrize("independent, optimizer, server, steps, client_state", [
+    (False, "sgd", "avg", [1, 1, 1], "reset"),
+    (True, "sgd", "avg", [1, 1, 1], "reset"),
+    (False, "adamw", "adam", [3, 1, 2], "reset"),
+    (False, "momentum", "yogi", [2, 2, 2], "reset"),
+    (True, "adam", "avg", [3, 2, 3], "reset"),
+    (False, "adam", "avg", [2, 1, 2], "keep"),
 ])
-def test_vmapped_round_equals_python_loop(independent, optimizer, server, steps):
+def test_vmapped_round_equals_python_loop(independent, optimizer, server, steps, client_state):
     E = max(steps)
     client, server_params, batch, layout = toy_setup(steps=E)
     if independent:
         client = jax.tree.map(lambda x: jnp.stack([x, 1.1 * x, 0.9 * x]), client)
         server = "avg"
-    spec = spec_of(optimizer=optimizer, server=server, server_lr=0.3, local_steps=E, independent=independent)
+    spec = spec_of(optimizer=optimizer, server=server, server_lr=0.3, local_steps=E, independent=independent,
+                   client_state=client_state)
     uploads = Uploads(active=jnp.array([True, False, True]), eps=jnp.array([0.02, 0.05, 0.01]),
                       weight=jnp.array([10.0, 20.0, 30.0]))
     with jax.default_matmul_precision("highest"):
-        args = (init_server_state(spec, client, server_params), batch, layout, uploads, work(steps, 7),
-                jax.random.PRNGKey(3))
+        state = init_server_state(spec, client, server_params, N)
+        args = (state, batch, layout, uploads, work(steps, 7), jax.random.PRNGKey(3))
         out_v = make_round(spec)(*args)
         out_l = looped_round(spec)(*args)
-    close(out_v, out_l)
+        close(out_v, out_l)
+        if client_state == "keep":  # a second round starts from the kept per-cluster states
+            again = (out_v[0], batch, layout, uploads, work(steps, 9), jax.random.PRNGKey(4))
+            close(make_round(spec)(*again), looped_round(spec)(*again))
+            assert int(out_v[0].client_opt[0].count[1]) == steps[1]  # Adam's step count of cluster 1
     assert np.all(np.isfinite(np.asarray(out_v[1].loss)))
 
 

@@ -45,6 +45,7 @@ class RoundSettings:
     noise_mode: str = "relative"
     independent: bool = False
     cluster_chunk: int | None = None
+    client_state: str = "reset"
 
     def spec(self) -> RoundSpec:
         return RoundSpec(
@@ -53,7 +54,7 @@ class RoundSettings:
             schedule=learning_rate_schedule(self.lr_schedule, self.lr, self.warmup_steps, self.total_steps),
             server_tx=None if self.independent else server_transform(self.server_optimizer, self.server_lr),
             local_steps=self.local_steps, noise_mode=self.noise_mode, independent=self.independent,
-            cluster_chunk=self.cluster_chunk)
+            cluster_chunk=self.cluster_chunk, client_state=self.client_state)
 
 
 @functools.lru_cache(maxsize=32)

@@ -21,9 +21,11 @@ assigned channel:
 
 E is the compiled number of local steps; cluster n makes E_n ≤ E of them (`LocalWork.steps`,
 data: local epochs over clusters of different sizes), its later steps masked. The client
-optimizer state is reset every round (FedAvg convention: the state of a cluster's local run
-does not describe the aggregated model), the learning-rate schedule counts global steps; the
-server head's optimizer state and the server optimizer's state persist across rounds.
+optimizer state is either reset every round (`client_state="reset"`, the FedAvg convention: a
+cluster's local run starts afresh from the aggregated model) or kept per cluster across rounds
+(`"keep"`: each cluster's momentum / Adam moments persist, as a device that trains every round
+would keep them); the learning-rate schedule counts global steps either way. The server head's
+optimizer state and the server optimizer's state persist across rounds.
 
 Per-cluster quantities — the stage layout (S, δ, order as masks), the upload mask, ε_n, D_n, E_n —
 are data with a leading N axis, never shapes, so one compiled program serves every decision.
@@ -53,6 +55,7 @@ from collapipe_jax.federated.optim import apply_direction
 # loss_fn(client, server, batch, layout, key) -> (Σ weighted loss, Σ weights); key: dropout
 LossFn = Callable[[Any, Any, dict, Any, jax.Array], tuple[jax.Array, jax.Array]]
 NOISE_MODES = ("relative", "absolute")
+CLIENT_STATES = ("reset", "keep")
 
 
 @struct.dataclass
@@ -78,6 +81,7 @@ class ServerState:
     server: Any  # ω: the server-side decoder / head
     head_opt: Any  # optimizer state of ω (the client optimizer's transformation)
     fed_opt: Any  # server optimizer state on θ (() for FedAvg)
+    client_opt: Any = ()  # [N, ...] per-cluster client optimizer states (client_state="keep"; () otherwise)
 
 
 @struct.dataclass
@@ -101,6 +105,7 @@ class RoundSpec:
     noise_mode: str = "relative"
     independent: bool = False
     cluster_chunk: int | None = None
+    client_state: str = "reset"  # "reset" each round (FedAvg) or "keep" per cluster
 
     def __post_init__(self):
         if self.noise_mode not in NOISE_MODES:
@@ -110,13 +115,20 @@ class RoundSpec:
             raise ValidationError("cluster_chunk", "must be None or an integer >= 1", chunk)
         if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int) or self.local_steps < 1:
             raise ValidationError("local_steps", "must be an integer >= 1", self.local_steps)
+        if self.client_state not in CLIENT_STATES:
+            raise ValidationError("client_state", f"must be one of {list(CLIENT_STATES)}", self.client_state)
         if self.independent and self.server_tx is not None:
             raise ValidationError("server_optimizer", "a round without FL aggregation has no server optimizer")
 
 
-def init_server_state(spec: RoundSpec, client, server) -> ServerState:
+def init_server_state(spec: RoundSpec, client, server, n_clusters: int | None = None) -> ServerState:
+    """The state before round 0; `n_clusters` is needed for client_state="keep"."""
     fed_opt = spec.server_tx.init(client) if spec.server_tx is not None else ()
-    return ServerState(client, server, spec.direction.init(server), fed_opt)
+    client_opt = ()
+    if spec.client_state == "keep":
+        one = client if not spec.independent else jax.tree.map(lambda x: x[0], client)
+        client_opt = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_clusters,) + x.shape), spec.direction.init(one))
+    return ServerState(client, server, spec.direction.init(server), fed_opt, client_opt)
 
 
 def all_finite(*trees) -> jax.Array:
@@ -236,8 +248,10 @@ def make_round(spec: RoundSpec):
             return (clients, client_opt, server, head_opt), (loss * live, loss_sum * live, weight_sum * live, gnorm)
 
         per_step = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch)  # [E, N, b, ...]
-        init = (clients, jax.vmap(spec.direction.init)(clients), state.server, state.head_opt)
-        (clients, _, server, head_opt), (loss, loss_sum, weight_sum, gnorm) = jax.lax.scan(
+        keep = spec.client_state == "keep"
+        client_opt = state.client_opt if keep else jax.vmap(spec.direction.init)(clients)
+        init = (clients, client_opt, state.server, state.head_opt)
+        (clients, client_opt, server, head_opt), (loss, loss_sum, weight_sum, gnorm) = jax.lax.scan(
             local_step, init, (per_step, jnp.arange(spec.local_steps)))
         if spec.independent:
             new_client, fed_opt = clients, state.fed_opt
@@ -246,7 +260,7 @@ def make_round(spec: RoundSpec):
             uploaded = jax.vmap(noisy_upload, in_axes=(None, 0, 0, 0, None))(state.client, clients, uploads.eps, keys,
                                                                             spec.noise_mode)
             new_client, fed_opt = server_update(spec, state, uploaded, uploads)
-        new_state = ServerState(new_client, server, head_opt, fed_opt)
+        new_state = ServerState(new_client, server, head_opt, fed_opt, client_opt if keep else ())
         out = RoundOutput(jnp.sum(loss, 0) / jnp.maximum(work.steps, 1), jnp.sum(loss_sum, 0), jnp.sum(weight_sum, 0),
                           gnorm[0], all_finite(new_client, server))
         return new_state, out
@@ -267,7 +281,8 @@ def looped_round(spec: RoundSpec):
         n = uploads.active.shape[0]
         dropout_key, noise_key = jax.random.split(key)
         clients = [pick(state.client, i) if spec.independent else state.client for i in range(n)]
-        opts = [spec.direction.init(c) for c in clients]
+        keep = spec.client_state == "keep"
+        opts = [pick(state.client_opt, i) if keep else spec.direction.init(c) for i, c in enumerate(clients)]
         server, head_opt = state.server, state.head_opt
         head_weight = uploads.weight if spec.independent else jnp.where(uploads.active, uploads.weight, 0.0)
         sums = [[0.0, 0.0, 0.0] for _ in range(n)]
@@ -301,6 +316,6 @@ def looped_round(spec: RoundSpec):
         steps = jnp.maximum(work.steps, 1)
         out = RoundOutput(jnp.asarray([s[0] for s in sums]) / steps, jnp.asarray([s[1] for s in sums]),
                           jnp.asarray([s[2] for s in sums]), jnp.asarray(first_norm), all_finite(new_client, server))
-        return ServerState(new_client, server, head_opt, fed_opt), out
+        return ServerState(new_client, server, head_opt, fed_opt, stack(opts) if keep else ()), out
 
     return round_fn
