@@ -68,6 +68,10 @@ class TrainConfig:
                         choices=MODEL_SIZES)
     policy: str | None = option(None, "collapipe's scheduler (default dssra; uniform = w/o segment scheduling; "
                                       "default = no optimisation)", choices=SCHEDULER_POLICIES)
+    plan_stages: int | None = option(None, "policy default only: split the encoder evenly over the first S devices "
+                                           "(learning vs S)")
+    plan_micro_batches: int | None = option(None, "policy default only: charge m micro-batches (learning vs m; set "
+                                                  "--micro-batches to the same m to run GPipe with it)")
     lyapunov: str = option("drift", "DSSRA's queue term: true drift-plus-penalty or Eq. 32 literally",
                            choices=LYAPUNOV_VARIANTS)
     no_pipeline: bool = option(False, "train the same model with the unsegmented encoder (reference)")
@@ -85,7 +89,7 @@ class TrainConfig:
     lr_schedule: str = option("constant", "learning-rate schedule over the run's local steps", choices=LR_SCHEDULES)
     warmup_steps: int = option(0, "linear warm-up steps of the warmup-* schedules")
     clip_norm: float | None = option(None, "clip each local gradient to this global norm")
-    client_state: str = option("reset", "client optimizer state: reset every round (FedAvg) or kept per cluster "
+    client_state: str = option("keep", "client optimizer state: reset every round (FedAvg) or kept per cluster "
                                         "across rounds", choices=CLIENT_STATES)
     server_optimizer: str = option("avg", "server optimizer on the mean update: avg = FedAvg, adam = FedAdam, "
                                           "yogi = FedYogi (Reddi et al., 2021)", choices=SERVER_OPTIMIZERS)
@@ -123,7 +127,8 @@ class TrainConfig:
         check_fields(self)
         for name in ("rounds", "batch", "micro_batches", "eval_every"):
             check_int(name.replace("_", "-"), getattr(self, name))
-        for name in ("cluster_chunk", "clusters", "max_examples", "max_eval_examples", "seq_len", "local_steps"):
+        for name in ("cluster_chunk", "clusters", "max_examples", "max_eval_examples", "seq_len", "local_steps",
+                     "plan_stages", "plan_micro_batches"):
             check_int(name.replace("_", "-"), getattr(self, name), optional=True)
         check_int("warmup-steps", self.warmup_steps, low=0)
         check_float("lr", self.lr, low=0.0, strict_low=True)
@@ -131,6 +136,8 @@ class TrainConfig:
         check_float("weight-decay", self.weight_decay, low=0.0)
         check_float("clip-norm", self.clip_norm, low=0.0, strict_low=True, optional=True)
         check_float("local-epochs", self.local_epochs, low=0.0, strict_low=True, optional=True)
+        require((self.plan_stages is None and self.plan_micro_batches is None) or self.resolved_policy == "default",
+                "plan-stages", "a fixed plan (--plan-stages/--plan-micro-batches) needs --policy default")
         require(self.local_steps is None or self.local_epochs is None, "local-epochs",
                 "give --local-steps or --local-epochs, not both", self.local_epochs)
         require(FRAMEWORKS[self.framework].federated or self.server_optimizer == "avg", "server-optimizer",
@@ -334,7 +341,8 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     sc, task = setup.scenario, setup.task
     framework = FRAMEWORKS[cfg.framework]
     ctx = HostContext(sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=framework.federated,
-                      local_steps=tuple(int(e) for e in setup.local_steps))
+                      local_steps=tuple(int(e) for e in setup.local_steps), stages=cfg.plan_stages,
+                      micro_batches=cfg.plan_micro_batches)
     state = initial_state(setup)
     records: list[dict] = []
     start = 0

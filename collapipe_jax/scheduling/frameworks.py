@@ -96,13 +96,16 @@ def fixed_result(problem: ds.RoundProblem, plans, name: str, started: float) -> 
     return ds.build_result(problem, plans, channel, p, np.zeros(problem.N), name, started=started, strict=False)
 
 
-def default_policy(problem: ds.RoundProblem, Y=None, rng=None, losses=None, **options) -> ds.RoundResult:
-    """No optimisation: uniform δ over the K devices in index order, m = 4, default channels."""
+def default_policy(problem: ds.RoundProblem, Y=None, rng=None, losses=None, *, stages: int | None = None,
+                   micro_batches: int | None = None, **options) -> ds.RoundResult:
+    """No optimisation: uniform δ over the first S devices in index order (all K by default),
+    m = 4 (or the given m), default channels. Fixing S and m makes the learning-vs-(S, m) runs."""
     started = time.perf_counter()
     plans = []
     for dev in problem.clusters:
-        delta = even_split(dev.L, dev.K)
-        plans.append(fixed_plan(dev, delta, [k for k in range(dev.K) if delta[k] > 0], DEFAULT_MICRO_BATCHES))
+        delta = even_split(dev.L, dev.K, min(stages or dev.K, dev.K, dev.L))
+        plans.append(fixed_plan(dev, delta, [k for k in range(dev.K) if delta[k] > 0],
+                                micro_batches or DEFAULT_MICRO_BATCHES))
     return fixed_result(problem, plans, "default", started)
 
 

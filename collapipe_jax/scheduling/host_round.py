@@ -7,11 +7,15 @@
   4. update the Lyapunov queues                        (Eq. 29: Y ← max(Y + Γ_n − Γ^max, 0))
 
 Everything is a pure function of (context, t, Y, losses), so a resumed run repeats it exactly.
+The round's small jitted computations (the draw, the system model) run on the host's CPU
+device, so that on a GPU/TPU they do not queue behind the training step: the trainer decides
+round t+1 while the accelerator runs round t.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -27,6 +31,15 @@ from collapipe_jax.system import Metrics, evaluate
 from collapipe_jax.system.report import constraint_violations
 
 draw = jax.jit(draw_state, static_argnums=0)
+
+
+@functools.lru_cache(maxsize=1)
+def host_device():
+    """The CPU device, where the host round computes (None when JAX runs without a CPU backend)."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +61,8 @@ class HostContext:
     m_rule: str = "stationary"
     uploads_model: bool = True
     local_steps: tuple[int, ...] | None = None  # E_n per cluster (None: the scenario's E for every cluster)
+    stages: int | None = None  # S and m of the `default` policy's fixed plan (None: all K devices, m = 4)
+    micro_batches: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +83,11 @@ class HostRound:
 
 def run_host_round(ctx: HostContext, t: int, Y, losses=None) -> HostRound:
     """Steps 1–4 for round t with queues Y(t) and the previous round's losses (None: none)."""
+    with jax.default_device(host_device()):
+        return _host_round(ctx, t, Y, losses)
+
+
+def _host_round(ctx: HostContext, t: int, Y, losses) -> HostRound:
     started = time.perf_counter()
     sc = ctx.scenario
     state = draw(sc, round_key(ctx.seed, t))
@@ -78,8 +98,9 @@ def run_host_round(ctx: HostContext, t: int, Y, losses=None) -> HostRound:
     problem = round_problem(sc, state, ctx.variant, ctx.lyapunov, ctx.V)
     Y = np.asarray(Y, np.float64)
     try:
+        plan = {k: v for k, v in (("stages", ctx.stages), ("micro_batches", ctx.micro_batches)) if v is not None}
         result = POLICIES[ctx.policy](problem, Y, policy_rng(ctx.seed, t), losses, solver=ctx.solver,
-                                      m_rule=ctx.m_rule)
+                                      m_rule=ctx.m_rule, **plan)
     except InfeasibleError as err:
         report = dict(err.report, round=t, policy=ctx.policy)
         report["message"] = f"round {t}: {err.report.get('message', err)}"

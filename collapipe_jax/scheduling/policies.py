@@ -7,7 +7,8 @@ Every policy is `policy(problem, Y, rng, losses=None, **options) -> RoundResult`
            repeated run (train or schedule) makes the same decisions
   losses   the previous round's per-cluster training losses (None when there are none)
   options  `solver` ("exact" | "milp") and `m_rule` ("stationary" | "exhaustive") for the rules
-           that solve Sub-1; the others ignore them
+           that solve Sub-1, the others ignore them; `stages` and `micro_batches` fix the plan of
+           the `default` rule (given only to it)
 `collapipe schedule --policy` and `collapipe train --policy` take their names from here.
 """
 

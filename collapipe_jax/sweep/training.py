@@ -1,45 +1,75 @@
-"""Training sweep (paper Fig. 6): each task under each framework, Alg. 1 end to end: loss, task
-metric and the simulated latency/energy the system model charges per round.
+"""Training sweeps: Alg. 1 end to end on the three tasks.
 
-quick: tiny model, 4 rounds, batch 8 per cluster; paper: small model, 30 rounds, batch 32.
+* `training` (paper Fig. 6): each task under each framework, the learning curve (loss and the
+  task metric against the round and against the simulated latency Σ τ(t)) and the simulated
+  latency/energy. quick: the tiny model, a few rounds (minutes on 2 CPU cores: the curves
+  barely leave chance, the sweep checks the machinery); paper: the task's recipe in
+  sweeps/recipes/ (`<task>-gpu` on an accelerator, `<task>-cpu` otherwise).
+* `learning-vs-s-m` (paper Fig. 9/10): the same seeds trained with fixed plans of S stages and
+  m micro-batches (policy `default`, GPipe run with that m). Synchronous GPipe computes the
+  unpipelined gradient whatever S and m are, and dropout masks are keyed by sample and layer,
+  so the learning curves coincide up to float round-off; only the simulated latency moves.
+
 Each run's result is cached as JSON under the sweep's folder, so a killed sweep resumes run by run.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from collapipe_jax.io import atomic_write_json, read_json
 from collapipe_jax.sweep.base import Sweep, register
 from collapipe_jax.sweep.plots import save_figure, subplots
-from collapipe_jax.train import TrainConfig, train
+from collapipe_jax.train import TrainConfig, config_with_recipe, train
 
 TASKS = ("toutiao", "ner", "multi30k")
 FRAMEWORKS = ("collapipe", "vanilla-fl", "pipeline", "titanic")
 TASK_METRIC = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
+QUICK = dict(model="tiny", rounds=4, batch=8, max_eval_examples=200, progress=False)
+
+
+def on_accelerator() -> bool:
+    return jax.default_backend() != "cpu"
+
+
+def framework_config(task: str, framework: str, scale: str) -> TrainConfig:
+    if scale == "quick":
+        return TrainConfig(task=task, framework=framework, **QUICK)
+    recipe = f"{task}-{'gpu' if on_accelerator() else 'cpu'}"
+    return config_with_recipe({"recipe": recipe, "task": task, "framework": framework, "progress": False})
+
+
+def cached_train(cache, cfg: TrainConfig) -> dict:
+    result = read_json(cache)
+    if result is None:
+        result = train(cfg)
+        atomic_write_json(cache, result, indent=None)
+    return result
+
+
+def curve_rows(result: dict, **labels) -> list[dict]:
+    rows, elapsed = [], 0.0
+    for r in result["rounds"]:
+        elapsed += r["tau_round_s"]
+        rows.append({**labels, "round": r["round"], "loss": r["loss"], "tau_round_s": r["tau_round_s"],
+                     "cumulative_latency_s": elapsed, "energy_j": r["energy_j"],
+                     **{f"metric_{k}": v for k, v in r["metrics"].items()}})
+    return rows
 
 
 def compute(scale: str, work_dir, progress) -> dict:
-    rounds, model, batch = (4, "tiny", 8) if scale == "quick" else (30, "small", 32)
     rows, finals = [], []
     for task in TASKS:
         for framework in FRAMEWORKS:
-            cache = work_dir / "runs" / f"{task}-{framework}.json"
-            result = read_json(cache)
-            if result is None:
-                cfg = TrainConfig(task=task, framework=framework, model=model, rounds=rounds, batch=batch,
-                                  progress=False, max_eval_examples=200 if scale == "quick" else 1000)
-                result = train(cfg)
-                atomic_write_json(cache, result, indent=None)
-            elapsed = 0.0
-            for r in result["rounds"]:
-                elapsed += r["tau_round_s"]
-                rows.append({"task": task, "framework": framework, "round": r["round"], "loss": r["loss"],
-                             "tau_round_s": r["tau_round_s"], "cumulative_latency_s": elapsed,
-                             "energy_j": r["energy_j"], **{f"metric_{k}": v for k, v in r["metrics"].items()}})
-            finals.append({"task": task, "framework": framework, "rounds": rounds, "model": model, "batch": batch,
+            cfg = framework_config(task, framework, scale)
+            result = cached_train(work_dir / "runs" / f"{task}-{framework}.json", cfg)
+            rows += curve_rows(result, task=task, framework=framework)
+            finals.append({"task": task, "framework": framework, "rounds": cfg.rounds, "model": result["model"],
+                           "batch": cfg.batch, "local_steps": max(result["local_steps"]),
                            "final_loss": result["rounds"][-1]["loss"],
                            "total_latency_s": result["total_latency_s"], "total_energy_j": result["total_energy_j"],
+                           "wall_s": float(sum(r["wall_s"] for r in result["rounds"])),
                            **{f"final_{k}": v for k, v in result["final_metrics"].items()}})
             progress(1)
     return {"training": rows, "training-final": finals}
@@ -47,20 +77,23 @@ def compute(scale: str, work_dir, progress) -> dict:
 
 def plot(tables: dict, out) -> None:
     rows, model = tables["training"], tables["training-final"][0]["model"]
-    fig, axes = subplots(2, 3, figsize=(15, 8))
+    fig, axes = subplots(3, 3, figsize=(16, 12))
     for col, task in enumerate(TASKS):
+        metric = f"metric_{TASK_METRIC[task]}"
         for framework in FRAMEWORKS:
             sel = [r for r in rows if r["task"] == task and r["framework"] == framework]
-            axes[0, col].plot([r["cumulative_latency_s"] for r in sel], [r["loss"] for r in sel], marker="o",
+            evald = [r for r in sel if metric in r and r[metric] is not None]
+            axes[0, col].plot([r["round"] for r in sel], [r["loss"] for r in sel], label=framework)
+            axes[1, col].plot([r["round"] for r in evald], [r[metric] for r in evald], marker="o", label=framework)
+            axes[2, col].plot([r["cumulative_latency_s"] for r in evald], [r[metric] for r in evald], marker="o",
                               label=framework)
-            metric = f"metric_{TASK_METRIC[task]}"
-            axes[1, col].plot([r["round"] for r in sel], [r.get(metric, float("nan")) for r in sel], marker="o",
-                              label=framework)
-        axes[0, col].set_xlabel("simulated wall-clock (Σ τ(t)) [s]")
-        axes[0, col].set_ylabel("training loss")
         axes[0, col].set_title(f"{task} ({model} model)")
-        axes[1, col].set_xlabel("round")
+        axes[0, col].set_ylabel("training loss")
         axes[1, col].set_ylabel(TASK_METRIC[task])
+        axes[2, col].set_ylabel(TASK_METRIC[task])
+        axes[0, col].set_xlabel("round")
+        axes[1, col].set_xlabel("round")
+        axes[2, col].set_xlabel("simulated wall-clock Σ τ(t) [s]")
         axes[0, col].legend(fontsize=8)
     save_figure(fig, out / "training.png")
 
@@ -69,19 +102,85 @@ def findings(tables: dict) -> dict:
     rows, finals = tables["training"], tables["training-final"]
     notes = []
     for task in TASKS:
-        losses = {f: [r["loss"] for r in rows if r["task"] == task and r["framework"] == f] for f in FRAMEWORKS}
-        base = np.asarray(losses["vanilla-fl"])
+        metric = f"final_{TASK_METRIC[task]}"
+        got = {r["framework"]: r for r in finals if r["task"] == task}
+        notes.append(f"{task}: final {TASK_METRIC[task]} " + ", ".join(
+            f"{f} {got[f].get(metric, float('nan')):.4g}" for f in FRAMEWORKS) +
+            f" after {got['collapipe']['rounds']} rounds; simulated latency " +
+            ", ".join(f"{f} {got[f]['total_latency_s']:.4g} s" for f in FRAMEWORKS) + ".")
+        base = np.asarray([r["loss"] for r in rows if r["task"] == task and r["framework"] == "vanilla-fl"])
         for f in ("collapipe", "titanic"):
-            rel = float(np.max(np.abs(np.asarray(losses[f]) - base) / np.abs(base)))
+            other = np.asarray([r["loss"] for r in rows if r["task"] == task and r["framework"] == f])
+            rel = float(np.max(np.abs(other - base) / np.abs(base)))
             notes.append(f"{task}: per-round losses of {f} and vanilla-fl differ by at most {rel:.2g} (relative): "
-                         "pipelining does not change the gradient, only the simulated latency.")
-        lat = {r["framework"]: r["total_latency_s"] for r in finals if r["task"] == task}
-        notes.append(f"{task}: simulated latency over {finals[0]['rounds']} rounds: " +
-                     ", ".join(f"{f} {lat[f]:.3g} s" for f in FRAMEWORKS) +
-                     " (pipeline uploads no encoder: it has no federated aggregation).")
+                         "pipelining does not change the gradient; the frameworks differ in the upload noise "
+                         "(their powers and channels) and in the simulated latency.")
     first = finals[0]
     return {"rounds": first["rounds"], "model": first["model"], "batch": first["batch"], "final": finals,
             "findings": notes}
 
 
 register(Sweep("training", compute, plot, findings))
+
+
+# --------------------------------------------------------------------------- learning vs S and m
+
+SM_TASK = "ner"  # BERT, as the paper's Fig. 10
+SM_PLANS = {  # (S, m) over the tiny (L = 4) and small (L = 6) models
+    "quick": ((1, 4), (2, 4), (4, 4), (4, 1), (4, 2), (4, 8)),
+    "paper": ((1, 4), (2, 4), (3, 4), (6, 4), (6, 1), (6, 2), (6, 8)),
+}
+
+
+def plans_of(rows: list[dict]) -> list[tuple[int, int]]:
+    return list(dict.fromkeys((r["S"], r["m"]) for r in rows))
+
+
+def sm_config(S: int, m: int, scale: str) -> TrainConfig:
+    base = dict(QUICK, rounds=3) if scale == "quick" else dict(model="small", rounds=30, batch=32, local_steps=2,
+                                                               optimizer="adamw", lr=1e-3, max_eval_examples=1000,
+                                                               eval_every=10, progress=False)
+    return TrainConfig(task=SM_TASK, policy="default", plan_stages=S, plan_micro_batches=m,
+                       micro_batches=min(m, base["batch"]), **base)
+
+
+def sm_compute(scale: str, work_dir, progress) -> dict:
+    rows = []
+    for S, m in SM_PLANS[scale]:
+        result = cached_train(work_dir / "runs" / f"S{S}-m{m}.json", sm_config(S, m, scale))
+        rows += curve_rows(result, task=SM_TASK, S=S, m=m)
+        progress(1)
+    return {"learning-vs-s-m": rows}
+
+
+def sm_plot(tables: dict, out) -> None:
+    rows = tables["learning-vs-s-m"]
+    fig, axes = subplots(1, 2, figsize=(12, 4))
+    for S, m in plans_of(rows):
+        sel = [r for r in rows if r["S"] == S and r["m"] == m]
+        axes[0].plot([r["round"] for r in sel], [r["loss"] for r in sel], marker="o", label=f"S={S}, m={m}")
+        axes[1].plot([r["cumulative_latency_s"] for r in sel], [r["loss"] for r in sel], marker="o",
+                     label=f"S={S}, m={m}")
+    axes[0].set_xlabel("round")
+    axes[1].set_xlabel("simulated wall-clock Σ τ(t) [s]")
+    for ax in axes:
+        ax.set_ylabel(f"training loss ({SM_TASK})")
+        ax.legend(fontsize=7)
+    save_figure(fig, out / "learning-vs-s-m.png")
+
+
+def sm_findings(tables: dict) -> dict:
+    rows = tables["learning-vs-s-m"]
+    plans = plans_of(rows)
+    ref = np.asarray([r["loss"] for r in rows if (r["S"], r["m"]) == plans[0]])
+    spread = max(float(np.max(np.abs(np.asarray([r["loss"] for r in rows if (r["S"], r["m"]) == p]) - ref) / ref))
+                 for p in plans)
+    latency = {f"S={S},m={m}": sum(r["tau_round_s"] for r in rows if (r["S"], r["m"]) == (S, m)) for S, m in plans}
+    return {"max_relative_loss_difference": spread, "total_latency_s": latency, "findings": [
+        f"{SM_TASK}: across the plans {plans} (S, m) the per-round training losses differ by at most "
+        f"{spread:.2g} (relative) with the same seeds: synchronous GPipe with per-sample dropout keys computes the "
+        "same update whatever S and m are, so S and m change the simulated latency only "
+        f"({', '.join(f'{k}: {v:.4g} s' for k, v in latency.items())})."]}
+
+
+register(Sweep("learning-vs-s-m", sm_compute, sm_plot, sm_findings))
