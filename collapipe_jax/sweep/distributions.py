@@ -38,8 +38,8 @@ Scales (pairs per setting and family, each evaluated under both variants):
 ``quick`` 2^15, 196 608 pairs in all, 8 DSSRA reference draws, a 32 × 32 map: half a minute on
 two CPU cores, most of it compiling. ``paper`` 2^24, 100 663 296 pairs (2 × 10^8 evaluations),
 64 reference draws, a 128 × 128 map: meant for a GPU or TPU; without one it still runs, after a
-warning on stderr and an estimate of its duration from the first group's measured rate (about
-2.5e5 pairs/s, so 7 minutes, on two busy CPU cores).
+warning on stderr and an estimate of its duration from the first group's measured rate (1.3e5
+to 4.3e5 pairs/s by family on two CPU cores busy with other work: about 8 minutes).
 The chunk is sized to the device (`chunk_size`); the summary records the device kind and the
 measured pairs/s.
 """
@@ -371,7 +371,9 @@ def bin_edges(vmin: float, vmax: float) -> tuple[np.ndarray, np.ndarray]:
 
 def histogram_quantiles(counts, vmin: float, vmax: float, qs=QUANTILES) -> list[float]:
     """The q-quantiles of the histogrammed values: the order statistic of rank ⌊q (n − 1)⌋
-    located in its bin, placed log-linearly inside the bin, clipped to [vmin, vmax]."""
+    located in its bin, placed log-linearly inside the bin, clipped to [vmin, vmax] (exact for
+    the first and the last). Within a ratio 10^((LOG_HI − LOG_LO) / BINS) of the order statistic
+    when it lies inside [10^LOG_LO, 10^LOG_HI]."""
     counts = np.asarray(counts, np.int64)
     low, high = bin_edges(vmin, vmax)
     cum = np.cumsum(counts)
@@ -379,6 +381,9 @@ def histogram_quantiles(counts, vmin: float, vmax: float, qs=QUANTILES) -> list[
     out = []
     for q in qs:
         k = math.floor(q * (n - 1))
+        if k in (0, n - 1):  # the extremes are known exactly
+            out.append(float(vmin if k == 0 else vmax))
+            continue
         j = int(np.searchsorted(cum, k, side="right"))
         inside = (k - (cum[j] - counts[j]) + 0.5) / counts[j]
         out.append(float(np.clip(10.0 ** (low[j] + inside * (high[j] - low[j])), vmin, vmax)))
@@ -481,6 +486,28 @@ def gradient_map(label: str, scenario: Scenario, variant: str, grid: int, mesh, 
 # --------------------------------------------------------------------------- the sweep
 
 
+def setting_inputs(config: DistributionConfig, s_index: int, scenario: Scenario) -> dict:
+    """What the reduction takes for one setting: its key, `PairSpace`, base state, and per family
+    the decision tables and rows in use ({variant: ...}); DSSRA solved on the reference draws
+    (the pairs' distribution, from a stream of their own) under each variant."""
+    space, base = PairSpace.of(scenario), mean_state(scenario)
+    drawn = jax.jit(draw_states, static_argnums=0)(space, base, stream_key(config.seed, _REFERENCE_STREAM, s_index),
+                                                   jnp.arange(config.references))
+    ref_states = [jax.tree.map(lambda x: x[..., r], drawn) for r in range(config.references)]  # noqa: B023
+    dssra, counts, references = {}, {}, []
+    for variant in VARIANTS:
+        table, rows = dssra_references(scenario, ref_states, variant, config.seed)
+        references += [{"variant": variant, **r} for r in rows]
+        counts[variant] = sum(r["feasible"] for r in rows)
+        dssra[variant] = padded(table, config.references, default_decision(scenario))
+    uniform = ({v: tiled(default_decision(scenario), config.references) for v in VARIANTS},
+               {v: np.int32(1) for v in VARIANTS})
+    families = {"uniform": uniform, "random": uniform,  # random plans ignore the table
+                "dssra": (dssra, {v: np.int32(counts[v]) for v in VARIANTS})}
+    return {"key": stream_key(config.seed, _STATE_STREAM, s_index), "space": space, "base": base,
+            "families": families, "counts": counts, "references": references}
+
+
 def compute_tables(config: DistributionConfig, progress=lambda n=1: None, mesh=None, estimate: bool = False) -> dict:
     """Every table of the sweep for `config`; `estimate`: print the expected duration to stderr
     after the first group (from its measured rate)."""
@@ -490,22 +517,9 @@ def compute_tables(config: DistributionConfig, progress=lambda n=1: None, mesh=N
     total = config.pairs * len(FAMILIES) * len(settings())
     rows, hists, references, throughput, grad_rows = [], [], [], [], []
     for s_index, (label, scenario) in enumerate(settings()):
-        key = stream_key(config.seed, _STATE_STREAM, s_index)
-        space, base = PairSpace.of(scenario), mean_state(scenario)
-        # the reference draws: the pairs' distribution, from a stream of their own
-        drawn = draw_states(space, base, stream_key(config.seed, _REFERENCE_STREAM, s_index),
-                            jnp.arange(config.references))
-        ref_states = [jax.tree.map(lambda x: x[..., r], drawn) for r in range(config.references)]  # noqa: B023
-        dssra, counts = {}, {}
-        for variant in VARIANTS:
-            table, ref_rows = dssra_references(scenario, ref_states, variant, config.seed)
-            references += [{"setting": label, "variant": variant, **r} for r in ref_rows]
-            counts[variant] = sum(r["feasible"] for r in ref_rows)
-            dssra[variant] = padded(table, config.references, default_decision(scenario))
-        uniform = tiled(default_decision(scenario), config.references)
-        families = {"uniform": ({v: uniform for v in VARIANTS}, {v: np.int32(1) for v in VARIANTS}),
-                    "random": ({v: uniform for v in VARIANTS}, {v: np.int32(1) for v in VARIANTS}),
-                    "dssra": (dssra, {v: np.int32(counts[v]) for v in VARIANTS})}
+        inputs = setting_inputs(config, s_index, scenario)
+        key, space, base, families, counts = (inputs[k] for k in ("key", "space", "base", "families", "counts"))
+        references += [{"setting": label, **r} for r in inputs["references"]]
         for family, (tables, used) in families.items():
             if family == "dssra" and min(counts.values()) == 0:
                 continue  # no feasible reference draw for a variant
