@@ -59,8 +59,7 @@ from jax.extend.random import threefry2x32_p
 from jax.sharding import NamedSharding, PartitionSpec
 
 from collapipe_jax.errors import InfeasibleError
-from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, SystemState, default_decision, draw_state
-from collapipe_jax.scenario import mean_state
+from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, SystemState, default_decision, mean_state
 from collapipe_jax.scheduling.dssra import round_problem
 from collapipe_jax.scheduling.policies import POLICIES, policy_rng
 from collapipe_jax.sweep.base import Sweep, register
@@ -567,7 +566,8 @@ LABELS = {"tau_round_s": "round latency τ(t) [s]", "energy_j": "round energy Σ
 def plot(tables: dict, out) -> None:
     hists = tables["histograms"]
     labels = list(dict.fromkeys(r["setting"] for r in tables["distributions"]))
-    fig, axes = subplots(len(labels), 2, figsize=(13, 4 * len(labels)), squeeze=False)
+    fig, axes = subplots(len(labels), 2, figsize=(13, 4.5 * len(labels)), squeeze=False)
+    fig.set_layout_engine("constrained")
     for row_axes, label in zip(axes, labels):
         for ax, name in zip(row_axes, QUANTITIES):
             for family in FAMILIES:
@@ -591,6 +591,7 @@ def plot(tables: dict, out) -> None:
 
     grad = tables["power-gradient-map"]
     fig, axes = subplots(len(labels), len(VARIANTS), figsize=(12, 4.5 * len(labels)), squeeze=False)
+    fig.set_layout_engine("constrained")
     for row_axes, label in zip(axes, labels):
         for ax, variant in zip(row_axes, VARIANTS):
             sel = [r for r in grad if r["setting"] == label and r["variant"] == variant]
@@ -624,7 +625,8 @@ def findings(tables: dict) -> dict:
             medians[f"{label}/{variant}"] = {f: r["tau_round_s_q50"] for f, r in sel.items()}
             refs = [r for r in tables["dssra-references"] if r["setting"] == label and r["variant"] == variant
                     and r["feasible"]]
-            own = f"; on their own draws {np.mean([r['tau_round_s'] for r in refs]):.4g} s (mean)" if refs else ""
+            own_tau = np.median([r["tau_round_s"] for r in refs]) if refs else None
+            own = f"; DSSRA's {len(refs)} decisions on their own draws: median {own_tau:.4g} s" if refs else ""
             parts = ", ".join(f"{f} {r['tau_round_s_q50']:.4g} s (feasible {100 * r['frac_feasible']:.3g}%)"
                               for f, r in sel.items())
             notes.append(f"{label}, {variant}: median τ(t) {parts}{own}.")
