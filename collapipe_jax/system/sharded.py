@@ -186,8 +186,9 @@ def _run_chunked(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: boo
 
 
 def _evaluate_across_processes(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: bool):
-    """The multi-process path of `evaluate_sharded`: every process feeds an equal number of
-    rows (its part, padded) to its own devices, and all-gathers the result."""
+    """The multi-process path of `_run_chunked` (`evaluate_sharded`, `power_grad_sharded`): every
+    process feeds an equal number of rows (its part, padded) to its own devices, and all-gathers
+    the result."""
     n_proc = jax.process_count()
     owners = [d.process_index for d in mesh.devices.flat]
     n_local = mesh.local_mesh.size
