@@ -4,10 +4,13 @@ Run with COLLAPIPE_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID, JAX_PLATFORMS=cpu
 devices. Joins the distributed run, evaluates one seeded batch with `evaluate_sharded` in three
 ways (whole batch on every process; uneven slices; everything on process 0 and an empty slice
 on process 1) and saves what it got to OUT/p<i>.npz. The run is joined by the CLI, which reads
-the COLLAPIPE_* variables, on its first command: one sweep into OUT/sweep<i>.
+the COLLAPIPE_* variables, on its first command: one sweep into OUT/sweep<i>. Last, the tables of
+the `distributions` sweep at a tiny size (pairs drawn on the devices of both processes, reduced
+across them) into OUT/dist<i>.json.
 Usage: python multiprocess_worker.py OUT
 """
 
+import json
 import os
 import pathlib
 import sys
@@ -17,6 +20,8 @@ from collapipe_jax import distributed
 BATCH, SEED, SPLIT = 23, 5, 16  # process 0 gets rows [0, 16), process 1 rows [16, 23)
 FIELDS = ("tau_round_s", "tau_pipe_s", "E_sch_j", "Gamma")
 SWEEP = "latency-vs-microbatches"
+# 300 pairs in chunks of 32: 10 chunks, padded to 12 over the 2 × 3 devices
+DISTRIBUTIONS = dict(pairs=300, references=1, grid=3, seed=1, chunk=32)
 
 
 def main(out: pathlib.Path) -> None:
@@ -47,6 +52,13 @@ def main(out: pathlib.Path) -> None:
         for name in FIELDS:
             saved[f"{mode}/{name}"] = np.asarray(getattr(metrics, name))
     np.savez(out / f"p{me}.npz", **saved)
+
+    from collapipe_jax.sweep import distributions
+
+    tables = distributions.compute_tables(distributions.DistributionConfig(**DISTRIBUTIONS))
+    assert tables["throughput"][0]["processes"] == 2 and tables["throughput"][0]["devices"] == jax.device_count()
+    del tables["throughput"]  # timings differ from run to run
+    (out / f"dist{me}.json").write_text(json.dumps(tables))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Two local processes joined by `jax.distributed` (CPU, gloo collectives) give the results of
 one process: `evaluate_sharded` with the whole batch, with uneven and with empty process-local
-slices, and one sweep run through the CLI with the COLLAPIPE_* variables."""
+slices, one sweep run through the CLI with the COLLAPIPE_* variables, and the `distributions`
+sweep's tables (pairs drawn and reduced on the devices of both processes)."""
 
 import csv
+import json
 import os
 import pathlib
 import socket
@@ -77,10 +79,10 @@ def test_multiprocess_evaluate_sharded_and_sweep_equal_one_process(tmp_path):
                 np.testing.assert_allclose(got[i][f"{mode}/{name}"], getattr(single, name), rtol=1e-5,
                                            err_msg=f"{mode} {name} process {i}")
 
-    from collapipe_jax.sweep import SWEEPS
+    from collapipe_jax.sweep import SWEEPS, run_sweep
 
-    SWEEPS[worker.SWEEP]("quick", tmp_path / "one", lambda n=1: None)  # this process alone
-    expected = _csv_rows(tmp_path / "one" / f"{worker.SWEEP}.csv")
+    run_sweep(SWEEPS[worker.SWEEP], "quick", tmp_path / "one")  # this process alone
+    expected = _csv_rows(tmp_path / "one" / worker.SWEEP / f"{worker.SWEEP}.csv")
     for i in range(2):
         rows = _csv_rows(tmp_path / f"sweep{i}" / worker.SWEEP / f"{worker.SWEEP}.csv")
         assert [r.keys() for r in rows] == [r.keys() for r in expected]
@@ -90,6 +92,22 @@ def test_multiprocess_evaluate_sharded_and_sweep_equal_one_process(tmp_path):
                     np.testing.assert_allclose(float(r[key]), float(value), rtol=1e-5, err_msg=key)
                 except ValueError:  # a text column
                     assert r[key] == value
+
+    from collapipe_jax.sweep import distributions
+
+    single = distributions.compute_tables(distributions.DistributionConfig(**worker.DISTRIBUTIONS))
+    for i in range(2):
+        got = json.loads((tmp_path / f"dist{i}.json").read_text())
+        assert set(got) == set(single) - {"throughput"}
+        for name, rows in got.items():
+            assert len(rows) == len(single[name]), name
+            for r, e in zip(rows, single[name]):
+                assert r.keys() == e.keys(), name
+                for key, value in e.items():
+                    if isinstance(value, float):  # sums of float32 in another order: a few ulp
+                        np.testing.assert_allclose(r[key], value, rtol=1e-6, err_msg=f"{name} {key} process {i}")
+                    else:  # counts, labels
+                        assert r[key] == value, (name, key, i)
 
 
 @pytest.mark.parametrize("env,field", [

@@ -3,6 +3,7 @@ and `REPORT.md` over every finished sweep (report.py)."""
 
 # registration order is the order of `collapipe sweep all`: cheap system-model sweeps first
 from collapipe_jax.sweep import system_sweeps  # noqa: F401, I001
+from collapipe_jax.sweep import distributions  # noqa: F401
 from collapipe_jax.sweep import policies  # noqa: F401
 from collapipe_jax.sweep import memory  # noqa: F401
 from collapipe_jax.sweep import training  # noqa: F401

@@ -86,6 +86,18 @@ def from_chunks(tree):
 SUMMARY_FIELDS = ("tau_pipe_s", "tau_up_s", "tau_round_s", "E_com_j", "E_pipe_j", "Gamma")
 
 
+def map_chunks(per_chunk, mesh: Mesh, n_shared: int = 0):
+    """shard_map(lax.map(per_chunk)) over the leading (chunk) axis of the first argument, split
+    over the mesh's devices; the next `n_shared` arguments reach every chunk whole. Not jitted:
+    the building block of `chunked_evaluator`, `chunked_power_grad` and `chunked_reduction`."""
+    spec = PartitionSpec(BATCH_AXIS)
+
+    def local(chunks, *shared):
+        return jax.lax.map(lambda c: per_chunk(c, *shared), chunks)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * n_shared, out_specs=spec)
+
+
 @functools.lru_cache(maxsize=None)
 def chunked_evaluator(mesh: Mesh, variant: str, fields: tuple[str, ...] | None = None):
     """jit(shard_map(lax.map(evaluate over one chunk))): chunks split over the mesh's devices.
@@ -93,16 +105,39 @@ def chunked_evaluator(mesh: Mesh, variant: str, fields: tuple[str, ...] | None =
     `fields`: return only these `Metrics` fields (a dict), e.g. `SUMMARY_FIELDS` — a sweep that
     needs latency, energy and Γ per cluster then never writes the per-device arrays out.
     """
-    spec = PartitionSpec(BATCH_AXIS)
-
     def one_chunk(c):
         metrics = evaluate(c[0], c[1], variant)
         return metrics if fields is None else {name: getattr(metrics, name) for name in fields}
 
-    def local(chunks):
-        return jax.lax.map(one_chunk, chunks)
+    return jax.jit(map_chunks(one_chunk, mesh)), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
 
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec)), NamedSharding(mesh, spec)
+
+def chunked_reduction(per_chunk, mesh: Mesh, n_shared: int = 0):
+    """jit: `per_chunk(chunk, *shared) -> (sums, maxima)` (two pytrees of arrays) on every chunk,
+    the sums added and the maxima maximised over all chunks of all devices (a minimum is the
+    maximum of −x).
+
+    For sweeps that draw their pairs on the devices and keep only statistics: nothing of size
+    B leaves a device, and the result is replicated, so every process of a multi-host run can
+    read it. Inputs must be global arrays (`global_array`): the chunks split over the mesh,
+    `shared` replicated.
+    """
+    def local(chunks, *shared):
+        sums, maxima = jax.lax.map(lambda c: per_chunk(c, *shared), chunks)
+        sums = jax.tree.map(lambda x: jax.lax.psum(jnp.sum(x, axis=0), BATCH_AXIS), sums)
+        maxima = jax.tree.map(lambda x: jax.lax.pmax(jnp.max(x, axis=0), BATCH_AXIS), maxima)
+        return sums, maxima
+
+    spec = PartitionSpec(BATCH_AXIS)
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * n_shared,
+                                 out_specs=PartitionSpec()))
+
+
+def global_array(x, sharding: NamedSharding) -> jax.Array:
+    """A host array (the same on every process) as a global array with `sharding`: each process
+    fills only its own devices' shards, so it works on one process and across hosts alike."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def evaluate_sharded(states, decisions, variant: str = "paper", mesh: Mesh | None = None,
@@ -122,21 +157,38 @@ def evaluate_sharded(states, decisions, variant: str = "paper", mesh: Mesh | Non
     """
     mesh = batch_mesh() if mesh is None else mesh
     fn, sharding = chunked_evaluator(mesh, variant)
+    return _run_chunked(fn, sharding, mesh, (states, decisions), chunk, process_local)
+
+
+def power_grad_sharded(states, decisions, variant: str = "paper", mesh: Mesh | None = None,
+                       chunk: int = 8192, process_local: bool = False):
+    """(τ(t) [B], ∂τ(t)/∂p_n [B, N]) of every pair of a batch through `chunked_power_grad`,
+    sharded and across processes exactly like `evaluate_sharded`."""
+    mesh = batch_mesh() if mesh is None else mesh
+    fn = chunked_power_grad(mesh, variant)
+    return _run_chunked(fn, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), mesh, (states, decisions), chunk,
+                        process_local)
+
+
+def _run_chunked(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: bool):
+    """Pad a batch (leading axis B) to whole chunks per device, run the chunked `fn` and cut the
+    result back to B rows; across processes through `_evaluate_across_processes`."""
     if mesh.is_multi_process:
-        return _evaluate_across_processes(fn, sharding, mesh, (states, decisions), chunk, process_local)
+        return _evaluate_across_processes(fn, sharding, mesh, batch, chunk, process_local)
     if process_local and jax.process_count() > 1:
         raise ValidationError("mesh", "process_local=True needs a mesh over every process's devices (batch_mesh())")
     n_dev = mesh.size
-    size = _batch_size(states)
+    size = _batch_size(batch)
     chunk = max(1, min(chunk, -(-size // n_dev)))
-    (states, decisions), size = _pad_to((states, decisions), n_dev * chunk)
-    out = from_chunks(fn(jax.device_put(to_chunks((states, decisions), chunk), sharding)))
+    batch, size = _pad_to(batch, n_dev * chunk)
+    out = from_chunks(fn(jax.device_put(to_chunks(batch, chunk), sharding)))
     return jax.tree.map(lambda x: x[:size], out)
 
 
 def _evaluate_across_processes(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: bool):
-    """The multi-process path of `evaluate_sharded`: every process feeds an equal number of
-    rows (its part, padded) to its own devices, and all-gathers the result."""
+    """The multi-process path of `_run_chunked` (`evaluate_sharded`, `power_grad_sharded`): every
+    process feeds an equal number of rows (its part, padded) to its own devices, and all-gathers
+    the result."""
     n_proc = jax.process_count()
     owners = [d.process_index for d in mesh.devices.flat]
     n_local = mesh.local_mesh.size
@@ -175,8 +227,6 @@ def chunked_power_grad(mesh: Mesh, variant: str):
     Configurations are independent, so the gradient of Σ_configs τ w.r.t. the batch of p_n
     is every configuration's own gradient.
     """
-    spec = PartitionSpec(BATCH_AXIS)
-
     def one_chunk(c):
         state, decision = c
 
@@ -187,7 +237,4 @@ def chunked_power_grad(mesh: Mesh, variant: str):
         grad, tau = jax.grad(total, has_aux=True)(decision.p_n_w)
         return tau, grad
 
-    def local(chunks):
-        return jax.lax.map(one_chunk, chunks)
-
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec))
+    return jax.jit(map_chunks(one_chunk, mesh))
