@@ -45,8 +45,13 @@ DIGEST_KEY = "state_sha256"
 _HELD: dict[pathlib.Path, int] = {}
 
 
-class DamagedCheckpoint(Exception):
-    """A step whose meta or state cannot be read, or whose state does not match its digest."""
+class DamagedCheckpoint(ValidationError):
+    """A step whose meta or state cannot be read, or whose state does not match its digest
+    (`reason`); a one-line error where no fallback applies (e.g. `--init-from`)."""
+
+    def __init__(self, reason: str, step: int, path: pathlib.Path):
+        super().__init__("checkpoint", f"step {step} in {path} is damaged: {reason}")
+        self.reason = reason
 
 
 def _path_key(path) -> str:
@@ -159,19 +164,19 @@ class Checkpoints:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as err:  # noqa: BLE001 - Orbax raises many kinds for damaged files
-            raise DamagedCheckpoint(f"its meta cannot be read ({type(err).__name__})") from None
+            raise DamagedCheckpoint(f"its meta cannot be read ({type(err).__name__})", step, self.path) from None
         if not isinstance(meta, dict):
-            raise DamagedCheckpoint("its meta is not a JSON object")
+            raise DamagedCheckpoint("its meta is not a JSON object", step, self.path)
         return meta
 
     def _restore_state(self, step: int, meta: dict, target=None):
         try:
             state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
         except Exception as err:  # noqa: BLE001 - truncated or missing files: many exception kinds
-            raise DamagedCheckpoint(f"its state cannot be read ({type(err).__name__})") from None
+            raise DamagedCheckpoint(f"its state cannot be read ({type(err).__name__})", step, self.path) from None
         saved = meta.get(DIGEST_KEY)
         if saved is not None and state_digest(state) not in (None, saved):
-            raise DamagedCheckpoint("its state does not match the digest saved with it")
+            raise DamagedCheckpoint("its state does not match the digest saved with it", step, self.path)
         return state
 
     def restore(self, step: int, target) -> tuple[dict, dict]:
@@ -196,7 +201,7 @@ class Checkpoints:
                 check_meta(meta)
                 state = self._restore_state(step, meta, target)
             except DamagedCheckpoint as why:
-                damaged.append((step, str(why)))
+                damaged.append((step, why.reason))
                 continue
             if damaged:
                 moved = "; ".join(f"step {bad} is damaged: {why}, moved to {self._set_aside(bad)}"

@@ -444,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"collapipe: error: {err.strerror or err}{where}".replace("\n", " "), file=sys.stderr)
         return 2
-    print(out)
+    try:
+        print(out, flush=True)
+    except BrokenPipeError:  # the reader left (`| head`): say so once, and keep Python's exit quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("collapipe: error: stdout was closed before the whole result was written", file=sys.stderr)
+        return 2
     return 0
 
 

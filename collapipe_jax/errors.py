@@ -23,9 +23,11 @@ class NonFiniteError(ValidationError):
     naming the cause): `where` names the quantity, e.g. `tau_up_s[0]`."""
 
     def __init__(self, where: str, value: float):
-        cause = ("an overflow, or a division by a number that underflowed to 0" if value == value else
-                 "0/0 or inf - inf after an overflow or underflow")
-        super().__init__("result", f"{where} is {value} ({cause}): an input lies outside the range the model "
+        if value == value:
+            shown, cause = f"{value}", "an overflow, or a division by a number that underflowed to 0"
+        else:
+            shown, cause = "NaN", "0/0 or inf - inf after an overflow or underflow"
+        super().__init__("result", f"{where} is {shown} ({cause}): an input lies outside the range the model "
                                    f"computes in (float32)")
 
 

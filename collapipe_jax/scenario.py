@@ -208,6 +208,16 @@ def check_size(N: int, K: int, J: int, L: int, field: str = "scenario size") -> 
                                      f"{limit / 1e9:.3g} GB (1/8 of this machine's memory)")
 
 
+def check_rounds(s: "Scenario", rounds: int, field: str = "rounds") -> None:
+    """A run that keeps every round's records (`schedule`: the draws and the decision, ~1 kB per
+    device and round) must fit the memory budget too."""
+    need, limit = rounds * s.N * s.K * BYTES_PER_DEVICE, memory_budget()
+    if need > limit:
+        raise ValidationError(field, f"{rounds} rounds of N={s.N} x K={s.K} devices keep about {need / 1e9:.3g} GB "
+                                     f"of records, more than the limit of {limit / 1e9:.3g} GB (1/8 of this "
+                                     f"machine's memory)", rounds)
+
+
 def validate_scenario(s: Scenario) -> None:
     """Every field checked at the boundary; raises ValidationError naming the field."""
     if not isinstance(s.name, str):

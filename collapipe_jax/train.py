@@ -299,7 +299,14 @@ def open_run_dirs(cfg: TrainConfig) -> Checkpoints | None:
     if not cfg.checkpoint_dir:
         return None
     check_output_dir("checkpoint-dir", cfg.checkpoint_dir)
-    return Checkpoints(cfg.checkpoint_dir, exclusive=True)
+    ckpt = Checkpoints(cfg.checkpoint_dir, exclusive=True)
+    if cfg.resume:
+        require(ckpt.latest() is not None, "resume",
+                "--checkpoint-dir holds no checkpoint to resume (drop --resume to start a new run)", str(ckpt.path))
+    else:
+        require(ckpt.latest() is None, "checkpoint-dir",
+                "holds a checkpoint: pass --resume to continue it, or use an empty directory", str(ckpt.path))
+    return ckpt
 
 
 def needs_losses(policy: str) -> bool:
@@ -322,13 +329,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     state = initial_state(setup)
     records: list[dict] = []
     start = 0
-    if cfg.resume and ckpt.latest() is None:
-        raise ValidationError("resume", "--checkpoint-dir holds no checkpoint to resume (drop --resume to start a "
-                                        "new run)", str(ckpt.path))
-    if ckpt is not None and ckpt.latest() is not None:
-        if not cfg.resume:
-            raise ValidationError("checkpoint-dir", "holds a checkpoint: pass --resume to continue it, or use an "
-                                                    "empty directory", str(ckpt.path))
+    if ckpt is not None and cfg.resume:
         state, records, start = restore(ckpt, cfg, state)
     E = int(setup.local_steps.max())
     work = LocalWork(jnp.asarray(setup.local_steps, jnp.int32), jnp.asarray(0, jnp.int32))
@@ -388,6 +389,8 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     bar.close()
     result = result_dict(cfg, setup, records, trainable_parameters(cfg, state))
     write_logs(cfg, records, result)
+    if ckpt is not None:
+        ckpt.close()  # the directory's lock (an error keeps it until the process ends)
     return result
 
 
