@@ -430,10 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        set_host_devices(argv)
+        initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
+        args = parse_args(argv)  # --help prints on stdout and exits here
         with redirect_fd(1, 2), contextlib.redirect_stdout(sys.stderr):
-            set_host_devices(argv)
-            initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
-            args = parse_args(argv)
             result, text = args.handler(args)
             check_finite(result)
             out = to_json(result, indent=None) if args.json else text

@@ -29,7 +29,7 @@ from collapipe_jax.errors import ValidationError
 from collapipe_jax.io import atomic_write_json
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import MODEL_PRESETS, model_preset
-from collapipe_jax.options import FLOAT32_TINY, INT32_MAX, as_finite_float, float32_problem, memory_budget
+from collapipe_jax.options import FLOAT32_TINY, INT32_MAX, MEMORY_SHARE, as_finite_float, float32_problem, memory_budget
 
 RANGE_FIELDS = ("f_hz", "phi_flops_per_cycle", "p_k_w", "h_n", "I_i_w", "B_U_hz")
 FADING = ("mean", "rayleigh")
@@ -130,7 +130,8 @@ class Scenario:
     def from_json(cls, path: str | os.PathLike) -> "Scenario":
         path = pathlib.Path(path)
         if not path.is_file():
-            raise ValidationError("scenario", "file does not exist", str(path))
+            raise ValidationError("scenario", "is not a regular file" if path.exists() else "file does not exist",
+                                  str(path))
         try:
             data = json.loads(path.read_bytes().decode("utf-8"))
         except json.JSONDecodeError as err:
@@ -205,7 +206,7 @@ def check_size(N: int, K: int, J: int, L: int, field: str = "scenario size") -> 
         largest = max(need, key=need.get)
         raise ValidationError(field, f"N={N}, K={K}, J={J}, L={L} need about {total / 1e9:.3g} GB per round "
                                      f"({largest} {need[largest] / 1e9:.3g} GB), more than the limit of "
-                                     f"{limit / 1e9:.3g} GB (1/8 of this machine's memory)")
+                                     f"{limit / 1e9:.3g} GB (1/{MEMORY_SHARE} of this machine's memory)")
 
 
 def check_rounds(s: "Scenario", rounds: int, field: str = "rounds") -> None:
@@ -214,15 +215,15 @@ def check_rounds(s: "Scenario", rounds: int, field: str = "rounds") -> None:
     need, limit = rounds * s.N * s.K * BYTES_PER_DEVICE, memory_budget()
     if need > limit:
         raise ValidationError(field, f"{rounds} rounds of N={s.N} x K={s.K} devices keep about {need / 1e9:.3g} GB "
-                                     f"of records, more than the limit of {limit / 1e9:.3g} GB (1/8 of this "
-                                     f"machine's memory)", rounds)
+                                     f"of records, more than the limit of {limit / 1e9:.3g} GB (1/{MEMORY_SHARE} of "
+                                     f"this machine's memory)", rounds)
 
 
 def validate_scenario(s: Scenario) -> None:
     """Every field checked at the boundary; raises ValidationError naming the field."""
     if not isinstance(s.name, str):
         raise ValidationError("name", "must be a string", s.name)
-    if s.model not in MODEL_PRESETS:
+    if not isinstance(s.model, str) or s.model not in MODEL_PRESETS:
         raise ValidationError("model", f"must be a known model config, one of {sorted(MODEL_PRESETS)}", s.model)
     for name in ("N", "K", "J", "L", "b"):
         _check_positive_int(name, getattr(s, name))

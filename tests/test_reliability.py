@@ -172,6 +172,8 @@ def test_first_non_finite_names_the_path():
     ({"preset": "paper-bert", "f_hz": {"low": 1}}, "f_hz"),
     ('{"preset": "paper-bert", "f_hz": [NaN, 1e8]}', "f_hz"),  # Python's json reads NaN
     ({"preset": "paper-bert", "model": "nonexistent"}, "model"),
+    ({"preset": "paper-bert", "model": ["tiny"]}, "model"),
+    ({"preset": "paper-bert", "fading": []}, "fading"),
     ({"preset": "paper-bert", "N": 3.0}, "N"),
     ({"preset": "paper-bert", "K": True}, "K"),
     ({"preset": "paper-bert", "name": 5}, "name"),
