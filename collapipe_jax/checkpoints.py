@@ -107,7 +107,10 @@ def remove_stale_temporaries(path: pathlib.Path) -> list[str]:
     """Delete the temporary step directories a killed writer left behind (call under the lock)."""
     stale = sorted(p for p in path.iterdir() if TMP_MARK in p.name)
     for p in stale:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return [p.name for p in stale]
 
 
@@ -133,6 +136,7 @@ class Checkpoints:
 
     def __init__(self, directory: str, *, exclusive: bool = False):
         self.path = pathlib.Path(directory).resolve()
+        self.exclusive = exclusive
         if exclusive:
             self.path.mkdir(parents=True, exist_ok=True)
             lock_directory(self.path)
@@ -144,7 +148,8 @@ class Checkpoints:
 
     def close(self) -> None:
         """Release the directory's lock (the process's exit does it too)."""
-        unlock_directory(self.path)
+        if self.exclusive:
+            unlock_directory(self.path)
 
     def latest(self) -> int | None:
         return self.manager.latest_step()

@@ -41,7 +41,7 @@ from collapipe_jax.io import atomic_write_json, check_output_dir, write_csv
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
 from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, option, require
-from collapipe_jax.scenario import Scenario, load_scenario, orders_of
+from collapipe_jax.scenario import PRESETS, Scenario, load_scenario, orders_of
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
@@ -137,6 +137,8 @@ class TrainConfig:
                 f"only the collapipe framework takes a policy ({self.framework} has its own)", self.policy)
         require(not self.resume or self.checkpoint_dir, "resume", "needs --checkpoint-dir")
         check_seed("seed", self.seed)
+        require(self.preset is None or self.preset in PRESETS, "preset",  # "" too: not silently the task's own
+                f"unknown preset, choose one of {list(PRESETS)}", self.preset)
         require(self.rounds * (self.local_steps or 1) <= INT32_MAX, "rounds",
                 f"rounds x local-steps must be <= {INT32_MAX} (the step count is an int32)", self.rounds)
 

@@ -197,6 +197,8 @@ def test_scenario_paths_and_presets(tmp_path):
     assert_one_line_error(*run("latency", "--preset", "nope", "--scenario", good), "invalid preset")  # not ignored
     with pytest.raises(ValidationError, match="preset"):
         load_scenario("")
+    with pytest.raises(ValidationError, match="preset"):
+        TrainConfig(preset="")  # train would otherwise fall back to the task's scenario
     assert load_scenario(None).name == "paper-bert"
 
 
