@@ -12,11 +12,10 @@ device count (`--host-devices`) before any computation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import math
 import os
-import pathlib
 import sys
 import typing
 
@@ -26,7 +25,9 @@ from jax._src import xla_bridge  # backends_are_initialized: no public equivalen
 
 from collapipe_jax.distributed import initialize_from_env
 from collapipe_jax.errors import InfeasibleError, ValidationError
-from collapipe_jax.options import check_fields, flag_name, option
+from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_json
+from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
+from collapipe_jax.options import memory_budget, option
 from collapipe_jax.report import write_report
 from collapipe_jax.scenario import PRESETS, default_decision, draw_state, load_scenario, make_decision, mean_state
 from collapipe_jax.scenario import orders_of
@@ -43,6 +44,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise ValidationError("arguments", message)
+
+
+class _BadValue(Exception):
+    """Carries a converter's ValidationError through argparse, which would replace a ValueError
+    by its own "invalid <function> value" message (`parse_args` unwraps it)."""
+
+    def __init__(self, error: ValidationError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    try:
+        return build_parser().parse_args(argv)
+    except _BadValue as bad:
+        raise bad.error from None
 
 
 # --------------------------------------------------------------------------- options from dataclasses
@@ -74,19 +91,30 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, 
 
 
 def _typed(base, field):
-    """argparse type converter with the one-line error of the field."""
+    """argparse type converter with the one-line error of the field (a config field or a name);
+    ranges are the config's `__post_init__`'s."""
     expected = {int: "an integer", float: "a number"}.get(base, "a string")
+    name = field if isinstance(field, str) else flag_name(field)
 
     def convert(text: str):
         try:
             value = base(text)
         except ValueError:
-            raise ValidationError(flag_name(field), f"must be {expected}", text) from None
+            raise _BadValue(ValidationError(name, f"must be {expected}", text)) from None
         if base is float and not math.isfinite(value):
-            raise ValidationError(flag_name(field), "must be a finite number", text)
+            raise _BadValue(ValidationError(name, "must be a finite number", text))
         return value
 
     return convert
+
+
+def _seed(text: str) -> int:
+    value = _typed(int, "seed")(text)
+    try:
+        check_seed("seed", value)
+    except ValidationError as err:
+        raise _BadValue(err) from None
+    return value
 
 
 def config_from_args(cls, args, **extra):
@@ -117,13 +145,23 @@ class DecisionOptions:
 
 
 def parse_int_list(field: str, text: str) -> list[int]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ValidationError(field, "must be comma-separated integers", text) from None
-    if any(not math.isfinite(v) or v != int(v) for v in values):
-        raise ValidationError(field, "must be comma-separated integers", text)
-    return [int(v) for v in values]
+    """Comma-separated integers within int32 ("2.0" and "1e1" are integers too)."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = int(item)
+        except ValueError:
+            try:
+                real = float(item)
+            except ValueError:
+                raise ValidationError(field, "must be comma-separated integers", text) from None
+            if not math.isfinite(real) or real != int(real):
+                raise ValidationError(field, "must be comma-separated integers", text)
+            value = int(real)
+        if abs(value) > INT32_MAX:
+            raise ValidationError(field, f"must be integers within int32 (|x| <= {INT32_MAX})", text)
+        values.append(value)
+    return values
 
 
 def parse_float_list(field: str, text: str) -> list[float]:
@@ -200,11 +238,10 @@ def run_latency(args):
 
 
 def run_sensitivity(args):
+    check_float("temperature", args.temperature, low=0.0, strict_low=True, optional=True)
     scenario, state, decision, opts = evaluated_decision(args)
     metrics = evaluate(state, decision, opts.variant)
     tau = float(metrics.tau_round_s)
-    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise ValidationError("temperature", "must be a finite number > 0 (seconds)", args.temperature)
     temperature = args.temperature if args.temperature is not None else max(0.01 * tau, 1e-9)
     hard = jax.grad(round_latency_of_power)(decision.p_n_w, state, decision, opts.variant)
     smooth_fn = lambda p: round_latency_of_power(p, state, decision, opts.variant, temperature)  # noqa: E731
@@ -288,7 +325,7 @@ def run_sweep_command(args):
                                   getattr(args, name))
     opts = config_from_args(SweepOptions, args)
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
-    out = pathlib.Path(opts.out)
+    out = check_output_dir("out", opts.out)
     summaries = {name: (replot(SWEEPS[name], out) if opts.replot else run_sweep(SWEEPS[name], opts.scale, out,
                                                                               opts.force))
                  for name in names}
@@ -337,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _Parser(add_help=False)
     shared.add_argument("--preset", help=f"scenario preset: {' | '.join(PRESETS)} (default: the command's)")
     shared.add_argument("--scenario", help="scenario JSON file (may name a base \"preset\" and override fields)")
-    shared.add_argument("--seed", type=int, default=None, help="seed of the random draws (default 0)")
+    shared.add_argument("--seed", type=_seed, default=None, help=f"seed of the random draws, 0..{SEED_MAX} (default 0)")
     shared.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     shared.add_argument("--host-devices", dest="host_devices", help="number of XLA host (CPU) devices, set before "
                                                                     "JAX starts")
@@ -345,9 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[shared], help=help_text)
         add_config_arguments(p, cls, skip)
         if name == "sensitivity":
-            p.add_argument("--temperature", type=float, help="log-sum-exp temperature in s (default 1%% of τ)")
+            p.add_argument("--temperature", type=_typed(float, "temperature"),
+                           help="log-sum-exp temperature in s (default 1%% of τ)")
         p.set_defaults(handler=handler)
     return parser
+
+
+# Host devices (DESIGN.md §8 size guard). Each XLA host device holds about 1.2 MB in a sharded
+# computation (measured: one sharded sum at 1024 devices peaks 1.38 GB, at 2048 2.60 GB), and
+# start-up and compile times grow about quadratically with the count (the same sum took 43 s at
+# 1024 devices and 149 s at 2048 on 2 CPU cores), so the count is capped at 1024 as well.
+HOST_DEVICE_BYTES = 1_200_000
+MAX_HOST_DEVICES = 1024
+
+
+def max_host_devices() -> int:
+    return max(1, min(MAX_HOST_DEVICES, memory_budget() // HOST_DEVICE_BYTES))
 
 
 def set_host_devices(argv: list[str]) -> None:
@@ -360,8 +410,11 @@ def set_host_devices(argv: list[str]) -> None:
             value = arg.split("=", 1)[1]
         if value is None:
             continue
-        if not value.isdigit() or int(value) < 1:
-            raise ValidationError("host-devices", "must be an integer >= 1", value)
+        limit = max_host_devices()
+        if not value.isdigit() or not 1 <= int(value) <= limit:
+            raise ValidationError("host-devices", f"must be an integer in [1, {limit}] (at most {MAX_HOST_DEVICES}, "
+                                                  f"and {HOST_DEVICE_BYTES / 1e6:.2g} MB per device within "
+                                                  f"1/{MEMORY_SHARE} of this machine's memory)", value)
         if xla_bridge.backends_are_initialized():
             if jax.device_count() != int(value) and jax.default_backend() == "cpu":
                 raise ValidationError("host-devices", "JAX was already started in this process", value)
@@ -372,21 +425,36 @@ def set_host_devices(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; stdout carries only its table or its one JSON object.
+
+    While the command runs, anything else written to stdout (by Python code or, below it, by C
+    libraries such as HiGHS) goes to stderr; every number of the result is checked finite
+    before anything is printed.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         set_host_devices(argv)
         initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)  # --help prints on stdout and exits here
         args.seed_given = args.seed is not None  # a recipe's seed stands unless --seed is given
         args.seed = 0 if args.seed is None else args.seed
-        result, text = args.handler(args)
+        with redirect_fd(1, 2), contextlib.redirect_stdout(sys.stderr):
+            result, text = args.handler(args)
+            check_finite(result)
+            out = to_json(result, indent=None) if args.json else text
     except (ValidationError, InfeasibleError) as err:
         print(f"collapipe: error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, allow_nan=False))
-    else:
-        print(text)
+    except OSError as err:  # the environment (disk full, permissions) after the checks at the start
+        where = f": {err.filename}" if err.filename else ""
+        print(f"collapipe: error: {err.strerror or err}{where}".replace("\n", " "), file=sys.stderr)
+        return 2
+    try:
+        print(out, flush=True)
+    except BrokenPipeError:  # the reader left (`| head`): say so once, and keep Python's exit quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("collapipe: error: stdout was closed before the whole result was written", file=sys.stderr)
+        return 2
     return 0
 
 

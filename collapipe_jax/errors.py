@@ -18,6 +18,19 @@ class ValidationError(ValueError):
         super().__init__(f"invalid {field}: {constraint}{shown}")
 
 
+class NonFiniteError(ValidationError):
+    """A computed number that is NaN or infinite (DESIGN.md §8: results are finite or an error
+    naming the cause): `where` names the quantity, e.g. `tau_up_s[0]`."""
+
+    def __init__(self, where: str, value: float):
+        if value == value:
+            shown, cause = f"{value}", "an overflow, or a division by a number that underflowed to 0"
+        else:
+            shown, cause = "NaN", "0/0 or inf - inf after an overflow or underflow"
+        super().__init__("result", f"{where} is {shown} ({cause}): an input lies outside the range the model "
+                                   f"computes in (float32)")
+
+
 class InfeasibleError(RuntimeError):
     """No decision satisfies a constraint; `report` names the constraint and the cluster."""
 

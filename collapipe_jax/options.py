@@ -4,15 +4,43 @@ The run configurations (`train.TrainConfig`, `scheduling.schedule.ScheduleConfig
 frozen dataclasses; each field is declared with `option(...)`, and `cli.py` generates the
 subcommand's options from the fields (flag `--name-with-dashes`, type from the annotation,
 default and choices from here). A default is written once, in the dataclass.
+
+The checks here are the boundary of DESIGN.md §8: one-line `ValidationError`s naming the field,
+for values out of range and for numbers that JAX's int32/float32 cannot represent; and the
+memory budget that the size guards (scenario.py, tasks/batching.py, cli.py) share.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
+import os
 from typing import Any
 
 from collapipe_jax.errors import ValidationError
+
+# Representable numbers: JAX computes in int32 and float32 unless x64 is enabled, so every
+# integer input must fit int32 and every real one must survive the float32 conversion (no
+# overflow to inf, no underflow of a non-zero value to 0 or to a subnormal, which XLA's CPU
+# backend flushes to zero).
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38  # np.finfo(np.float32).max
+FLOAT32_TINY = 1.1754943508222875e-38  # np.finfo(np.float32).tiny: the smallest normal float32
+SEED_MAX = 2**32 - 1  # seeds are unsigned 32-bit: numpy's generators refuse negative ones
+MEMORY_SHARE = 8  # size guards allow a run 1/8 of the machine's memory (JAX, XLA and other users keep the rest)
+
+
+@functools.lru_cache(maxsize=1)
+def memory_budget() -> int:
+    """Bytes a run may plan for: 1/MEMORY_SHARE of the physical memory (8 GiB assumed where the
+    system does not say)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = 8 * 2**30
+    return int(total) // MEMORY_SHARE
 
 
 def option(default: Any, help: str, *, choices=None, flag: str | None = None, cli: bool = True,
@@ -54,27 +82,55 @@ def is_int(value) -> bool:
 
 
 def check_int(field: str, value, low: int = 1, high: int | None = None, optional: bool = False) -> None:
-    """An integer in [low, high] (None allowed when `optional`)."""
+    """An integer in [low, high] (None allowed when `optional`); `high` defaults to int32's largest."""
     if optional and value is None:
         return
-    span = f">= {low}" if high is None else f"in [{low}, {high}]"
-    require(is_int(value) and value >= low and (high is None or value <= high), field, f"must be an integer {span}",
-            value)
+    high = INT32_MAX if high is None else high
+    require(is_int(value) and low <= value <= high, field, f"must be an integer in [{low}, {high}]", value)
+
+
+def check_seed(field: str, value) -> None:
+    check_int(field, value, low=0, high=SEED_MAX)
+
+
+def float32_problem(value: float) -> str | None:
+    """Why a finite float does not survive the float32 conversion, or None when it does."""
+    if abs(value) > FLOAT32_MAX:
+        return f"it overflows (|x| > {FLOAT32_MAX:.4g})"
+    if value != 0 and abs(value) < FLOAT32_TINY:
+        return f"it underflows (0 < |x| < {FLOAT32_TINY:.4g})"
+    return None
+
+
+def as_finite_float(value) -> float | None:
+    """The number as a finite Python float, or None (not a number, a bool, NaN, inf, or an
+    integer too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
 
 
 def check_float(field: str, value, *, low: float | None = None, high: float | None = None, strict_low: bool = False,
                 optional: bool = False) -> None:
-    """A finite number within the bounds (`strict_low`: > low instead of >= low)."""
+    """A finite number within the bounds (`strict_low`: > low instead of >= low) that survives
+    the float32 conversion."""
     if optional and value is None:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    x = as_finite_float(value)
+    ok = x is not None
     if ok and low is not None:
-        ok = value > low if strict_low else value >= low
+        ok = x > low if strict_low else x >= low
     if ok and high is not None:
-        ok = value <= high
+        ok = x <= high
     parts = []
     if low is not None:
         parts.append(f"{'>' if strict_low else '>='} {low:g}")
     if high is not None:
         parts.append(f"<= {high:g}")
     require(ok, field, "must be a finite number" + (" " + " and ".join(parts) if parts else ""), value)
+    problem = float32_problem(x)
+    require(problem is None, field, f"must be representable in float32: {problem}", value)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 from typing import Any
@@ -29,7 +28,8 @@ from flax import struct
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.io import atomic_write_json
 from collapipe_jax.models import cost
-from collapipe_jax.models.config import model_preset
+from collapipe_jax.models.config import MODEL_PRESETS, model_preset
+from collapipe_jax.options import FLOAT32_TINY, INT32_MAX, MEMORY_SHARE, as_finite_float, float32_problem, memory_budget
 
 RANGE_FIELDS = ("f_hz", "phi_flops_per_cycle", "p_k_w", "h_n", "I_i_w", "B_U_hz")
 FADING = ("mean", "rayleigh")
@@ -114,6 +114,8 @@ class Scenario:
         known = {f.name for f in dataclasses.fields(cls)}
         base = {}
         if "preset" in data:
+            if not isinstance(data["preset"], str):
+                raise ValidationError("preset", f"must be a preset name, one of {list(PRESETS)}", data["preset"])
             base = scenario_preset(data["preset"]).to_dict()
             base["name"] = f"{data['preset']} (modified)"
         unknown = sorted(set(data) - known - {"preset"})
@@ -129,40 +131,101 @@ class Scenario:
     def from_json(cls, path: str | os.PathLike) -> "Scenario":
         path = pathlib.Path(path)
         if not path.is_file():
-            raise ValidationError("scenario", "file does not exist", str(path))
+            raise ValidationError("scenario", "is not a regular file" if path.exists() else "file does not exist",
+                                  str(path))
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes().decode("utf-8"))
         except json.JSONDecodeError as err:
-            raise ValidationError("scenario", f"not valid JSON ({err.msg} at line {err.lineno})", str(path))
+            raise ValidationError("scenario", f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        except UnicodeDecodeError as err:
+            raise ValidationError("scenario", f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        except RecursionError:
+            raise ValidationError("scenario", f"{path}: JSON nested too deeply") from None
+        except OSError as err:
+            raise ValidationError("scenario", f"{path}: cannot be read ({err.strerror})") from None
         return cls.from_dict(data)
 
 
 def _as_range(name: str, value) -> tuple[float, float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (float(value), float(value))
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValidationError(name, "must be a number or a [low, high] pair", value)
-    return (float(value[0]), float(value[1]))
+    """A range is one number (low = high) or a [low, high] pair of finite numbers: no strings,
+    no nulls, no booleans (JSON `true` is not 1)."""
+    pair = [value, value] if not isinstance(value, (list, tuple)) else list(value)
+    numbers = [as_finite_float(v) for v in pair]
+    if len(pair) != 2 or any(v is None for v in numbers):
+        raise ValidationError(name, "must be a finite number or a [low, high] pair of finite numbers", value)
+    return (numbers[0], numbers[1])
 
 
 def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValidationError(name, "must be an integer >= 1", value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= INT32_MAX:
+        raise ValidationError(name, f"must be an integer in [1, {INT32_MAX}]", value)
 
 
 def _check_number(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> None:
+    """A finite number that survives the conversion to float32 (the state's dtype, `_state`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValidationError(name, "must be a number", value)
-    if not math.isfinite(value):
+    x = as_finite_float(value)
+    if x is None:
         raise ValidationError(name, "must be finite", value)
-    if positive and value <= 0:
+    if positive and x <= 0:
         raise ValidationError(name, "must be > 0", value)
-    if nonnegative and value < 0:
+    if nonnegative and x < 0:
         raise ValidationError(name, "must be >= 0", value)
+    if (problem := float32_problem(x)) is not None:
+        raise ValidationError(name, f"must be representable in float32: {problem}", value)
+
+
+# Size guard (DESIGN.md §8): the largest per-round host working sets, in bytes, as functions of
+# the scenario's dimensions. A scenario must fit every command's round, so the estimate takes
+# the largest of each:
+#   devices   ~1 kB per device (N·K): the round's state, decision and result records as Python
+#             floats and JSON text (measured: `latency --json` peaks 0.77 GB at N = 40000, K = 6,
+#             0.55 GB at N = 2000);
+#   matching  the Hungarian channel matching (scheduling.resources.match_channels) holds a
+#             float64 [N, max(N, J)] matrix and ~3 copies (finite mask, stand-in, padding);
+#   segments  the vectorised stage-count DP (scheduling.segments._segment_dp, consistent
+#             variant, K > 7) holds float64 [nT, L+1, D, K+1, 2] with nT <= 2K(L+1) bounds and
+#             D <= L TEBs per device.
+BYTES_PER_DEVICE = 1024
+
+
+def round_memory(N: int, K: int, J: int, L: int) -> dict[str, int]:
+    """Estimated bytes of the round's largest host working sets (see above)."""
+    return {
+        "devices": N * K * BYTES_PER_DEVICE,
+        "channel matching": 4 * 8 * N * max(N, J),
+        "segment DP": 8 * (2 * K * (L + 1)) * (L + 1) * L * (K + 1) * 2,
+    }
+
+
+def check_size(N: int, K: int, J: int, L: int, field: str = "scenario size") -> None:
+    """One-line error when a round of this size would not fit the memory budget."""
+    need = round_memory(N, K, J, L)
+    total, limit = sum(need.values()), memory_budget()
+    if total > limit:
+        largest = max(need, key=need.get)
+        raise ValidationError(field, f"N={N}, K={K}, J={J}, L={L} need about {total / 1e9:.3g} GB per round "
+                                     f"({largest} {need[largest] / 1e9:.3g} GB), more than the limit of "
+                                     f"{limit / 1e9:.3g} GB (1/{MEMORY_SHARE} of this machine's memory)")
+
+
+def check_rounds(s: "Scenario", rounds: int, field: str = "rounds") -> None:
+    """A run that keeps every round's records (`schedule`: the draws and the decision, ~1 kB per
+    device and round) must fit the memory budget too."""
+    need, limit = rounds * s.N * s.K * BYTES_PER_DEVICE, memory_budget()
+    if need > limit:
+        raise ValidationError(field, f"{rounds} rounds of N={s.N} x K={s.K} devices keep about {need / 1e9:.3g} GB "
+                                     f"of records, more than the limit of {limit / 1e9:.3g} GB (1/{MEMORY_SHARE} of "
+                                     f"this machine's memory)", rounds)
 
 
 def validate_scenario(s: Scenario) -> None:
     """Every field checked at the boundary; raises ValidationError naming the field."""
+    if not isinstance(s.name, str):
+        raise ValidationError("name", "must be a string", s.name)
+    if not isinstance(s.model, str) or s.model not in MODEL_PRESETS:
+        raise ValidationError("model", f"must be a known model config, one of {sorted(MODEL_PRESETS)}", s.model)
     for name in ("N", "K", "J", "L", "b", "local_steps"):
         _check_positive_int(name, getattr(s, name))
     for name in RANGE_FIELDS:
@@ -180,10 +243,11 @@ def validate_scenario(s: Scenario) -> None:
     for name in ("I_dd_w", "o_bwd_flops", "z_bits", "g_bits", "z_enc_bits", "theta_enc_bits",
                  "gamma0_bytes", "V"):
         _check_number(name, getattr(s, name), nonnegative=True)
-    if s.fading not in FADING:
+    if not isinstance(s.fading, str) or s.fading not in FADING:
         raise ValidationError("fading", f"must be one of {list(FADING)}", s.fading)
     if s.p_k_w[1] > s.P_max_k_w:
         raise ValidationError("p_k_w", f"upper end must be <= P_max_k_w={s.P_max_k_w}", s.p_k_w)
+    check_size(s.N, s.K, s.J, s.L)
 
 
 def scenario_from_model(model: str, **overrides) -> Scenario:
@@ -229,9 +293,8 @@ def load_scenario(preset: str | None = None, path: str | os.PathLike | None = No
 
     A JSON file may name a base `"preset"` and override any field.
     """
-    if path is not None:
-        return Scenario.from_json(path)
-    return scenario_preset(preset or "paper-bert")
+    base = scenario_preset("paper-bert" if preset is None else preset)  # a bad name is an error even when unused
+    return Scenario.from_json(path) if path is not None else base
 
 
 # --------------------------------------------------------------------------- state
@@ -369,12 +432,14 @@ def orders_of(decision: Decision) -> list[list[int]]:
 def make_decision(scenario: Scenario, delta, m, channel, p_n_w, orders=None) -> Decision:
     """Build and validate a decision from host values (delta [N, K]; m, channel, p_n [N])."""
     s = scenario
-    delta = np.asarray(delta)
+    delta = _whole("delta", delta)
     if delta.ndim == 1:
         delta = np.broadcast_to(delta, (s.N, delta.shape[0]))
-    m = np.broadcast_to(np.asarray(m), (s.N,)) if np.ndim(m) == 0 else np.asarray(m)
-    p = np.broadcast_to(np.asarray(p_n_w, float), (s.N,)) if np.ndim(p_n_w) == 0 else np.asarray(p_n_w, float)
-    channel = np.asarray(channel)
+    m = _whole("m", m)
+    m = np.broadcast_to(m, (s.N,)) if m.ndim == 0 else m
+    p = _reals("p_n", p_n_w)
+    p = np.broadcast_to(p, (s.N,)) if p.ndim == 0 else p
+    channel = _whole("channel", channel)
     _validate_arrays(s, delta, orders, m, channel, p)
     return Decision(
         delta=jnp.asarray(delta, jnp.int32),
@@ -402,13 +467,26 @@ def default_decision(scenario: Scenario) -> Decision:
     return make_decision(s, [row] * s.N, min(4, s.b), channel, s.P_max_n_w)
 
 
+def _reals(name: str, values) -> np.ndarray:
+    """Host float64 array of a decision input; a ragged, non-numeric or overflowing input is a
+    one-line error."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError(name, "must be numbers (one value or one per cluster)", values) from None
+
+
+def _whole(name: str, values) -> np.ndarray:
+    """Integer decision input within int32 (the decision's dtype), as int64 on the host."""
+    x = _reals(name, values)
+    if not np.all(np.isfinite(x)) or np.any(x != np.round(x)) or np.any(np.abs(x) > INT32_MAX):
+        raise ValidationError(name, f"must be whole numbers within int32 (|x| <= {INT32_MAX})", x.tolist())
+    return x.astype(np.int64)
+
+
 def _validate_arrays(s: Scenario, delta, orders, m, channel, p) -> None:
     if delta.shape != (s.N, s.K):
         raise ValidationError("delta", f"must have N={s.N} rows of K={s.K} values", list(delta.shape))
-    if not np.issubdtype(delta.dtype, np.integer):
-        if not np.all(np.isfinite(delta)) or np.any(delta != np.round(delta)):
-            raise ValidationError("delta", "must be whole numbers", delta.tolist())
-        delta = delta.astype(int)
     if np.any(delta < 0):
         raise ValidationError("delta", "must be >= 0", delta.tolist())
     sums = delta.sum(axis=1)
@@ -440,5 +518,8 @@ def _validate_arrays(s: Scenario, delta, orders, m, channel, p) -> None:
         raise ValidationError("p_n", "must be finite", p.tolist())
     if np.any(p < 0) or np.any(p > s.P_max_n_w):
         raise ValidationError("p_n", f"must be in [0, P_max_n={s.P_max_n_w}] W (C8)", p.tolist())
+    if np.any((p != 0) & (p < FLOAT32_TINY)):
+        raise ValidationError("p_n", f"must be 0 or >= {FLOAT32_TINY:.4g} W (smaller powers underflow float32)",
+                              p.tolist())
     if np.any((channel >= 0) & (p <= 0)):
         raise ValidationError("p_n", "must be > 0 for a cluster with a channel", p.tolist())

@@ -32,24 +32,24 @@ import optax
 from flax import serialization, struct
 from tqdm import tqdm
 
-from collapipe_jax.checkpoints import Checkpoints
+from collapipe_jax.checkpoints import Checkpoints, same_settings
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated import program
 from collapipe_jax.federated.optim import CLIENT_OPTIMIZERS, LR_SCHEDULES, SERVER_OPTIMIZERS
 from collapipe_jax.federated.rounds import (CLIENT_STATES, NOISE_MODES, LocalWork, ServerState, Uploads,
                                             init_server_state)
-from collapipe_jax.io import atomic_write_json, write_csv
+from collapipe_jax.io import atomic_write_json, check_output_dir, write_csv
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
-from collapipe_jax.options import check_fields, check_float, check_int, option, require
-from collapipe_jax.scenario import Scenario, load_scenario, orders_of
+from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, option, require
+from collapipe_jax.scenario import PRESETS, Scenario, load_scenario, orders_of
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
 from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.tasks import TaskData, load_task
-from collapipe_jax.tasks.batching import eval_batches, gather, local_batches, split_clusters
+from collapipe_jax.tasks.batching import check_local_work, eval_batches, gather, local_batches, split_clusters
 
 MODEL_SIZES = ("tiny", "small", "paper")
 TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
@@ -148,6 +148,11 @@ class TrainConfig:
         require(self.framework == "collapipe" or self.policy is None, "policy",
                 f"only the collapipe framework takes a policy ({self.framework} has its own)", self.policy)
         require(not self.resume or self.checkpoint_dir, "resume", "needs --checkpoint-dir")
+        check_seed("seed", self.seed)
+        require(self.preset is None or self.preset in PRESETS, "preset",  # "" too: not silently the task's own
+                f"unknown preset, choose one of {list(PRESETS)}", self.preset)
+        require(self.rounds * (self.local_steps or 1) <= INT32_MAX, "rounds",
+                f"rounds x local-steps must be <= {INT32_MAX} (the step count is an int32)", self.rounds)
 
     @property
     def resolved_policy(self) -> str:
@@ -157,12 +162,14 @@ class TrainConfig:
     def pipelined(self) -> bool:
         return FRAMEWORKS[self.framework].pipelined and not self.no_pipeline
 
-    def fingerprint(self) -> str:
+    def settings(self) -> dict:
         """What a resumed run must share with the run that wrote the checkpoint."""
-        keep = {k: v for k, v in dataclasses.asdict(self).items()
+        return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("rounds", "checkpoint_dir", "resume", "log_dir", "progress", "cache_dir", "data_dir",
                              "recipe")}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 RECIPE_DIR = pathlib.Path(__file__).resolve().parents[1] / "sweeps" / "recipes"
@@ -317,13 +324,33 @@ def evaluate_model(setup: Setup, client, server, eval_batch: int = 64) -> dict[s
 
 
 def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState) -> tuple[TrainState, list[dict], int]:
-    """The latest checkpoint's state, records and next round; refuses other settings."""
-    restored, meta = ckpt.restore(ckpt.latest(), serialization.to_state_dict(state))
-    if meta.get("fingerprint") != cfg.fingerprint():
-        raise ValidationError("resume", "the checkpoint was written by a run with other settings", meta.get("config"))
+    """The newest intact checkpoint's state, records and next round; refuses other settings
+    (checked on the checkpoint's meta, before any array is read)."""
+    restored, meta = ckpt.restore_newest_intact(serialization.to_state_dict(state),
+                                                same_settings(cfg.fingerprint(), cfg.settings(), ckpt.path))
     state = serialization.from_state_dict(state, restored)
     state = state.replace(Y=np.asarray(state.Y), last_losses=np.asarray(state.last_losses))
     return state, meta["records"], int(meta["next_round"])
+
+
+def open_run_dirs(cfg: TrainConfig) -> Checkpoints | None:
+    """Check the run's output places (one-line errors) and lock its checkpoint directory."""
+    if cfg.resume:
+        require(pathlib.Path(cfg.checkpoint_dir).is_dir(), "resume", "--checkpoint-dir does not exist: nothing to "
+                                                                      "resume", cfg.checkpoint_dir)
+    if cfg.log_dir:
+        check_output_dir("log-dir", cfg.log_dir)
+    if not cfg.checkpoint_dir:
+        return None
+    check_output_dir("checkpoint-dir", cfg.checkpoint_dir)
+    ckpt = Checkpoints(cfg.checkpoint_dir, exclusive=True)
+    if cfg.resume:
+        require(ckpt.latest() is not None, "resume",
+                "--checkpoint-dir holds no checkpoint to resume (drop --resume to start a new run)", str(ckpt.path))
+    else:
+        require(ckpt.latest() is None, "checkpoint-dir",
+                "holds a checkpoint: pass --resume to continue it, or use an empty directory", str(ckpt.path))
+    return ckpt
 
 
 def needs_losses(policy: str) -> bool:
@@ -337,7 +364,9 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     The host decides round t+1 (draw, policy, charge, queues) while the device runs round t:
     JAX dispatches the jitted round asynchronously, and nothing waits for its results until the
     losses are read (loss-only, which decides from those losses, runs in series)."""
+    ckpt = open_run_dirs(cfg)  # before any work: bad places and a second writer fail at once
     setup = setup or build_setup(cfg)
+    check_local_work(setup.local_steps, cfg.batch, setup.task.train)
     sc, task = setup.scenario, setup.task
     framework = FRAMEWORKS[cfg.framework]
     ctx = HostContext(sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=framework.federated,
@@ -346,11 +375,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     state = initial_state(setup)
     records: list[dict] = []
     start = 0
-    ckpt = Checkpoints(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    if ckpt is not None and ckpt.latest() is not None:
-        if not cfg.resume:
-            raise ValidationError("checkpoint-dir", "holds a checkpoint: pass --resume to continue it, or use an "
-                                                    "empty directory", str(ckpt.path))
+    if ckpt is not None and cfg.resume:
         state, records, start = restore(ckpt, cfg, state)
     E = int(setup.local_steps.max())
     work = LocalWork(jnp.asarray(setup.local_steps, jnp.int32), jnp.asarray(0, jnp.int32))
@@ -410,6 +435,8 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     bar.close()
     result = result_dict(cfg, setup, records, trainable_parameters(cfg, state))
     write_logs(cfg, records, result)
+    if ckpt is not None:
+        ckpt.close()  # the directory's lock (an error keeps it until the process ends)
     return result
 
 

@@ -3,7 +3,8 @@
   1. draw the channel state and device capabilities  (scenario.draw_state, seeded by (seed, t))
   2. decide X(t) = [m, S, δ, order, I, p]              (a policy of scheduling.policies)
   3. charge latency, energy, ε and Γ of X(t)           (system.evaluate: Eq. 10–16, 25–28, 33)
-     and list the constraints it breaks                (C7, C9', C11')
+     and list the constraints it breaks                (C7, C9', C11'); a NaN or infinite charge
+     stops the run with one line naming it (DESIGN.md §8)
   4. update the Lyapunov queues                        (Eq. 29: Y ← max(Y + Γ_n − Γ^max, 0))
 
 Everything is a pure function of (context, t, Y, losses), so a resumed run repeats it exactly.
@@ -22,13 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapipe_jax.errors import InfeasibleError
+from collapipe_jax.errors import InfeasibleError, NonFiniteError
+from collapipe_jax.io import first_non_finite
 from collapipe_jax.scenario import Decision, Scenario, SystemState, draw_state, round_key
 from collapipe_jax.scheduling import lyapunov
 from collapipe_jax.scheduling.dssra import RoundResult, round_problem
 from collapipe_jax.scheduling.policies import POLICIES, policy_rng
 from collapipe_jax.system import Metrics, evaluate
-from collapipe_jax.system.report import constraint_violations
+from collapipe_jax.system.report import constraint_violations, metrics_dict
 
 draw = jax.jit(draw_state, static_argnums=0)
 
@@ -106,6 +108,8 @@ def _host_round(ctx: HostContext, t: int, Y, losses) -> HostRound:
         report["message"] = f"round {t}: {err.report.get('message', err)}"
         raise InfeasibleError(report) from None
     metrics = evaluate(state, result.decision, ctx.variant)
+    if (bad := first_non_finite(metrics_dict(metrics))) is not None:  # never charge or queue a NaN
+        raise NonFiniteError(f"round {t}: {bad[0]}", bad[1])
     violations = constraint_violations(state, result.decision, metrics)
     Y_next = lyapunov.update_queues(Y, np.asarray(metrics.Gamma, np.float64), sc.Gamma_max)
     return HostRound(t, state, result, metrics, violations, Y, Y_next, 1e3 * (time.perf_counter() - started))

@@ -15,8 +15,8 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from collapipe_jax.options import check_fields, check_float, check_int, option
-from collapipe_jax.scenario import Scenario
+from collapipe_jax.options import check_fields, check_float, check_int, check_seed, option
+from collapipe_jax.scenario import Scenario, check_rounds
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
 from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
@@ -47,6 +47,7 @@ class ScheduleConfig:
         check_fields(self)
         check_int("rounds", self.rounds)
         check_float("V", self.V, low=0.0, optional=True)
+        check_seed("seed", self.seed)
 
 
 def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), losses=None) -> dict:
@@ -54,6 +55,7 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
 
     `losses`: fixed per-cluster losses handed to the policy every round (loss-only), else none.
     """
+    check_rounds(scenario, cfg.rounds)
     ctx = HostContext(scenario, cfg.policy, cfg.seed, cfg.variant, cfg.lyapunov, cfg.V, cfg.solver, cfg.m_rule)
     Y = np.zeros(scenario.N)
     out_rounds = []

@@ -61,6 +61,7 @@ import math
 import numpy as np
 
 from collapipe_jax.errors import InfeasibleError, ValidationError
+from collapipe_jax.io import redirect_fd
 
 SEGMENT_SOLVERS = ("exact", "milp")
 M_RULES = ("stationary", "exhaustive")
@@ -587,7 +588,8 @@ def front_milp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     for s in range(1, dev.K + 1):
         params["S"].value = float(s)
         params["weight"].value = float(terms.weight(s))
-        problem.solve(solver=cp.HIGHS)
+        with redirect_fd(1):  # HiGHS prints its banner on fd 1 whatever its options say: stdout is the result's
+            problem.solve(solver=cp.HIGHS)
         if problem.status not in ("optimal", "optimal_inaccurate"):
             plans.append(None)
             continue

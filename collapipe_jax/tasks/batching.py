@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.options import MEMORY_SHARE, memory_budget
 from collapipe_jax.tasks.vocab import PAD
 
 
@@ -100,6 +101,19 @@ def local_batches(cluster_indices: list[np.ndarray], batch: int, steps, round_id
         out[n, :e_n] = cluster_stream(idx, n, pos, seed).reshape(e_n, batch)
         out[n, e_n:] = out[n, 0]
     return out
+
+
+def check_local_work(steps, batch: int, arrays: dict[str, np.ndarray]) -> None:
+    """Size guard of a round's input: `local_batches` and `gather` hold N x E x b example
+    indices (int64) and rows of every array, which must fit the memory budget."""
+    steps = np.asarray(steps)
+    row = 8 + sum(v[0].nbytes if len(v) else v.itemsize for v in arrays.values())
+    need = int(steps.size) * int(steps.max()) * int(batch) * row
+    if need > memory_budget():
+        raise ValidationError("local-steps", f"a round's input of N={steps.size} clusters x E={int(steps.max())} local "
+                                             f"steps x b={batch} samples needs {need / 1e9:.3g} GB, more than the limit "
+                                             f"of {memory_budget() / 1e9:.3g} GB (1/{MEMORY_SHARE} of this machine's "
+                                             f"memory)", int(steps.max()))
 
 
 def gather(arrays: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:

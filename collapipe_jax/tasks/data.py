@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import zlib
 
 import numpy as np
 
@@ -29,6 +30,7 @@ MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 # The NER training file of the original repository is not shipped; data/README.md: train on
 # example_test.txt, evaluate on example_dev.txt.
 NER_FILES = {"train": "example_test.txt", "test": "example_dev.txt"}
+NER_TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")  # BIO over the corpus's three types
 TOUTIAO_FILE = "toutiao_subset.txt"
 TOUTIAO_N_CLASSES = 15
 TOUTIAO_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test of a seeded permutation
@@ -52,16 +54,34 @@ def require_file(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def read_text(path: pathlib.Path) -> str:
+    """The whole UTF-8 text of a data file (gzip when it ends in .gz); every way a file can be
+    broken (unreadable, not gzip, cut short, not UTF-8, empty) is one ValidationError naming it."""
+    require_file(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except gzip.BadGzipFile:
+        raise ValidationError("data file", f"{path} is not a gzip file") from None
+    except (EOFError, zlib.error) as err:
+        raise ValidationError("data file", f"{path} is a damaged or truncated gzip file ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ValidationError("data file", f"{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ValidationError("data file", f"{path} cannot be read ({err.strerror or err})") from None
+    if not text.strip():
+        raise ValidationError("data file", f"{path} is empty")
+    return text
+
+
 def read_lines(path: pathlib.Path, *, by_paragraph: bool = False) -> list[str]:
     """Lines (or blank-line separated paragraphs) of a local UTF-8 text file, gzip or plain.
 
     Universal newlines; a line loses its '\\n'; paragraphs are split on blank lines and empty
     ones dropped. Plain reads: nothing is cached or locked outside the data directory.
     """
-    require_file(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     if by_paragraph:
         return [p for p in text.split("\n\n") if p]
     lines = text.split("\n")  # not str.splitlines: that also splits at \x1c, \u2028 and others
@@ -90,15 +110,16 @@ def load_multi30k(data_dir: pathlib.Path, split: str, max_examples: int | None =
     return _take(list(zip(de, en)), max_examples)
 
 
-def parse_ner_sentence(paragraph: str) -> tuple[list[str], list[str]]:
-    """One CoNLL-style paragraph 'char TAG\\n...' → (chars, tags)."""
+def parse_ner_sentence(paragraph: str, where: str = "NER data") -> tuple[list[str], list[str]]:
+    """One CoNLL-style paragraph 'char TAG\\n...' → (chars, tags); tags are NER_TAGS."""
     chars, tags = [], []
     for line in paragraph.splitlines():
         if not line.strip():
             continue
         char, _, tag = line.rpartition(" ")
-        if not char or not (tag == "O" or tag[:2] in ("B-", "I-")):
-            raise ValidationError("data file", "NER lines must be 'char TAG' with a BIO tag", line)
+        if not char or tag not in NER_TAGS:
+            raise ValidationError("data file", f"{where}: lines must be 'char TAG' with a tag in {list(NER_TAGS)}",
+                                  line)
         chars.append(char)
         tags.append(tag)
     return chars, tags
@@ -109,7 +130,7 @@ def load_ner(data_dir: pathlib.Path, split: str, max_examples: int | None = None
     if split not in NER_FILES:
         raise ValidationError("split", f"must be one of {sorted(NER_FILES)}", split)
     path = require_file(data_dir / "chinese_ner" / NER_FILES[split])
-    sentences = [parse_ner_sentence(p) for p in read_lines(path, by_paragraph=True)]
+    sentences = [parse_ner_sentence(p, str(path)) for p in read_lines(path, by_paragraph=True)]
     return _take([s for s in sentences if s[0]], max_examples)
 
 
@@ -129,10 +150,12 @@ def load_toutiao(
         raise ValidationError("split", "must be one of ['test', 'train', 'val']", split)
     path = require_file(data_dir / "toutiao" / TOUTIAO_FILE)
     rows = []
-    for line in read_lines(path):
+    for number, line in enumerate(read_lines(path), 1):
         title, sep, label = line.rpartition("_!_")
-        if not sep or not label.strip().isdigit() or not 0 <= int(label) < TOUTIAO_N_CLASSES:
-            raise ValidationError("data file", f"{path}: lines must be 'title_!_label' with label in 0..14", line)
+        label = label.strip()
+        if not sep or not (label.isascii() and label.isdigit()) or not 0 <= int(label) < TOUTIAO_N_CLASSES:
+            raise ValidationError("data file", f"{path} line {number}: lines must be 'title_!_label' with label in "
+                                               f"0..{TOUTIAO_N_CLASSES - 1}", line)
         rows.append((title, int(label)))
     idx = toutiao_split_indices(len(rows), seed)[split]
     return _take([rows[i] for i in idx], max_examples)

@@ -35,7 +35,7 @@ from collapipe_jax.tasks.batching import pad_rows
 from collapipe_jax.tasks.vocab import BOS, CLS, EOS, PAD, SPECIALS, build_char_vocab, train_bpe
 
 TASKS = ("multi30k", "ner", "toutiao")
-NER_TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
+NER_TAGS = data_lib.NER_TAGS
 N_LENGTH_BUCKETS = 4  # non-IID "labels" for translation: source-length quartiles
 
 
