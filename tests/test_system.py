@@ -48,7 +48,7 @@ def by_hand(scenario, decision_lists, variant):
         r_up = B_CH[j] * math.log2(1 + p[n] * H[n] / (I_CH[j] + B_CH[j] * n0))
         t_up = (s.theta_enc_bits + s.z_enc_bits) / r_up
         out["tau_up"].append(t_up)
-        out["E_com"].append(p[n] * t_up)
+        out["E_com"].append(p[n] * s.theta_enc_bits / r_up)  # Eq. 12: the parameters only
         eps = s.C_noise / (p[n] * H[n] + I_CH[j])
         n_stages = sum(1 for d in delta[n] if d > 0)
         out["Gamma"].append(0.5 * s.beta * s.eta**2 * s.phi_seg * n_stages + 0.5 * s.beta * eps)
