@@ -28,8 +28,8 @@ from collapipe_jax.distributed import initialize_from_env
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.options import check_fields, flag_name, option
 from collapipe_jax.report import write_report
-from collapipe_jax.scenario import PRESETS, default_decision, draw_state, load_scenario, make_decision, mean_state
-from collapipe_jax.scenario import orders_of
+from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, default_decision, draw_state, load_scenario, make_decision
+from collapipe_jax.scenario import mean_state, orders_of, tunable_rank
 from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
 from collapipe_jax.sweep import SCALES, SWEEPS, finished_summary, replot, run_sweep
 from collapipe_jax.system import evaluate, round_latency_of_power
@@ -111,9 +111,12 @@ class DecisionOptions:
     variant: str = option("paper", "Eq. 15 as printed (paper) or b̂-scaled with the exact GPipe makespan "
                                    "(consistent)", choices=VARIANTS)
     mean_state: bool = option(False, "use the middle of every range instead of a seeded random draw")
+    tunable: str | None = option(None, TUNABLE_HELP)
 
     def __post_init__(self):
         check_fields(self)
+        if self.tunable is not None:
+            tunable_rank(self.tunable)
 
 
 def parse_int_list(field: str, text: str) -> list[int]:
@@ -176,7 +179,7 @@ def decision_from_options(scenario, opts: DecisionOptions):
 def evaluated_decision(args):
     """(scenario, state, decision, options) of a `latency`/`sensitivity` command line."""
     opts = config_from_args(DecisionOptions, args)
-    scenario = load_scenario(args.preset, args.scenario)
+    scenario = load_scenario(args.preset, args.scenario, opts.tunable)
     state = mean_state(scenario) if opts.mean_state else draw_state(scenario, jax.random.PRNGKey(args.seed))
     return scenario, state, decision_from_options(scenario, opts), opts
 
@@ -185,7 +188,8 @@ def run_latency(args):
     scenario, state, decision, opts = evaluated_decision(args)
     metrics = evaluate(state, decision, opts.variant)
     violations = constraint_violations(state, decision, metrics)
-    result = {"variant": opts.variant, "seed": args.seed, "inputs": inputs_dict(scenario, state, decision),
+    result = {"variant": opts.variant, "tunable": scenario.tunable, "seed": args.seed,
+              "inputs": inputs_dict(scenario, state, decision),
               **metrics_dict(metrics), "violations": violations}
     rows = [[n, int(metrics.n_stages[n]), int(decision.m[n]), result["inputs"]["channel"][n],
              float(decision.p_n_w[n]), float(metrics.tau_pipe_s[n]), float(metrics.tau_up_s[n]),
@@ -193,7 +197,7 @@ def run_latency(args):
             for n in range(scenario.N)]
     table = format_table(["cluster", "S", "m", "channel", "p_n[W]", "tau_pipe[s]", "tau_up[s]",
                           "E_com[J]", "E_pipe[J]", "Gamma"], rows)
-    lines = [f"scenario {scenario.name}, variant {opts.variant}, seed {args.seed}", table,
+    lines = [f"scenario {scenario.name}, variant {opts.variant}, tunable {scenario.tunable}, seed {args.seed}", table,
              f"round latency tau(t) = {result['tau_round_s']:.6g} s"]
     lines += [f"violates {v['constraint']} (cluster {v['cluster']}): {v['message']}" for v in violations]
     return result, "\n".join(lines)
@@ -210,7 +214,7 @@ def run_sensitivity(args):
     smooth_fn = lambda p: round_latency_of_power(p, state, decision, opts.variant, temperature)  # noqa: E731
     smooth_value, smooth = jax.value_and_grad(smooth_fn)(decision.p_n_w)
     result = {
-        "variant": opts.variant, "seed": args.seed,
+        "variant": opts.variant, "tunable": scenario.tunable, "seed": args.seed,
         "inputs": inputs_dict(scenario, state, decision),
         "tau_round_s": tau,
         "dtau_dp_n": [float(g) for g in hard],
@@ -222,7 +226,7 @@ def run_sensitivity(args):
              float(hard[n]), float(smooth[n])] for n in range(scenario.N)]
     table = format_table(["cluster", "p_n[W]", "tau_n[s]", "dtau/dp_n[s/W]", "smooth dtau/dp_n"], rows)
     text = "\n".join([
-        f"scenario {scenario.name}, variant {opts.variant}, seed {args.seed}", table,
+        f"scenario {scenario.name}, variant {opts.variant}, tunable {scenario.tunable}, seed {args.seed}", table,
         f"tau(t) = {tau:.6g} s (max); log-sum-exp max at T = {temperature:.4g} s: {float(smooth_value):.6g} s",
     ])
     return result, text
@@ -244,7 +248,8 @@ def format_schedule(result: dict) -> str:
     rows = [[r["round"], r["tau_round_s"], join(r["S"]), join(r["m"]), join(r["channel"]),
              join(r["p_n_w"], "{:.3g}"), max(r["Y"]), sum(r["Gamma"]), r["solve_ms"]] for r in result["rounds"]]
     table = format_table(["round", "tau[s]", "S", "m", "channel", "p_n[W]", "max Y", "sum Gamma", "solve[ms]"], rows)
-    head = (f"scenario {result['scenario']}, policy {result['policy']}, variant {result['variant']}, "
+    head = (f"scenario {result['scenario']}, tunable {result['tunable']}, policy {result['policy']}, "
+            f"variant {result['variant']}, "
             f"lyapunov {result['lyapunov']}, solver {result['solver']}, V = {result['V']:g}, seed {result['seed']}")
     tail = (f"total latency over {len(result['rounds'])} rounds: {result['total_latency_s']:.6g} s; "
             f"mean solve time {result['mean_solve_ms']:.3g} ms")

@@ -41,6 +41,8 @@ RANGE_FIELDS = ("f_hz", "phi_flops_per_cycle", "p_k_w", "h_n", "I_i_w", "B_U_hz"
 FADING = ("mean", "rayleigh")
 LORA_BITS_PER_VALUE = 32  # the adapters are fp32
 TUNABLE_FORMAT = "'full' or 'lora:R' with R an integer >= 1"
+TUNABLE_HELP = ("what a CU uploads: the whole encoder (full) or rank-R LoRA adapters on the query and value "
+                "projections, fp32 (lora:R) [default: the scenario's, full for the presets]")
 
 
 def db_to_linear(db: float) -> float:
