@@ -47,6 +47,11 @@ def check_run(result, task, rounds):
         value = r["metrics"][METRIC[task]]
         assert np.isfinite(value) and (0 <= value <= 100 if task == "multi30k" else 0 <= value <= 1)
         assert r["tau_round_s"] > 0 and r["energy_j"] > 0
+        assert isinstance(r["violations"], list)
+        # each cluster's time split into computation, D2D and upload (system.report.time_split)
+        np.testing.assert_allclose(np.add(r["tau_pipe_cmp_s"], r["tau_pipe_dd_s"]), r["tau_pipe_s"], rtol=1e-6)
+        assert r["round_cmp_s"] == max(r["tau_pipe_cmp_s"]) > 0
+        assert r["tau_round_s"] == pytest.approx(max(np.add(r["tau_pipe_s"], r["tau_up_s"])), rel=1e-6)
     assert result["final_metrics"] == result["rounds"][-1]["metrics"]
     assert sum(result["samples_per_cluster"]) == 24
 
