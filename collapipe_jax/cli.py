@@ -31,7 +31,7 @@ from collapipe_jax.report import write_report
 from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, default_decision, draw_state, load_scenario, make_decision
 from collapipe_jax.scenario import mean_state, orders_of, tunable_rank
 from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
-from collapipe_jax.sweep import SCALES, SWEEPS, finished_summary, replot, run_sweep
+from collapipe_jax.sweep import DEFAULT_TUNABLE, SCALES, SWEEPS, finished_summary, replot, run_sweep
 from collapipe_jax.system import evaluate, round_latency_of_power
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.report import constraint_violations, inputs_dict, metrics_dict
@@ -276,9 +276,12 @@ class SweepOptions:
     out: str = option("results", "output directory")
     force: bool = option(False, "recompute sweeps that already finished")
     replot: bool = option(False, "redraw figures and summaries of finished sweeps from their tables.json")
+    tunable: str = option(DEFAULT_TUNABLE, "the LoRA upload (lora:R) the sweeps compare with the full encoder "
+                                           "upload, or full for the full upload alone")
 
     def __post_init__(self):
         check_fields(self)
+        tunable_rank(self.tunable)
         if self.name != "all" and self.name not in SWEEPS:
             raise ValidationError("sweep", f"unknown sweep, choose 'all' or one of {list(SWEEPS)}", self.name)
 
@@ -292,14 +295,15 @@ def run_sweep_command(args):
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
     out = pathlib.Path(opts.out)
     summaries = {name: (replot(SWEEPS[name], out) if opts.replot else run_sweep(SWEEPS[name], opts.scale, out,
-                                                                              opts.force))
+                                                                              opts.force, opts.tunable))
                  for name in names}
     for name in SWEEPS:  # the report covers every finished sweep in `out`, not only this call's
         if name not in summaries and (summary := finished_summary(out, name)) is not None:
             summaries[name] = summary
     summaries = {name: summaries[name] for name in SWEEPS if name in summaries}
     report = write_report(out, summaries)
-    lines = [f"{name}: {out / name}" for name in summaries] + [f"report: {report}"]
+    lines = [f"{name}: {out / name}" for name in summaries] + [f"report: {report}",
+                                                               f"claims: {report.with_name('claims.json')}"]
     return {"sweeps": summaries, "report": str(report)}, "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from collapipe_jax.io import atomic_write_json, read_json
 from collapipe_jax.sweep.base import Sweep, register
 from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep.training_claims import training_claims
 from collapipe_jax.train import TrainConfig, train
 
 TASKS = ("toutiao", "ner", "multi30k")
@@ -36,7 +37,10 @@ def compute(scale: str, work_dir, progress) -> dict:
                 elapsed += r["tau_round_s"]
                 rows.append({"task": task, "framework": framework, "round": r["round"], "loss": r["loss"],
                              "tau_round_s": r["tau_round_s"], "cumulative_latency_s": elapsed,
-                             "energy_j": r["energy_j"], **{f"metric_{k}": v for k, v in r["metrics"].items()}})
+                             "energy_j": r["energy_j"], **{f"metric_{k}": v for k, v in r["metrics"].items()},
+                             # the round's decision, mean over the clusters (Fig. 9/10 claims)
+                             "S": float(np.mean(np.count_nonzero(r["decision"]["delta"], axis=1))),
+                             "m": float(np.mean(r["decision"]["m"]))})
             finals.append({"task": task, "framework": framework, "rounds": rounds, "model": model, "batch": batch,
                            "final_loss": result["rounds"][-1]["loss"],
                            "total_latency_s": result["total_latency_s"], "total_energy_j": result["total_energy_j"],
@@ -81,7 +85,7 @@ def findings(tables: dict) -> dict:
                      " (pipeline uploads no encoder: it has no federated aggregation).")
     first = finals[0]
     return {"rounds": first["rounds"], "model": first["model"], "batch": first["batch"], "final": finals,
-            "findings": notes}
+            "claims": training_claims(tables), "findings": notes}
 
 
 register(Sweep("training", compute, plot, findings))
