@@ -8,7 +8,7 @@ largest of each part `round_cmp_s, round_dd_s, round_up_s` (system.report.time_s
 `violations` (constraints the decision breaks: only the fixed `default` rule can), and
 `tau_round_s, Y` (the queues the decision was made with), `Y_next, Gamma, solve_ms`;
 and `total_latency_s`, `total_cmp_s` (Σ_t round_cmp_s: the accumulated on-device computation
-time of Fig. 7/8) and `violating_rounds`.
+time of Fig. 7/8), `total_up_s` (Σ_t round_up_s) and `violating_rounds`.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
         "m_rule": cfg.m_rule, "V": V, "seed": cfg.seed, "scenario": scenario.name, "rounds": out_rounds,
         "total_latency_s": float(sum(r["tau_round_s"] for r in out_rounds)),
         "total_cmp_s": float(sum(r["round_cmp_s"] for r in out_rounds)),
+        "total_up_s": float(sum(r["round_up_s"] for r in out_rounds)),
         "violating_rounds": sum(1 for r in out_rounds if r["violations"]),
         "mean_solve_ms": float(np.mean([r["solve_ms"] for r in out_rounds])),
         "max_Y": float(max(max(r["Y_next"]) for r in out_rounds)),
