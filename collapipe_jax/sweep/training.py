@@ -44,6 +44,7 @@ def compute(scale: str, work_dir, progress) -> dict:
             finals.append({"task": task, "framework": framework, "rounds": rounds, "model": model, "batch": batch,
                            "final_loss": result["rounds"][-1]["loss"],
                            "total_latency_s": result["total_latency_s"], "total_energy_j": result["total_energy_j"],
+                           "violating_rounds": sum(1 for r in result["rounds"] if r.get("violations")),
                            **{f"final_{k}": v for k, v in result["final_metrics"].items()}})
             progress(1)
     return {"training": rows, "training-final": finals}
@@ -83,6 +84,10 @@ def findings(tables: dict) -> dict:
         notes.append(f"{task}: simulated latency over {finals[0]['rounds']} rounds: " +
                      ", ".join(f"{f} {lat[f]:.3g} s" for f in FRAMEWORKS) +
                      " (pipeline uploads no encoder: it has no federated aggregation).")
+    bad = [f"{r['task']}/{r['framework']} ({r['violating_rounds']} of {r['rounds']} rounds)" for r in finals
+           if r.get("violating_rounds")]
+    if bad:
+        notes.append("decisions that break a constraint (each round's `violations` names it): " + ", ".join(bad))
     first = finals[0]
     return {"rounds": first["rounds"], "model": first["model"], "batch": first["batch"], "final": finals,
             "claims": training_claims(tables), "findings": notes}
