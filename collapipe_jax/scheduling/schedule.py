@@ -98,7 +98,8 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
         Y = hr.Y_next
     V = scenario.V if cfg.V is None else float(cfg.V)
     return {
-        "policy": cfg.policy, "tunable": scenario.tunable, "variant": cfg.variant, "lyapunov": cfg.lyapunov, "solver": cfg.solver,
+        "policy": cfg.policy, "tunable": scenario.tunable,
+        "variant": cfg.variant, "lyapunov": cfg.lyapunov, "solver": cfg.solver,
         "m_rule": cfg.m_rule, "V": V, "seed": cfg.seed, "scenario": scenario.name, "rounds": out_rounds,
         "total_latency_s": float(sum(r["tau_round_s"] for r in out_rounds)),
         "total_cmp_s": float(sum(r["round_cmp_s"] for r in out_rounds)),

@@ -145,8 +145,9 @@ def policy_why(base, change, N, J, dssra, other, totals, label) -> str:
     parts = [f"the upload is {share:.0%} of DSSRA's round latency and carries the same θ^enc + z^enc for every "
              "policy at powers capped by the same C11', which leaves only the pipeline time and the channel matching "
              "to schedule",
-             f"DSSRA's segment scheduling alone is worth {change_pct(dssra['total_latency_s'], uniform['total_latency_s']):+.1f}% "
-             "(against the uniform split with DSSRA's channels and power)"]
+             f"DSSRA's segment scheduling alone is worth "
+             f"{change_pct(dssra['total_latency_s'], uniform['total_latency_s']):+.1f}% (against the uniform split "
+             "with DSSRA's channels and power)"]
     if N <= J:
         parts.append(f"with N = {N} ≤ J = {J} every CU uploads, so {base}'s selection of CUs changes nothing: the gap "
                      "is DSSRA's plan and channel matching against the default plan on channels in index order")
@@ -166,8 +167,9 @@ def findings(tables: dict) -> dict:
     notes = []
     for label in settings_of(totals):
         d = pick(totals, setting=label, V=CLAIM_V, policy="dssra")
-        others = ", ".join(f"{p} {change_pct(d['total_latency_s'], pick(totals, setting=label, V=CLAIM_V, policy=p)['total_latency_s']):+.2f}%"
-                           for p in POLICIES if p != "dssra")
+        change = {p: change_pct(d["total_latency_s"], pick(totals, setting=label, V=CLAIM_V, policy=p)["total_latency_s"])
+                  for p in POLICIES if p != "dssra"}
+        others = ", ".join(f"{p} {c:+.2f}%" for p, c in change.items())
         notes.append(f"{label}, V = {CLAIM_V:g}: DSSRA {d['total_latency_s']:.4g} s over {rounds} rounds; its change "
                      f"against {others}.")
     bad = sorted({(r["setting"], r["policy"]) for r in totals if r["violating_rounds"]})

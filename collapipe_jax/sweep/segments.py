@@ -168,7 +168,8 @@ def fig5_summary(rows: list[dict]) -> dict:
         out[key] = {
             "S": [float(np.mean([r["S"] for r in sel if r["rank"] == k])) for k in ranks],
             "m": [float(np.mean([r["m"] for r in sel if r["rank"] == k])) for k in ranks],
-            "uniform_slowdown_pct": float(100 * (np.mean([r["uniform_tau_pipe_s"] / r["tau_pipe_s"] for r in sel]) - 1)),
+            "uniform_slowdown_pct": float(100 * (np.mean([r["uniform_tau_pipe_s"] / r["tau_pipe_s"]
+                                                          for r in sel]) - 1)),
             "at_memory_floor": all(r["S"] == r.get("min_S_memory") for r in sel),
             "min_S_memory": min(r.get("min_S_memory", 0) for r in sel),
             "rounds": len({r["round"] for r in sel}),
@@ -253,8 +254,8 @@ def findings(tables: dict) -> dict:
                      f"({best['tau_pipe_s']:.4g} s).")
     for key, v in fig5_summary(tables["fig5"]).items():
         notes.append(f"Fig. 5 ({', '.join(key)}): DSSRA's S {[round(x, 2) for x in v['S']]}, m "
-                     f"{[round(x, 2) for x in v['m']]}; the uniform split's τ^pipe is {v['uniform_slowdown_pct']:+.1f}% "
-                     "against DSSRA's plan.")
+                     f"{[round(x, 2) for x in v['m']]}; the uniform split's τ^pipe is "
+                     f"{v['uniform_slowdown_pct']:+.1f}% against DSSRA's plan.")
     return {"claims": segment_claims(tables), "findings": notes}
 
 

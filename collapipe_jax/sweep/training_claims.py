@@ -18,6 +18,9 @@ import numpy as np
 from collapipe_jax.sweep.claims import claim, within_factor_two
 
 FEDERATED = ("collapipe", "vanilla-fl", "titanic")
+# a loss difference below this fraction is no effect: runs with the same gradient differ by the
+# upload noise and float rounding, far below it
+MIN_EFFECT = 0.01
 BASELINES = ("vanilla-fl", "pipeline", "titanic")
 SAME_GRADIENT = ("synchronous GPipe gives every S and m the gradient of the unsegmented model (tested), so the "
                  "frameworks' runs differ only in the upload noise ε(p_n) of their decisions (Eq. 25) and PipeLine "
@@ -54,7 +57,8 @@ def bleu_claim(finals, tunable) -> dict | None:
         gains = {f: 100.0 * (bleu["collapipe"] / bleu[f] - 1) for f in BASELINES}
         measured["least_gain_pct"] = min(gains.values())
         ok = within_factor_two(measured["least_gain_pct"], 19.5)
-        why = "" if ok else f"{SAME_GRADIENT}; the BLEU gains are {', '.join(f'{k} {v:+.1f}%' for k, v in gains.items())}."
+        listed = ", ".join(f"{k} {v:+.1f}%" for k, v in gains.items())
+        why = "" if ok else f"{SAME_GRADIENT}; the BLEU gains are {listed}."
     else:
         why = (f"BLEU is 0 for {[f for f, v in bleu.items() if v == 0]} at this scale: the runs have not learned to "
                "translate yet, so no relative gain exists")
@@ -103,11 +107,13 @@ def fig9_claim(rows, finals, tunable) -> dict | None:
                      {"bleu": best["metric"], "loss": best["loss"]}, _setting(best["final"], tunable, "multi30k"),
                      False, "the training tables carry no S and m per round")
     best = max(runs, key=lambda r: (r["metric"], -r["loss"]))  # highest BLEU, then lowest loss
-    ok = round(best["S"]) == 2 and round(best["m"]) == 2
     spread = max(r["loss"] for r in runs) - min(r["loss"] for r in runs)
+    distinct = spread > MIN_EFFECT * min(r["loss"] for r in runs) or len({r["metric"] for r in runs}) > 1
+    ok = distinct and round(best["S"]) == 2 and round(best["m"]) == 2
     why = "" if ok else (f"{SAME_GRADIENT}: the runs with (S, m) = "
                          + ", ".join(f"({r['S']:.2g}, {r['m']:.2g})" for r in runs)
-                         + f" end within {spread:.3g} in loss, and the best of them is a matter of that noise")
+                         + f" end within {spread:.3g} in loss"
+                         + (" and with the same BLEU: none learns better" if not distinct else ""))
     return claim("fig9-best-S-m-transformer", "the Transformer learns best at S = 2, m = 2 (reproduced when the "
                  "best-learning federated run has mean S and m of 2)", {"S": 2, "m": 2},
                  {"S": best["S"], "m": best["m"], "bleu": best["metric"], "loss": best["loss"], "loss_spread": spread},
@@ -120,13 +126,14 @@ def fig10_claim(rows, finals, tunable) -> dict | None:
     if not runs:
         return None
     small, large = min(runs, key=lambda r: r["m"]), max(runs, key=lambda r: r["m"])
-    ok = small["m"] < large["m"] and small["loss"] < large["loss"]
+    ok = small["m"] < large["m"] and small["loss"] < (1 - MIN_EFFECT) * large["loss"]
     if small["m"] == large["m"]:
         why = "every run used the same mean m"
     else:
-        why = "" if ok else f"{SAME_GRADIENT}; the larger-m run ends {large['loss'] - small['loss']:+.3g} in loss"
+        why = "" if ok else (f"{SAME_GRADIENT}; the larger-m run ends {large['loss'] - small['loss']:+.3g} in loss "
+                             f"({100 * (large['loss'] / small['loss'] - 1):+.2g}%)")
     return claim("fig10-smaller-m-better", "on BERT NER a smaller m converges better (reproduced when the federated "
-                 "run with the smallest mean m ends with a lower loss than the one with the largest)",
+                 "run with the smallest mean m ends with a loss more than 1% below the one with the largest)",
                  "smaller m, lower loss",
                  {"smallest_m": small["m"], "loss_at_smallest_m": small["loss"], "largest_m": large["m"],
                   "loss_at_largest_m": large["loss"]},
