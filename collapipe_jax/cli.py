@@ -197,7 +197,8 @@ def run_latency(args):
             for n in range(scenario.N)]
     table = format_table(["cluster", "S", "m", "channel", "p_n[W]", "tau_pipe[s]", "tau_up[s]",
                           "E_com[J]", "E_pipe[J]", "Gamma"], rows)
-    lines = [f"scenario {scenario.name}, variant {opts.variant}, tunable {scenario.tunable}, seed {args.seed}", table,
+    head = f"scenario {scenario.name}, variant {opts.variant}, tunable {scenario.tunable}, seed {args.seed}"
+    lines = [head, table,
              f"round latency tau(t) = {result['tau_round_s']:.6g} s"]
     lines += [f"violates {v['constraint']} (cluster {v['cluster']}): {v['message']}" for v in violations]
     return result, "\n".join(lines)

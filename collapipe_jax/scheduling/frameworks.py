@@ -9,20 +9,22 @@ with its signature `(problem, Y, rng, losses=None, **options) -> RoundResult`.
   vanilla-fl  no pipeline: every cluster trains the whole encoder on one device, chosen per
               round as the fastest (largest ϕ_k f_k) device whose memory fits all L TEBs (C7;
               when none does, as for BERT-base in Table II, the fastest device, and the round
-              reports the C7 breach), m = 1; FL aggregation as above. (The paper's "whole encoder on the CU": the CU is
-              modelled as the best device of the cluster, since Table II gives the CU no
-              compute parameters of its own.)
+              reports the C7 breach), m = 1; FL aggregation as above. (The paper's "whole
+              encoder on the CU": the CU is modelled as the best device of the cluster, since
+              Table II gives the CU no compute parameters of its own.)
   pipeline    the `default` decision (uniform δ over the K devices, m = 4, channel n for
-              cluster n < J, p_n = P_max within C11'); each cluster trains its own encoder with no FL
-              aggregation (no model upload: only the encoder output reaches the server, so the
-              charged upload carries z^enc and not θ^enc); metrics are those of cluster 0's model.
+              cluster n < J, p_n = P_max within C11'); each cluster trains its own encoder with
+              no FL aggregation (no model upload: only the encoder output reaches the server,
+              so the charged upload carries z^enc and not θ^enc); metrics are those of cluster
+              0's model.
   titanic     TITANIC-like: automatic split with device selection by compute speed — the ⌈K/2⌉
               fastest devices (by ϕ_k f_k) form the pipeline in decreasing speed, L split in
               proportion to speed (largest remainder, within each device's memory, C7), m = 4,
               device-to-device (P2P) activations as in Eq. 11, no channel or power
               optimisation (channel n for cluster n < J, p_n = P_max within C11'); when the
-              selected devices' memory cannot hold L, δ ∝ speed regardless (C7 reported). TITANIC's own
-              partition/selection optimiser and its resource model are not reproduced.
+              selected devices' memory cannot hold L, δ ∝ speed regardless (C7 reported).
+              TITANIC's own partition/selection optimiser and its resource model are not
+              reproduced.
 
 One set of constraints for every framework: the fixed rules transmit at P_n^max capped by C11'
 exactly as DSSRA's powers are (`resources.power_upper_bounds`: the largest p ≤ P_max whose

@@ -14,7 +14,8 @@ Facts used (Eq. 10–12): r(p) = B log2(1 + p h/(I + B N0)) is concave increasin
 (θ + z^enc)/r(p) decreases and E^com(p) = p θ/r(p) (Eq. 12 as printed: the CU's energy for the
 encoder parameters θ; z^enc is sent on by the last device, §III-B) increases in p
 (p/log(1 + a p) is increasing), from E^com(0+) = θ ln2 (I + B N0)/(B h) ≥ 0.
-Hence C8 ∧ C11' ⟺ 0 < p ≤ p_ub = min(P^max, E^com⁻¹(E^max)), found by bisection, and the pair (n, i) is infeasible when E^com(0+) > E^max.
+Hence C8 ∧ C11' ⟺ 0 < p ≤ p_ub = min(P^max, E^com⁻¹(E^max)), found by bisection, and the
+pair (n, i) is infeasible when E^com(0+) > E^max.
 
 Channel matching (Hungarian method, `scipy.optimize.linear_sum_assignment`): rows are clusters,
 columns the J channels plus N − J *virtual* channels when N > J ("no upload this round"), so

@@ -167,8 +167,8 @@ def findings(tables: dict) -> dict:
     notes = []
     for label in settings_of(totals):
         d = pick(totals, setting=label, V=CLAIM_V, policy="dssra")
-        change = {p: change_pct(d["total_latency_s"], pick(totals, setting=label, V=CLAIM_V, policy=p)["total_latency_s"])
-                  for p in POLICIES if p != "dssra"}
+        at = {r["policy"]: r["total_latency_s"] for r in totals if r["setting"] == label and r["V"] == CLAIM_V}
+        change = {p: change_pct(d["total_latency_s"], at[p]) for p in POLICIES if p != "dssra"}
         others = ", ".join(f"{p} {c:+.2f}%" for p, c in change.items())
         notes.append(f"{label}, V = {CLAIM_V:g}: DSSRA {d['total_latency_s']:.4g} s over {rounds} rounds; its change "
                      f"against {others}.")
