@@ -57,8 +57,9 @@ def numpy_evaluate(st: dict, dc: dict, variant: str = "paper") -> dict:
     eps = st["C_noise"][:, None] / (np.where(assigned, p, 0) * st["h_n"] + interference)
     gamma = (0.5 * st["beta"] * st["eta"] ** 2 * st["phi_seg"])[:, None] * n_stages[..., 0] \
         + 0.5 * st["beta"][:, None] * eps
+    e_com = np.where(assigned, p * st["theta_enc_bits"][:, None] / np.where(assigned, rate, 1), 0)  # Eq. 12: θ only
     return {"tau_pipe_s": tau_pipe, "tau_up_s": tau_up, "tau_round_s": (tau_pipe + tau_up).max(-1),
-            "E_com_j": p * tau_up, "E_sch_j": e_sch, "E_pipe_j": e_sch.sum(-1), "Gamma": gamma}
+            "E_com_j": e_com, "E_sch_j": e_sch, "E_pipe_j": e_sch.sum(-1), "Gamma": gamma}
 
 
 def python_evaluate(st: dict, dc: dict, variant: str = "paper") -> tuple[float, list, list]:

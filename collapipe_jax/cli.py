@@ -29,10 +29,10 @@ from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_jso
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
 from collapipe_jax.options import memory_budget, option
 from collapipe_jax.report import write_report
-from collapipe_jax.scenario import PRESETS, default_decision, draw_state, load_scenario, make_decision, mean_state
-from collapipe_jax.scenario import orders_of
+from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, default_decision, draw_state, load_scenario, make_decision
+from collapipe_jax.scenario import mean_state, orders_of, tunable_rank
 from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
-from collapipe_jax.sweep import SCALES, SWEEPS, finished_summary, replot, run_sweep
+from collapipe_jax.sweep import DEFAULT_TUNABLE, SCALES, SWEEPS, finished_summary, replot, run_sweep
 from collapipe_jax.system import evaluate, round_latency_of_power
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.report import constraint_violations, inputs_dict, metrics_dict
@@ -139,9 +139,12 @@ class DecisionOptions:
     variant: str = option("paper", "Eq. 15 as printed (paper) or b̂-scaled with the exact GPipe makespan "
                                    "(consistent)", choices=VARIANTS)
     mean_state: bool = option(False, "use the middle of every range instead of a seeded random draw")
+    tunable: str | None = option(None, TUNABLE_HELP)
 
     def __post_init__(self):
         check_fields(self)
+        if self.tunable is not None:
+            tunable_rank(self.tunable)
 
 
 def parse_int_list(field: str, text: str) -> list[int]:
@@ -214,7 +217,7 @@ def decision_from_options(scenario, opts: DecisionOptions):
 def evaluated_decision(args):
     """(scenario, state, decision, options) of a `latency`/`sensitivity` command line."""
     opts = config_from_args(DecisionOptions, args)
-    scenario = load_scenario(args.preset, args.scenario)
+    scenario = load_scenario(args.preset, args.scenario, opts.tunable)
     state = mean_state(scenario) if opts.mean_state else draw_state(scenario, jax.random.PRNGKey(args.seed))
     return scenario, state, decision_from_options(scenario, opts), opts
 
@@ -223,7 +226,8 @@ def run_latency(args):
     scenario, state, decision, opts = evaluated_decision(args)
     metrics = evaluate(state, decision, opts.variant)
     violations = constraint_violations(state, decision, metrics)
-    result = {"variant": opts.variant, "seed": args.seed, "inputs": inputs_dict(scenario, state, decision),
+    result = {"variant": opts.variant, "tunable": scenario.tunable, "seed": args.seed,
+              "inputs": inputs_dict(scenario, state, decision),
               **metrics_dict(metrics), "violations": violations}
     rows = [[n, int(metrics.n_stages[n]), int(decision.m[n]), result["inputs"]["channel"][n],
              float(decision.p_n_w[n]), float(metrics.tau_pipe_s[n]), float(metrics.tau_up_s[n]),
@@ -231,7 +235,8 @@ def run_latency(args):
             for n in range(scenario.N)]
     table = format_table(["cluster", "S", "m", "channel", "p_n[W]", "tau_pipe[s]", "tau_up[s]",
                           "E_com[J]", "E_pipe[J]", "Gamma"], rows)
-    lines = [f"scenario {scenario.name}, variant {opts.variant}, seed {args.seed}", table,
+    head = f"scenario {scenario.name}, variant {opts.variant}, tunable {scenario.tunable}, seed {args.seed}"
+    lines = [head, table,
              f"round latency tau(t) = {result['tau_round_s']:.6g} s"]
     lines += [f"violates {v['constraint']} (cluster {v['cluster']}): {v['message']}" for v in violations]
     return result, "\n".join(lines)
@@ -247,7 +252,7 @@ def run_sensitivity(args):
     smooth_fn = lambda p: round_latency_of_power(p, state, decision, opts.variant, temperature)  # noqa: E731
     smooth_value, smooth = jax.value_and_grad(smooth_fn)(decision.p_n_w)
     result = {
-        "variant": opts.variant, "seed": args.seed,
+        "variant": opts.variant, "tunable": scenario.tunable, "seed": args.seed,
         "inputs": inputs_dict(scenario, state, decision),
         "tau_round_s": tau,
         "dtau_dp_n": [float(g) for g in hard],
@@ -259,7 +264,7 @@ def run_sensitivity(args):
              float(hard[n]), float(smooth[n])] for n in range(scenario.N)]
     table = format_table(["cluster", "p_n[W]", "tau_n[s]", "dtau/dp_n[s/W]", "smooth dtau/dp_n"], rows)
     text = "\n".join([
-        f"scenario {scenario.name}, variant {opts.variant}, seed {args.seed}", table,
+        f"scenario {scenario.name}, variant {opts.variant}, tunable {scenario.tunable}, seed {args.seed}", table,
         f"tau(t) = {tau:.6g} s (max); log-sum-exp max at T = {temperature:.4g} s: {float(smooth_value):.6g} s",
     ])
     return result, text
@@ -281,7 +286,8 @@ def format_schedule(result: dict) -> str:
     rows = [[r["round"], r["tau_round_s"], join(r["S"]), join(r["m"]), join(r["channel"]),
              join(r["p_n_w"], "{:.3g}"), max(r["Y"]), sum(r["Gamma"]), r["solve_ms"]] for r in result["rounds"]]
     table = format_table(["round", "tau[s]", "S", "m", "channel", "p_n[W]", "max Y", "sum Gamma", "solve[ms]"], rows)
-    head = (f"scenario {result['scenario']}, policy {result['policy']}, variant {result['variant']}, "
+    head = (f"scenario {result['scenario']}, tunable {result['tunable']}, policy {result['policy']}, "
+            f"variant {result['variant']}, "
             f"lyapunov {result['lyapunov']}, solver {result['solver']}, V = {result['V']:g}, seed {result['seed']}")
     tail = (f"total latency over {len(result['rounds'])} rounds: {result['total_latency_s']:.6g} s; "
             f"mean solve time {result['mean_solve_ms']:.3g} ms")
@@ -311,9 +317,12 @@ class SweepOptions:
     out: str = option("results", "output directory")
     force: bool = option(False, "recompute sweeps that already finished")
     replot: bool = option(False, "redraw figures and summaries of finished sweeps from their tables.json")
+    tunable: str = option(DEFAULT_TUNABLE, "the LoRA upload (lora:R) the sweeps compare with the full encoder "
+                                           "upload, or full for the full upload alone")
 
     def __post_init__(self):
         check_fields(self)
+        tunable_rank(self.tunable)
         if self.name != "all" and self.name not in SWEEPS:
             raise ValidationError("sweep", f"unknown sweep, choose 'all' or one of {list(SWEEPS)}", self.name)
 
@@ -327,14 +336,15 @@ def run_sweep_command(args):
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
     out = check_output_dir("out", opts.out)
     summaries = {name: (replot(SWEEPS[name], out) if opts.replot else run_sweep(SWEEPS[name], opts.scale, out,
-                                                                              opts.force))
+                                                                              opts.force, opts.tunable))
                  for name in names}
     for name in SWEEPS:  # the report covers every finished sweep in `out`, not only this call's
         if name not in summaries and (summary := finished_summary(out, name)) is not None:
             summaries[name] = summary
     summaries = {name: summaries[name] for name in SWEEPS if name in summaries}
     report = write_report(out, summaries)
-    lines = [f"{name}: {out / name}" for name in summaries] + [f"report: {report}"]
+    lines = [f"{name}: {out / name}" for name in summaries] + [f"report: {report}",
+                                                               f"claims: {report.with_name('claims.json')}"]
     return {"sweeps": summaries, "report": str(report)}, "\n".join(lines)
 
 

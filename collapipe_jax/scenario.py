@@ -10,6 +10,12 @@ Readings of Table II (DESIGN.md §3): N0 = −174 dBm/Hz; h_dd = −30 dB; h_n �
 (linear ≈ 0.97–0.98); f_k in GHz, ϕ_k in FLOPs per cycle; GB read as 1e9 bytes.
 The model-size inputs z^s, g^s, z^enc, θ^enc and γ_0 are not in Table II: they are computed
 from the model config (`collapipe_jax.models.cost`); o_l = o'_l = 2e6 FLOPs are Table II's.
+
+What a CU uploads is the segments' *tunable* parameters θ̂ (Alg. 1, line 23; DESIGN.md §3):
+`tunable = "full"` uploads the whole encoder (`theta_enc_bits`), `"lora:R"` only rank-R LoRA
+adapters on the query and value projections of every TEB in fp32, L · 2 · R (d + d) · 32 bits
+(BERT-base, R = 8: 9.44 Mbit). The state's θ^enc is the uploaded size (`uploaded_theta_bits`);
+z^enc does not change.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ from collapipe_jax.options import FLOAT32_TINY, INT32_MAX, MEMORY_SHARE, as_fini
 
 RANGE_FIELDS = ("f_hz", "phi_flops_per_cycle", "p_k_w", "h_n", "I_i_w", "B_U_hz")
 FADING = ("mean", "rayleigh")
+LORA_BITS_PER_VALUE = 32  # the adapters are fp32
+TUNABLE_FORMAT = "'full' or 'lora:R' with R an integer >= 1"
+TUNABLE_HELP = ("what a CU uploads: the whole encoder (full) or rank-R LoRA adapters on the query and value "
+                "projections, fp32 (lora:R) [default: the scenario's, full for the presets]")
 
 
 def db_to_linear(db: float) -> float:
@@ -90,12 +100,22 @@ class Scenario:
     Gamma_max: float = 0.03
     V: float = 10.0
     fading: str = "mean"  # Eq. 10 expectation: mean gain plugged in, or Rayleigh quadrature
+    tunable: str = "full"  # what a CU uploads: the whole encoder, or rank-R LoRA adapters ("lora:R")
 
     def __post_init__(self):
         validate_scenario(self)
 
     def replace(self, **changes) -> "Scenario":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def uploaded_theta_bits(self) -> float:
+        """θ^enc as uploaded (Eq. 11, 12): the whole encoder, or the LoRA adapters of `tunable`."""
+        rank = tunable_rank(self.tunable)
+        if rank is None:
+            return self.theta_enc_bits
+        cfg = model_preset(self.model).replace(n_enc_layers=self.L)
+        return float(cost.lora_adapter_params(cfg, rank) * LORA_BITS_PER_VALUE)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -154,6 +174,16 @@ def _as_range(name: str, value) -> tuple[float, float]:
     if len(pair) != 2 or any(v is None for v in numbers):
         raise ValidationError(name, "must be a finite number or a [low, high] pair of finite numbers", value)
     return (numbers[0], numbers[1])
+
+
+def tunable_rank(tunable) -> int | None:
+    """None for "full", R for "lora:R"; anything else is a ValidationError naming `tunable`."""
+    if tunable == "full":
+        return None
+    kind, _, rank = str(tunable).partition(":") if isinstance(tunable, str) else ("", "", "")
+    if kind != "lora" or not (rank.isascii() and rank.isdigit()) or int(rank) < 1:
+        raise ValidationError("tunable", f"must be {TUNABLE_FORMAT}", tunable)
+    return int(rank)
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -245,6 +275,9 @@ def validate_scenario(s: Scenario) -> None:
         _check_number(name, getattr(s, name), nonnegative=True)
     if not isinstance(s.fading, str) or s.fading not in FADING:
         raise ValidationError("fading", f"must be one of {list(FADING)}", s.fading)
+    if tunable_rank(s.tunable) is not None and s.model not in MODEL_PRESETS:
+        raise ValidationError("tunable", f"lora:R needs the scenario's model to be one of {sorted(MODEL_PRESETS)} "
+                                         "(its width gives the adapter size)", s.model)
     if s.p_k_w[1] > s.P_max_k_w:
         raise ValidationError("p_k_w", f"upper end must be <= P_max_k_w={s.P_max_k_w}", s.p_k_w)
     check_size(s.N, s.K, s.J, s.L)
@@ -288,13 +321,16 @@ def scenario_preset(name: str) -> Scenario:
 PRESETS = ("paper-bert", "paper-transformer")
 
 
-def load_scenario(preset: str | None = None, path: str | os.PathLike | None = None) -> Scenario:
+def load_scenario(preset: str | None = None, path: str | os.PathLike | None = None,
+                  tunable: str | None = None) -> Scenario:
     """`--scenario FILE.json` wins over `--preset`; the default is `paper-bert`.
 
-    A JSON file may name a base `"preset"` and override any field.
+    A JSON file may name a base `"preset"` and override any field; `tunable` (None: the
+    scenario's) overrides what is uploaded (`--tunable`).
     """
     base = scenario_preset("paper-bert" if preset is None else preset)  # a bad name is an error even when unused
-    return Scenario.from_json(path) if path is not None else base
+    scenario = Scenario.from_json(path) if path is not None else base
+    return scenario if tunable is None else scenario.replace(tunable=tunable)
 
 
 # --------------------------------------------------------------------------- state
@@ -352,7 +388,7 @@ def _state(s: Scenario, f, phi, pk, h, I, B) -> SystemState:
         N0_w_per_hz=scalar(s.N0_w_per_hz), b=scalar(s.b), local_steps=full(s.local_steps, (s.N,)),
         o_fwd_flops=scalar(s.o_fwd_flops), o_bwd_flops=scalar(s.o_bwd_flops),
         z_bits=scalar(s.z_bits), g_bits=scalar(s.g_bits), z_enc_bits=scalar(s.z_enc_bits),
-        theta_enc_bits=scalar(s.theta_enc_bits), gamma0_bytes=scalar(s.gamma0_bytes),
+        theta_enc_bits=scalar(s.uploaded_theta_bits), gamma0_bytes=scalar(s.gamma0_bytes),
         kappa=scalar(s.kappa), beta=scalar(s.beta), eta=scalar(s.eta), phi_seg=scalar(s.phi_seg),
         C_noise=scalar(s.C_noise), fading=s.fading,
     )

@@ -42,11 +42,11 @@ from collapipe_jax.io import atomic_write_json, check_output_dir, write_csv
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
 from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, option, require
-from collapipe_jax.scenario import PRESETS, Scenario, load_scenario, orders_of
+from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, Scenario, load_scenario, orders_of, tunable_rank
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
-from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
+from collapipe_jax.scheduling.policies import LOSS_POLICIES, SCHEDULER_POLICIES
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.tasks import TaskData, load_task
 from collapipe_jax.tasks.batching import check_local_work, eval_batches, gather, local_batches, split_clusters
@@ -110,6 +110,7 @@ class TrainConfig:
     noise_mode: str = option("relative", "upload noise variance ε relative to the update's power, or absolute",
                              choices=NOISE_MODES)
     V: float | None = option(None, "Lyapunov trade-off V (default: the scenario's)")
+    tunable: str | None = option(None, TUNABLE_HELP)
     seq_len: int | None = option(None, "sequence length (default: the model's)")
     checkpoint_dir: str | None = option(None, "orbax checkpoints, one per round")
     resume: bool = option(False, "continue the run in --checkpoint-dir")
@@ -153,6 +154,8 @@ class TrainConfig:
                 f"unknown preset, choose one of {list(PRESETS)}", self.preset)
         require(self.rounds * (self.local_steps or 1) <= INT32_MAX, "rounds",
                 f"rounds x local-steps must be <= {INT32_MAX} (the step count is an int32)", self.rounds)
+        if self.tunable is not None:
+            tunable_rank(self.tunable)
 
     @property
     def resolved_policy(self) -> str:
@@ -252,6 +255,8 @@ def build_setup(cfg: TrainConfig) -> Setup:
         overrides["N"] = cfg.clusters
     if cfg.V is not None:
         overrides["V"] = cfg.V
+    if cfg.tunable is not None:
+        overrides["tunable"] = cfg.tunable
     scenario = base.replace(**overrides)
     clusters = split_clusters(task.n_train, scenario.N, seed=cfg.seed, labels=task.partition_labels,
                               non_iid=cfg.non_iid, alpha=cfg.dirichlet_alpha)
@@ -355,7 +360,7 @@ def open_run_dirs(cfg: TrainConfig) -> Checkpoints | None:
 
 def needs_losses(policy: str) -> bool:
     """Whether round t+1's decision needs round t's losses (then it cannot overlap round t)."""
-    return policy == "loss-only"
+    return policy in LOSS_POLICIES
 
 
 def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
@@ -445,6 +450,9 @@ def round_record(t, loss, losses, metrics, hr, setup: Setup, step_ms, eval_ms, t
     return {
         "round": t, "loss": loss, "cluster_losses": losses.tolist(), "metrics": metrics,
         "tau_round_s": float(sysm.tau_round_s),
+        # per cluster tau_pipe_cmp_s (on-device computation), tau_pipe_dd_s (D2D), tau_up_s
+        # (upload) and the round's largest of each, round_cmp_s / round_dd_s / round_up_s
+        "tau_pipe_s": np.asarray(sysm.tau_pipe_s).tolist(), **hr.split,
         "energy_j": float(np.sum(sysm.E_com_j) + np.sum(sysm.E_pipe_j)),
         "violations": hr.violations,
         "Y": hr.Y_next.tolist(), "Gamma": np.asarray(sysm.Gamma).tolist(),

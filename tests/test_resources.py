@@ -12,13 +12,23 @@ from collapipe_jax.errors import InfeasibleError
 from collapipe_jax.scheduling import resources as rs
 
 
-def random_uplink(seed, N, J, bits=None, e_max=10.0, fading="mean"):
+def random_uplink(seed, N, J, bits=None, e_max=10.0, fading="mean", theta_share=0.9):
+    """`bits` = θ^enc + z^enc (what τ^up carries), of which θ^enc = theta_share · bits (Eq. 12)."""
     rng = np.random.default_rng(seed)
+    bits = rng.uniform(2e6, 4e7) if bits is None else bits
     return rs.Uplink(
         h_n=rng.uniform(0.97, 0.98, N), I_i_w=rng.uniform(0.06, 0.08, J), B_U_hz=rng.uniform(0.4e6, 0.6e6, J),
         P_max_n_w=np.full(N, 0.5), E_max_n_j=np.full(N, e_max), N0_w_per_hz=10 ** (-17.4) / 1000,
-        bits=rng.uniform(2e6, 4e7) if bits is None else bits, C_noise=0.01, beta=1.0, eta=0.1, phi_seg=1.0,
-        fading=fading)
+        bits=bits, theta_bits=theta_share * bits, C_noise=0.01, beta=1.0, eta=0.1, phi_seg=1.0, fading=fading)
+
+
+def test_upload_energy_charges_the_parameters_only():
+    """Eq. 12 as printed: E^com = p θ^enc / r(p), while τ^up = (θ^enc + z^enc) / r(p) (Eq. 11)."""
+    up = random_uplink(2, 2, 2, bits=5e6, theta_share=0.6)
+    p, n, j = 0.3, 1, 0
+    rate = up.B_U_hz[j] * math.log2(1 + p * up.h_n[n] / (up.I_i_w[j] + up.B_U_hz[j] * up.N0_w_per_hz))
+    assert float(rs.upload_delay(up, p, n, j)) == pytest.approx(5e6 / rate, rel=1e-12)
+    assert float(rs.upload_energy(up, p, n, j)) == pytest.approx(p * 3e6 / rate, rel=1e-12)
 
 
 def brute_matching(cost, cost_none):

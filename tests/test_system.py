@@ -48,7 +48,7 @@ def by_hand(scenario, decision_lists, variant):
         r_up = B_CH[j] * math.log2(1 + p[n] * H[n] / (I_CH[j] + B_CH[j] * n0))
         t_up = (s.theta_enc_bits + s.z_enc_bits) / r_up
         out["tau_up"].append(t_up)
-        out["E_com"].append(p[n] * t_up)
+        out["E_com"].append(p[n] * s.theta_enc_bits / r_up)  # Eq. 12: the parameters only
         eps = s.C_noise / (p[n] * H[n] + I_CH[j])
         n_stages = sum(1 for d in delta[n] if d > 0)
         out["Gamma"].append(0.5 * s.beta * s.eta**2 * s.phi_seg * n_stages + 0.5 * s.beta * eps)
@@ -88,6 +88,32 @@ def test_variants_differ_and_where_the_last_device_is_charged():
                             orders=[[0, 2], [0, 1, 2]])
     for variant, metrics in (("paper", paper), ("consistent", consistent)):
         assert float(evaluate(state, flipped, variant).tau_pipe_s[0]) != pytest.approx(float(metrics.tau_pipe_s[0]))
+
+
+@pytest.mark.parametrize("variant", ["paper", "consistent"])
+def test_time_split_into_computation_d2d_and_upload_by_hand(variant):
+    """tau_pipe_cmp_s is τ^pipe with free D2D links: (S + m − 1) max_k τ^cmp_k (Eq. 15 as printed)
+    or Σ_k τ^cmp_k + (m − 1) max_k τ^cmp_k (GPipe makespan); the D2D part is the rest."""
+    from collapipe_jax.system.report import time_split
+
+    scenario, state, decision = instance()
+    metrics = evaluate(state, decision, variant)
+    split = time_split(decision, metrics, variant)
+    delta, orders, m = [[2, 0, 3], [1, 3, 1]], [[2, 0], [0, 1, 2]], [2, 4]
+    for n in range(2):
+        b_hat = scenario.b / m[n]
+        cmp = []
+        for k in orders[n]:
+            flops = (b_hat * (scenario.o_fwd_flops + scenario.o_bwd_flops) if variant == "consistent"
+                     else b_hat * scenario.o_fwd_flops + scenario.o_bwd_flops)
+            cmp.append(delta[n][k] * flops / PHI[n][k] / F[n][k])
+        S = len(orders[n])
+        want = (S + m[n] - 1) * max(cmp) if variant == "paper" else sum(cmp) + (m[n] - 1) * max(cmp)
+        assert split["tau_pipe_cmp_s"][n] == pytest.approx(want, rel=1e-5)
+        assert split["tau_pipe_cmp_s"][n] + split["tau_pipe_dd_s"][n] == pytest.approx(float(metrics.tau_pipe_s[n]),
+                                                                                      rel=1e-6)
+    assert split["tau_up_s"] == pytest.approx(np.asarray(metrics.tau_up_s).tolist())
+    assert split["round_cmp_s"] == max(split["tau_pipe_cmp_s"]) and split["round_up_s"] == max(split["tau_up_s"])
 
 
 ORDERS = st.permutations(range(4))

@@ -55,6 +55,12 @@ def encoder_param_bits(cfg: ModelConfig) -> float:
     return float(cfg.n_enc_layers * teb_param_count(cfg) * cfg.bytes_per_value * 8)
 
 
+def lora_adapter_params(cfg: ModelConfig, rank: int) -> int:
+    """Rank-R LoRA (Hu et al., 2021) on the query and value projections of every TEB:
+    A [d, R] and B [R, d] per projection, L · 2 · R (d + d) parameters (no biases)."""
+    return cfg.n_enc_layers * 2 * rank * (cfg.d_model + cfg.d_model)
+
+
 def encoder_output_bits(cfg: ModelConfig, batch: int) -> float:
     """z^enc: bits of the encoder output of one batch, sent to the edge server's decoder/head."""
     return float(batch) * activation_bits(cfg)

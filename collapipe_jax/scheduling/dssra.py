@@ -77,7 +77,8 @@ def round_problem(scenario: Scenario, state: SystemState, variant: str = "paper"
     uplink = rs.Uplink(
         h_n=a(state.h_n), I_i_w=a(state.I_i_w), B_U_hz=a(state.B_U_hz), P_max_n_w=a(state.P_max_n_w),
         E_max_n_j=a(state.E_max_n_j), N0_w_per_hz=f(state.N0_w_per_hz),
-        bits=f(state.theta_enc_bits) + f(state.z_enc_bits), C_noise=f(state.C_noise), beta=f(state.beta),
+        bits=f(state.theta_enc_bits) + f(state.z_enc_bits), theta_bits=f(state.theta_enc_bits),
+        C_noise=f(state.C_noise), beta=f(state.beta),
         eta=f(state.eta), phi_seg=f(state.phi_seg), fading=state.fading)
     return RoundProblem(scenario, clusters, uplink, float(V), float(scenario.Gamma_max), variant, lyapunov)
 

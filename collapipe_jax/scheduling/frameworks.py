@@ -7,23 +7,31 @@ with its signature `(problem, Y, rng, losses=None, **options) -> RoundResult`.
   collapipe   the encoder segmented over the scheduled devices (GPipe), FL aggregation of the
               client models over the assigned channels; scheduled by DSSRA or another policy.
   vanilla-fl  no pipeline: every cluster trains the whole encoder on one device, chosen per
-              round as the fastest (largest ϕ_k f_k) device whose memory fits all L TEBs (C7),
-              m = 1; FL aggregation as above. (The paper's "whole encoder on the CU": the CU is
-              modelled as the best device of the cluster, since Table II gives the CU no
-              compute parameters of its own.)
+              round as the fastest (largest ϕ_k f_k) device whose memory fits all L TEBs (C7;
+              when none does, as for BERT-base in Table II, the fastest device, and the round
+              reports the C7 breach), m = 1; FL aggregation as above. (The paper's "whole
+              encoder on the CU": the CU is modelled as the best device of the cluster, since
+              Table II gives the CU no compute parameters of its own.)
   pipeline    the `default` decision (uniform δ over the K devices, m = 4, channel n for
-              cluster n < J, p_n = P_max); each cluster trains its own encoder with no FL
-              aggregation (no model upload: only the encoder output reaches the server, so the
-              charged upload carries z^enc and not θ^enc); metrics are those of cluster 0's model.
+              cluster n < J, p_n = P_max within C11'); each cluster trains its own encoder with
+              no FL aggregation (no model upload: only the encoder output reaches the server,
+              so the charged upload carries z^enc and not θ^enc); metrics are those of cluster
+              0's model.
   titanic     TITANIC-like: automatic split with device selection by compute speed — the ⌈K/2⌉
               fastest devices (by ϕ_k f_k) form the pipeline in decreasing speed, L split in
               proportion to speed (largest remainder, within each device's memory, C7), m = 4,
               device-to-device (P2P) activations as in Eq. 11, no channel or power
-              optimisation (channel n for cluster n < J, p_n = P_max). TITANIC's own
-              partition/selection optimiser and its resource model are not reproduced.
+              optimisation (channel n for cluster n < J, p_n = P_max within C11'); when the
+              selected devices' memory cannot hold L, δ ∝ speed regardless (C7 reported).
+              TITANIC's own partition/selection optimiser and its resource model are not
+              reproduced.
 
-The fixed rules do not optimise power, so their decisions may break C9'/C11'; they are built
-with `strict=False` and the host round reports each breach (`violations`).
+One set of constraints for every framework: the fixed rules transmit at P_n^max capped by C11'
+exactly as DSSRA's powers are (`resources.power_upper_bounds`: the largest p ≤ P_max whose
+upload energy stays within E_n^max), and place TEBs within memory (C7) where the rule chooses
+(vanilla-fl, titanic). What a fixed rule cannot meet — C9' at its fixed m, C7 of the uniform
+split, C11' where no power at all meets the budget (then it transmits at P_max) — is reported
+by the host round for that round (`violations`); the decisions are built with `strict=False`.
 """
 
 from __future__ import annotations
@@ -34,9 +42,9 @@ import time
 
 import numpy as np
 
-from collapipe_jax.errors import InfeasibleError
 from collapipe_jax.scenario import even_split
 from collapipe_jax.scheduling import dssra as ds
+from collapipe_jax.scheduling import resources as rs
 from collapipe_jax.scheduling import segments as sg
 
 
@@ -78,10 +86,14 @@ def teb_capacity(dev: sg.ClusterDevices) -> np.ndarray:
 
 
 def default_channels(problem: ds.RoundProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Channel n for cluster n < J (none for the rest) at p_n = P_max: no optimisation."""
+    """Channel n for cluster n < J (none for the rest), p_n = P_max capped by C11' (no other
+    optimisation); P_max where no power meets C11' (the host round reports the breach)."""
     N, J = problem.N, problem.uplink.J
     channel = np.array([n if n < J else -1 for n in range(N)])
-    return channel, np.where(channel >= 0, problem.uplink.P_max_n_w, 0.0)
+    p_ub = rs.power_upper_bounds(problem.uplink)
+    p = [(problem.uplink.P_max_n_w[n] if np.isnan(p_ub[n, c]) else p_ub[n, c]) if c >= 0 else 0.0
+         for n, c in enumerate(channel)]
+    return channel, np.asarray(p)
 
 
 def fixed_plan(dev: sg.ClusterDevices, delta, order, m: int) -> sg.SegmentPlan:
@@ -109,13 +121,11 @@ def default_policy(problem: ds.RoundProblem, Y=None, rng=None, losses=None, *, s
     return fixed_result(problem, plans, "default", started)
 
 
-def fastest_fitting_device(dev: sg.ClusterDevices, cluster: int) -> int:
-    """The device with the largest ϕ_k f_k whose memory holds all L TEBs (C7)."""
+def fastest_fitting_device(dev: sg.ClusterDevices) -> int:
+    """The device with the largest ϕ_k f_k whose memory holds all L TEBs (C7); the fastest of
+    all when none does (the decision then breaks C7, which the host round reports)."""
     fits = teb_capacity(dev) >= dev.L
-    if not fits.any():
-        raise InfeasibleError({"constraint": "C7", "cluster": cluster,
-                               "message": f"no device of cluster {cluster} holds all L={dev.L} TEBs (C7)"})
-    return int(np.argmax(np.where(fits, device_speed(dev), -np.inf)))
+    return int(np.argmax(np.where(fits, device_speed(dev), -np.inf) if fits.any() else device_speed(dev)))
 
 
 def vanilla_fl_policy(problem: ds.RoundProblem, Y=None, rng=None, losses=None, **options) -> ds.RoundResult:
@@ -123,7 +133,7 @@ def vanilla_fl_policy(problem: ds.RoundProblem, Y=None, rng=None, losses=None, *
     started = time.perf_counter()
     plans = []
     for n, dev in enumerate(problem.clusters):
-        k = fastest_fitting_device(dev, n)
+        k = fastest_fitting_device(dev)
         delta = np.zeros(dev.K, int)
         delta[k] = dev.L
         plans.append(fixed_plan(dev, delta, [k], 1))
@@ -131,9 +141,10 @@ def vanilla_fl_policy(problem: ds.RoundProblem, Y=None, rng=None, losses=None, *
 
 
 def proportional_split(L: int, speed: np.ndarray, cap: np.ndarray) -> np.ndarray:
-    """δ ∝ speed by largest remainder, each δ_k ≤ cap_k (memory), Σ δ = L."""
+    """δ ∝ speed by largest remainder, each δ_k ≤ cap_k (memory), Σ δ = L; without the caps when
+    they cannot hold L (the decision breaks C7, which the host round reports)."""
     if cap.sum() < L:
-        raise InfeasibleError({"constraint": "C7", "message": f"the selected devices cannot hold L={L} TEBs (C7)"})
+        cap = np.full_like(cap, L)
     share = L * speed / speed.sum()
     delta = np.minimum(np.floor(share).astype(int), cap)
     while delta.sum() < L:  # hand out the rest by largest remainder among devices with room

@@ -2,8 +2,9 @@
 
   1. draw the channel state and device capabilities  (scenario.draw_state, seeded by (seed, t))
   2. decide X(t) = [m, S, δ, order, I, p]              (a policy of scheduling.policies)
-  3. charge latency, energy, ε and Γ of X(t)           (system.evaluate: Eq. 10–16, 25–28, 33)
-     and list the constraints it breaks                (C7, C9', C11'); a NaN or infinite charge
+  3. charge latency, energy, ε and Γ of X(t)           (system.evaluate: Eq. 10–16, 25–28, 33),
+     split each cluster's time into computation, D2D   (system.report.time_split)
+     and upload, and list the constraints it breaks    (C7, C9', C11'); a NaN or infinite charge
      stops the run with one line naming it (DESIGN.md §8)
   4. update the Lyapunov queues                        (Eq. 29: Y ← max(Y + Γ_n − Γ^max, 0))
 
@@ -30,7 +31,7 @@ from collapipe_jax.scheduling import lyapunov
 from collapipe_jax.scheduling.dssra import RoundResult, round_problem
 from collapipe_jax.scheduling.policies import POLICIES, policy_rng
 from collapipe_jax.system import Metrics, evaluate
-from collapipe_jax.system.report import constraint_violations, metrics_dict
+from collapipe_jax.system.report import constraint_violations, metrics_dict, time_split
 
 draw = jax.jit(draw_state, static_argnums=0)
 
@@ -73,7 +74,8 @@ class HostRound:
     state: SystemState  # the round's draw, as charged
     result: RoundResult  # the policy's decision with its host (float64) evaluation
     metrics: Metrics  # the system model's charge of the decision (float32, jitted)
-    violations: list[dict]  # constraints the decision breaks (empty for the optimising policies)
+    violations: list[dict]  # constraints the decision breaks (empty for the constrained policies)
+    split: dict  # time_split: per-cluster computation / D2D / upload times and the round's largest
     Y: np.ndarray  # queues the decision was made with
     Y_next: np.ndarray  # Eq. 29
     host_ms: float  # wall time of steps 1–4
@@ -112,4 +114,5 @@ def _host_round(ctx: HostContext, t: int, Y, losses) -> HostRound:
         raise NonFiniteError(f"round {t}: {bad[0]}", bad[1])
     violations = constraint_violations(state, result.decision, metrics)
     Y_next = lyapunov.update_queues(Y, np.asarray(metrics.Gamma, np.float64), sc.Gamma_max)
-    return HostRound(t, state, result, metrics, violations, Y, Y_next, 1e3 * (time.perf_counter() - started))
+    split = time_split(result.decision, metrics, ctx.variant)
+    return HostRound(t, state, result, metrics, violations, split, Y, Y_next, 1e3 * (time.perf_counter() - started))

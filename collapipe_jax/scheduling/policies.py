@@ -1,4 +1,4 @@
-"""The one registry of decision rules: DSSRA, the paper's baselines and the frameworks' rules.
+"""The one registry of decision rules: DSSRA, the paper's baselines, ablations and the frameworks' rules.
 
 Every policy is `policy(problem, Y, rng, losses=None, **options) -> RoundResult`:
   problem  the round's `dssra.RoundProblem` (host float64 copy of the draw and the scenario)
@@ -10,6 +10,17 @@ Every policy is `policy(problem, Y, rng, losses=None, **options) -> RoundResult`
            that solve Sub-1, the others ignore them; `stages` and `micro_batches` fix the plan of
            the `default` rule (given only to it)
 `collapipe schedule --policy` and `collapipe train --policy` take their names from here.
+
+  dssra                 Alg. 4
+  random, loss-only,    the paper's baselines (§VI): which J CUs upload, by a random draw, the
+  delay-only            highest training loss or the lowest local training delay; the rest is
+                        the default plan (baselines.py)
+  uniform               CollaPipe w/o segment scheduling (Fig. 8)
+  dssra-no-queue,       ablations: DSSRA without its queue term, DSSRA weighting Γ by the
+  dssra-loss-weighted,  losses, and a uniformly random feasible decision
+  random-feasible
+  default               no optimisation at all (PipeLine's decision, frameworks.py)
+  vanilla-fl, titanic   the fixed rules of those frameworks (frameworks.py)
 """
 
 from __future__ import annotations
@@ -31,19 +42,28 @@ def dssra_policy(problem: dssra.RoundProblem, Y, rng=None, losses=None, **option
 POLICIES: dict[str, Policy] = {
     "dssra": dssra_policy,
     "random": baselines.random_policy,
-    "delay-only": baselines.delay_only_policy,
     "loss-only": baselines.loss_only_policy,
+    "delay-only": baselines.delay_only_policy,
     "uniform": baselines.uniform_policy,  # CollaPipe w/o segment scheduling
+    "dssra-no-queue": baselines.dssra_no_queue_policy,
+    "dssra-loss-weighted": baselines.dssra_loss_weighted_policy,
+    "random-feasible": baselines.random_feasible_policy,
     "default": frameworks.default_policy,  # no optimisation at all (PipeLine's decision)
     "vanilla-fl": frameworks.vanilla_fl_policy,
     "titanic": frameworks.titanic_policy,
 }
+# the paper's baselines (§VI), each compared with DSSRA in Fig. 11
+PAPER_BASELINES = ("random", "loss-only", "delay-only")
+ABLATIONS = ("uniform", "dssra-no-queue", "dssra-loss-weighted", "random-feasible")
 # the rules a user picks for `schedule` and for the collapipe framework in `train`; the other
 # entries are the fixed rules of the vanilla-fl and titanic frameworks
-SCHEDULER_POLICIES = ("dssra", "random", "loss-only", "delay-only", "uniform", "default")
-# the rules whose every decision satisfies C1–C11' (or that raise InfeasibleError): the fixed
-# rules transmit at P_max and may break C9'/C11', which the host round reports
-CONSTRAINED_POLICIES = ("dssra", "random", "loss-only", "delay-only", "uniform")
+SCHEDULER_POLICIES = ("dssra",) + PAPER_BASELINES + ABLATIONS + ("default",)
+# the rules whose every decision satisfies C1–C11' (or that raise InfeasibleError); the fixed
+# rules (default, vanilla-fl, titanic) cap p_n by C11' too but keep their δ and m, and the host
+# round reports what they break (C7, C9', or C11' where no power meets the budget)
+CONSTRAINED_POLICIES = ("dssra",) + PAPER_BASELINES + ABLATIONS
+# the rules that decide round t + 1 from round t's training losses
+LOSS_POLICIES = ("loss-only", "dssra-loss-weighted")
 
 
 def policy_rng(seed: int, t: int) -> np.random.Generator:

@@ -10,10 +10,12 @@ round objective
 with w_n = Γ_n (``drift``: decreasing in p_n through ε_n = C/(p_n h_n + I_i), Eq. 25/28) or
 w_n = S_n + p_n (``paper``: increasing in p_n).
 
-Facts used (Eq. 10, 12): r(p) = B log2(1 + p h/(I + B N0)) is concave increasing, so τ^up(p) =
-θ/r(p) decreases and E^com(p) = p θ/r(p) increases in p (p/log(1 + a p) is increasing), from
-E^com(0+) = θ ln2 (I + B N0)/(B h) > 0. Hence C8 ∧ C11' ⟺ 0 < p ≤ p_ub = min(P^max, E^com⁻¹(E^max)),
-found by bisection, and the pair (n, i) is infeasible when E^com(0+) > E^max.
+Facts used (Eq. 10–12): r(p) = B log2(1 + p h/(I + B N0)) is concave increasing, so τ^up(p) =
+(θ + z^enc)/r(p) decreases and E^com(p) = p θ/r(p) (Eq. 12 as printed: the CU's energy for the
+encoder parameters θ; z^enc is sent on by the last device, §III-B) increases in p
+(p/log(1 + a p) is increasing), from E^com(0+) = θ ln2 (I + B N0)/(B h) ≥ 0.
+Hence C8 ∧ C11' ⟺ 0 < p ≤ p_ub = min(P^max, E^com⁻¹(E^max)), found by bisection, and the
+pair (n, i) is infeasible when E^com(0+) > E^max.
 
 Channel matching (Hungarian method, `scipy.optimize.linear_sum_assignment`): rows are clusters,
 columns the J channels plus N − J *virtual* channels when N > J ("no upload this round"), so
@@ -65,7 +67,8 @@ class Uplink:
     P_max_n_w: np.ndarray  # [N]
     E_max_n_j: np.ndarray  # [N]
     N0_w_per_hz: float
-    bits: float  # θ^enc + z^enc
+    bits: float  # θ^enc + z^enc: what τ^up carries (Eq. 11)
+    theta_bits: float  # θ^enc: what E^com charges the CU for (Eq. 12)
     C_noise: float
     beta: float
     eta: float
@@ -95,14 +98,16 @@ def upload_delay(up: Uplink, p, n, j):
 
 
 def upload_energy(up: Uplink, p, n, j):
-    """Eq. 12: E^com = p τ^up(p)."""
+    """Eq. 12: E^com = p θ^enc / r(p) (the CU's transmission of the encoder parameters)."""
     p = np.asarray(p, float)
-    return np.where(p > 0, p * upload_delay(up, np.where(p > 0, p, 1.0), n, j), min_upload_energy(up, n, j))
+    safe = np.where(p > 0, p, 1.0)
+    rate = up.B_U_hz[j] * spectral_efficiency(safe * up.h_n[n] / up.noise()[j], up.fading)
+    return np.where(p > 0, safe * (up.theta_bits / rate), min_upload_energy(up, n, j))
 
 
 def min_upload_energy(up: Uplink, n, j):
-    """lim_{p→0} p τ^up(p) = θ ln2 (I + B N0)/(B h): the least energy any power can upload with."""
-    return up.bits * LN2 * up.noise()[j] / (up.B_U_hz[j] * up.h_n[n])
+    """lim_{p→0} p θ/r(p) = θ ln2 (I + B N0)/(B h): the least energy any power can upload with."""
+    return up.theta_bits * LN2 * up.noise()[j] / (up.B_U_hz[j] * up.h_n[n])
 
 
 # p_ub keeps E^com ≤ (1 − margin) E^max so that the float32 system model agrees that C11' holds
@@ -125,7 +130,7 @@ def power_upper_bounds(up: Uplink, iters: int = 60, margin: float = ENERGY_MARGI
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         with np.errstate(divide="ignore"):  # mid → 0 on infeasible pairs: infinite energy, not ok
-            ok = mid * (up.bits / (B * spectral_efficiency(mid * h / noise, up.fading))) <= e_max
+            ok = mid * (up.theta_bits / (B * spectral_efficiency(mid * h / noise, up.fading))) <= e_max
         lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
     p_ub = np.where(at_max, p_max, lo)
     return np.where(feasible & (p_ub > 0), p_ub, np.nan)
@@ -219,7 +224,7 @@ def _infeasible_c11(up: Uplink, p_ub: np.ndarray) -> InfeasibleError:
                     f"cluster(s) {clusters} need at least "
                     + ", ".join(f"{e_min[n]:.4g} J" for n in clusters)
                     + f" (E_max_n = {', '.join(f'{up.E_max_n_j[n]:.4g}' for n in clusters)} J) to upload "
-                      f"{up.bits:.4g} bits"),
+                      f"{up.theta_bits:.4g} bits of parameters"),
     })
 
 

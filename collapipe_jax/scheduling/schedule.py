@@ -2,9 +2,13 @@
 
 Each round is `host_round.run_host_round` (draw → policy → charge → queues). JSON keys (stable):
 `rounds[T]` each with `inputs` (that round's draws and decision, the keys of `latency`),
-per-cluster lists `S, m, delta, order, channel, p_n_w, tau_pipe_s, tau_up_s`, and
+per-cluster lists `S, m, delta, order, channel, p_n_w, tau_pipe_s, tau_up_s`, the split of
+τ^pipe into on-device computation and D2D `tau_pipe_cmp_s, tau_pipe_dd_s` with the round's
+largest of each part `round_cmp_s, round_dd_s, round_up_s` (system.report.time_split),
+`violations` (constraints the decision breaks: only the fixed `default` rule can), and
 `tau_round_s, Y` (the queues the decision was made with), `Y_next, Gamma, solve_ms`;
-and `total_latency_s`.
+and `total_latency_s`, `total_cmp_s` (Σ_t round_cmp_s: the accumulated on-device computation
+time of Fig. 7/8), `total_up_s` (Σ_t round_up_s) and `violating_rounds`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from collapipe_jax.options import check_fields, check_float, check_int, check_seed, option
-from collapipe_jax.scenario import Scenario, check_rounds
+from collapipe_jax.scenario import TUNABLE_HELP, Scenario, check_rounds, tunable_rank
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
 from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
@@ -39,6 +43,7 @@ class ScheduleConfig:
                          choices=SEGMENT_SOLVERS)
     m_rule: str = option("stationary", "micro-batches by Eq. 38's stationary point (Alg. 2) or by trying every m",
                          choices=M_RULES)
+    tunable: str | None = option(None, TUNABLE_HELP)
     seed: int = option(0, "seed of the random draws", cli=False)
     progress: bool = option(True, "progress bar on stderr")
     include_inputs: bool = option(True, "each round's resolved inputs in the result", cli=False)
@@ -48,6 +53,8 @@ class ScheduleConfig:
         check_int("rounds", self.rounds)
         check_float("V", self.V, low=0.0, optional=True)
         check_seed("seed", self.seed)
+        if self.tunable is not None:
+            tunable_rank(self.tunable)
 
 
 def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), losses=None) -> dict:
@@ -56,6 +63,8 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
     `losses`: fixed per-cluster losses handed to the policy every round (loss-only), else none.
     """
     check_rounds(scenario, cfg.rounds)
+    if cfg.tunable is not None:
+        scenario = scenario.replace(tunable=cfg.tunable)
     ctx = HostContext(scenario, cfg.policy, cfg.seed, cfg.variant, cfg.lyapunov, cfg.V, cfg.solver, cfg.m_rule)
     Y = np.zeros(scenario.N)
     out_rounds = []
@@ -74,6 +83,7 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
             "p_n_w": [float(p) for p in res.p_n_w],
             "tau_pipe_s": np.asarray(metrics.tau_pipe_s, float).tolist(),
             "tau_up_s": np.asarray(metrics.tau_up_s, float).tolist(),
+            **hr.split,  # tau_pipe_cmp_s, tau_pipe_dd_s [N]; round_cmp_s, round_dd_s, round_up_s
             "tau_round_s": float(metrics.tau_round_s),
             "Y": hr.Y.tolist(),
             "Y_next": hr.Y_next.tolist(),
@@ -90,9 +100,13 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
         Y = hr.Y_next
     V = scenario.V if cfg.V is None else float(cfg.V)
     return {
-        "policy": cfg.policy, "variant": cfg.variant, "lyapunov": cfg.lyapunov, "solver": cfg.solver,
+        "policy": cfg.policy, "tunable": scenario.tunable,
+        "variant": cfg.variant, "lyapunov": cfg.lyapunov, "solver": cfg.solver,
         "m_rule": cfg.m_rule, "V": V, "seed": cfg.seed, "scenario": scenario.name, "rounds": out_rounds,
         "total_latency_s": float(sum(r["tau_round_s"] for r in out_rounds)),
+        "total_cmp_s": float(sum(r["round_cmp_s"] for r in out_rounds)),
+        "total_up_s": float(sum(r["round_up_s"] for r in out_rounds)),
+        "violating_rounds": sum(1 for r in out_rounds if r["violations"]),
         "mean_solve_ms": float(np.mean([r["solve_ms"] for r in out_rounds])),
         "max_Y": float(max(max(r["Y_next"]) for r in out_rounds)),
     }

@@ -1,9 +1,11 @@
 """The sweep engine: each experiment is compute → tables, plot(tables), findings(tables).
 
 `compute(scale, work_dir, progress)` returns named tables (lists of flat dict rows) and may cache
-intermediate results under `work_dir` (the training sweep caches each run); `plot(tables,
-out_dir)` draws the PNGs; `findings(tables)` returns the summary: `findings` (sentences), `claims`
-(the paper's claims next to measured numbers) and any other numbers. Numbers are therefore
+intermediate results under `work_dir` (the training sweep caches each run); a sweep whose
+results depend on what the CUs upload (`takes_tunable`) gets `tunable=` as well and runs both the
+full upload and that LoRA setting (`tunables`). `plot(tables, out_dir)` draws the PNGs;
+`findings(tables)` returns the summary: `findings` (sentences), `claims` (the paper's claims next
+to measured numbers, in the format of claims.py) and any other numbers. Numbers are therefore
 tested without matplotlib, and figures are redrawn from `tables.json` without recomputing
 (`collapipe sweep NAME --replot`).
 
@@ -30,12 +32,21 @@ SCALES = ("quick", "paper")
 Tables = dict[str, list[dict]]
 
 
+DEFAULT_TUNABLE = "lora:8"  # the LoRA setting compared with the full upload (`sweep --tunable`)
+
+
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     name: str
-    compute: Callable[[str, pathlib.Path, Callable[[int], object]], Tables]
+    compute: Callable[..., Tables]
     plot: Callable[[Tables, pathlib.Path], None]
     findings: Callable[[Tables], dict]
+    takes_tunable: bool = False  # compute(scale, work_dir, progress, tunable=...)
+
+
+def tunables(tunable: str) -> tuple[str, ...]:
+    """The upload settings a sweep runs: the full encoder, and `tunable` unless it is "full"."""
+    return ("full",) if tunable == "full" else ("full", tunable)
 
 
 SWEEPS: dict[str, Sweep] = {}
@@ -52,27 +63,33 @@ def finished_summary(out: pathlib.Path, name: str) -> dict | None:
     return summary if isinstance(summary, dict) and summary.get("sweep") == name else None
 
 
-def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str, seconds: float) -> dict:
+def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str, seconds: float,
+                  tunable: str | None = None) -> dict:
     """CSVs, plots and the summary of computed tables (the summary last: it marks completion)."""
     for table, rows in tables.items():
         write_csv(folder / f"{table}.csv", rows)
     sweep.plot(tables, folder)
-    summary = {"sweep": sweep.name, "scale": scale, "seconds": seconds, **sweep.findings(tables)}
+    summary = {"sweep": sweep.name, "scale": scale, "seconds": seconds}
+    if sweep.takes_tunable:
+        summary["tunable"] = tunable
+    summary.update(sweep.findings(tables))
     atomic_write_json(folder / "summary.json", summary)
     return summary
 
 
-def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False) -> dict:
-    """Compute (or skip, when finished) one sweep; returns its summary."""
+def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False,
+              tunable: str = DEFAULT_TUNABLE) -> dict:
+    """Compute (or skip, when finished with the same `tunable`) one sweep; returns its summary."""
     folder = out / sweep.name
     summary = None if force else finished_summary(out, sweep.name)
-    if summary is not None:
+    if summary is not None and (not sweep.takes_tunable or summary.get("tunable") == tunable):
         return summary
     start = time.perf_counter()
+    extra = {"tunable": tunable} if sweep.takes_tunable else {}
     with tqdm(desc=f"sweep {sweep.name}", unit="step", file=sys.stderr) as bar:
-        tables = sweep.compute(scale, folder, bar.update)
-    atomic_write_json(folder / "tables.json", {"scale": scale, "tables": tables})
-    return write_outputs(sweep, tables, folder, scale, time.perf_counter() - start)
+        tables = sweep.compute(scale, folder, bar.update, **extra)
+    atomic_write_json(folder / "tables.json", {"scale": scale, **extra, "tables": tables})
+    return write_outputs(sweep, tables, folder, scale, time.perf_counter() - start, extra.get("tunable"))
 
 
 def replot(sweep: Sweep, out: pathlib.Path) -> dict:
@@ -82,4 +99,5 @@ def replot(sweep: Sweep, out: pathlib.Path) -> dict:
     if not isinstance(saved, dict) or "tables" not in saved:
         raise ValidationError("replot", f"no readable tables.json in {folder}: run the sweep first", sweep.name)
     old = finished_summary(out, sweep.name) or {}
-    return write_outputs(sweep, saved["tables"], folder, saved.get("scale", "?"), old.get("seconds", 0.0))
+    return write_outputs(sweep, saved["tables"], folder, saved.get("scale", "?"), old.get("seconds", 0.0),
+                         saved.get("tunable"))

@@ -2,9 +2,9 @@
 device draws, for three families of decisions, and a dense ∂τ/∂p_n map: the sweep sized for an
 accelerator (10^8 pairs at `--scale paper`).
 
-Settings (as in the policy comparison, `sweep.policies.policy_settings`): paper-bert with
-E_n^max = 1000 J (upload-bound), and paper-bert compute-bound (the model's own FLOPs per TEB, a
-1 Mbit upload). Decision families, each under both variants of the system model:
+Settings (as in the policy comparison, `sweep.policies.policy_scenario`, N = 3, J = 4):
+paper-bert with the LoRA upload on Table II as published, and with the full encoder upload
+(E_n^max raised to 1000 J). Decision families, each under both variants of the system model:
 
 * ``uniform`` — `scenario.default_decision`: δ split evenly over the K devices in index order,
   m = 4, channel n for cluster n, p_n = P_n^max; the same decision on every draw.
@@ -64,7 +64,7 @@ from collapipe_jax.scheduling.dssra import round_problem
 from collapipe_jax.scheduling.policies import POLICIES, policy_rng
 from collapipe_jax.sweep.base import Sweep, register
 from collapipe_jax.sweep.plots import save_figure, subplots
-from collapipe_jax.sweep.policies import policy_settings
+from collapipe_jax.sweep.policies import policy_scenario
 from collapipe_jax.system import evaluate
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.sharded import BATCH_AXIS, batch_mesh, chunked_reduction, global_array, power_grad_sharded
@@ -100,8 +100,10 @@ SCALE_CONFIGS = {
 
 
 def settings() -> list[tuple[str, Scenario]]:
-    """The paper-bert settings of the policy comparison (upload-bound and compute-bound)."""
-    return [(label, s) for label, s in policy_settings() if s.model == "paper-bert"]
+    """paper-bert with N = 3, J = 4 as in the policy comparison: the LoRA upload on Table II as
+    published, and the full encoder upload (E_n^max raised to 1000 J, which it needs)."""
+    return [("paper-bert, lora:8, Table II", policy_scenario("lora:8", 3, 4)),
+            ("paper-bert, full upload, E_n^max 1000 J", policy_scenario("full", 3, 4))]
 
 
 # --------------------------------------------------------------------------- device

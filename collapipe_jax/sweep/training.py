@@ -21,6 +21,7 @@ import numpy as np
 from collapipe_jax.io import atomic_write_json, read_json
 from collapipe_jax.sweep.base import Sweep, register
 from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep.training_claims import framework_claims, s_m_claims
 from collapipe_jax.train import TrainConfig, config_with_recipe, train
 
 TASKS = ("toutiao", "ner", "multi30k")
@@ -52,8 +53,11 @@ def curve_rows(result: dict, **labels) -> list[dict]:
     rows, elapsed = [], 0.0
     for r in result["rounds"]:
         elapsed += r["tau_round_s"]
-        rows.append({**labels, "round": r["round"], "loss": r["loss"], "tau_round_s": r["tau_round_s"],
+        rows.append({"S": float(np.mean(np.count_nonzero(r["decision"]["delta"], axis=1))),  # mean over clusters
+                     "m": float(np.mean(r["decision"]["m"])),
+                     **labels, "round": r["round"], "loss": r["loss"], "tau_round_s": r["tau_round_s"],
                      "cumulative_latency_s": elapsed, "energy_j": r["energy_j"],
+                     "round_cmp_s": r.get("round_cmp_s"), "round_up_s": r.get("round_up_s"),
                      **{f"metric_{k}": v for k, v in r["metrics"].items()}})
     return rows
 
@@ -70,6 +74,7 @@ def compute(scale: str, work_dir, progress) -> dict:
                            "final_loss": result["rounds"][-1]["loss"],
                            "total_latency_s": result["total_latency_s"], "total_energy_j": result["total_energy_j"],
                            "wall_s": float(sum(r["wall_s"] for r in result["rounds"])),
+                           "violating_rounds": sum(1 for r in result["rounds"] if r.get("violations")),
                            **{f"final_{k}": v for k, v in result["final_metrics"].items()}})
             progress(1)
     return {"training": rows, "training-final": finals}
@@ -115,9 +120,13 @@ def findings(tables: dict) -> dict:
             notes.append(f"{task}: per-round losses of {f} and vanilla-fl differ by at most {rel:.2g} (relative): "
                          "pipelining does not change the gradient; the frameworks differ in the upload noise "
                          "(their powers and channels) and in the simulated latency.")
+    bad = [f"{r['task']}/{r['framework']} ({r['violating_rounds']} of {r['rounds']} rounds)" for r in finals
+           if r.get("violating_rounds")]
+    if bad:
+        notes.append("decisions that break a constraint (each round's `violations` names it): " + ", ".join(bad))
     first = finals[0]
     return {"rounds": first["rounds"], "model": first["model"], "batch": first["batch"], "final": finals,
-            "findings": notes}
+            "claims": framework_claims(tables), "findings": notes}
 
 
 register(Sweep("training", compute, plot, findings))
@@ -125,7 +134,7 @@ register(Sweep("training", compute, plot, findings))
 
 # --------------------------------------------------------------------------- learning vs S and m
 
-SM_TASK = "ner"  # BERT, as the paper's Fig. 10
+SM_TASKS = ("multi30k", "ner")  # the Transformer (Fig. 9) and BERT (Fig. 10)
 SM_PLANS = {  # (S, m) over the tiny (L = 4) and small (L = 6) models
     "quick": ((1, 4), (2, 4), (4, 4), (4, 1), (4, 2), (4, 8)),
     "paper": ((1, 4), (2, 4), (3, 4), (6, 4), (6, 1), (6, 2), (6, 8)),
@@ -136,51 +145,62 @@ def plans_of(rows: list[dict]) -> list[tuple[int, int]]:
     return list(dict.fromkeys((r["S"], r["m"]) for r in rows))
 
 
-def sm_config(S: int, m: int, scale: str) -> TrainConfig:
+def sm_config(task: str, S: int, m: int, scale: str) -> TrainConfig:
     base = dict(QUICK, rounds=3) if scale == "quick" else dict(model="small", rounds=30, batch=32, local_steps=2,
                                                                optimizer="adamw", lr=1e-3, max_eval_examples=1000,
                                                                eval_every=10, progress=False)
-    return TrainConfig(task=SM_TASK, policy="default", plan_stages=S, plan_micro_batches=m,
+    return TrainConfig(task=task, policy="default", plan_stages=S, plan_micro_batches=m,
                        micro_batches=min(m, base["batch"]), **base)
 
 
 def sm_compute(scale: str, work_dir, progress) -> dict:
     rows = []
-    for S, m in SM_PLANS[scale]:
-        result = cached_train(work_dir / "runs" / f"S{S}-m{m}.json", sm_config(S, m, scale))
-        rows += curve_rows(result, task=SM_TASK, S=S, m=m)
-        progress(1)
+    for task in SM_TASKS:
+        for S, m in SM_PLANS[scale]:
+            cfg = sm_config(task, S, m, scale)
+            result = cached_train(work_dir / "runs" / f"{task}-S{S}-m{m}.json", cfg)
+            rows += curve_rows(result, task=task, S=S, m=m, model=cfg.model, rounds=cfg.rounds)
+            progress(1)
     return {"learning-vs-s-m": rows}
 
 
 def sm_plot(tables: dict, out) -> None:
     rows = tables["learning-vs-s-m"]
-    fig, axes = subplots(1, 2, figsize=(12, 4))
-    for S, m in plans_of(rows):
-        sel = [r for r in rows if r["S"] == S and r["m"] == m]
-        axes[0].plot([r["round"] for r in sel], [r["loss"] for r in sel], marker="o", label=f"S={S}, m={m}")
-        axes[1].plot([r["cumulative_latency_s"] for r in sel], [r["loss"] for r in sel], marker="o",
-                     label=f"S={S}, m={m}")
-    axes[0].set_xlabel("round")
-    axes[1].set_xlabel("simulated wall-clock Σ τ(t) [s]")
-    for ax in axes:
-        ax.set_ylabel(f"training loss ({SM_TASK})")
-        ax.legend(fontsize=7)
+    fig, axes = subplots(len(SM_TASKS), 2, figsize=(12, 4 * len(SM_TASKS)), squeeze=False)
+    for row, task in zip(axes, SM_TASKS):
+        sel_task = [r for r in rows if r["task"] == task]
+        for S, m in plans_of(sel_task):
+            sel = [r for r in sel_task if r["S"] == S and r["m"] == m]
+            row[0].plot([r["round"] for r in sel], [r["loss"] for r in sel], marker="o", label=f"S={S}, m={m}")
+            row[1].plot([r["cumulative_latency_s"] for r in sel], [r["loss"] for r in sel], marker="o",
+                        label=f"S={S}, m={m}")
+        row[0].set_xlabel("round")
+        row[1].set_xlabel("simulated wall-clock Σ τ(t) [s]")
+        for ax in row:
+            ax.set_ylabel(f"training loss ({task})")
+            ax.legend(fontsize=7)
     save_figure(fig, out / "learning-vs-s-m.png")
 
 
 def sm_findings(tables: dict) -> dict:
     rows = tables["learning-vs-s-m"]
-    plans = plans_of(rows)
-    ref = np.asarray([r["loss"] for r in rows if (r["S"], r["m"]) == plans[0]])
-    spread = max(float(np.max(np.abs(np.asarray([r["loss"] for r in rows if (r["S"], r["m"]) == p]) - ref) / ref))
-                 for p in plans)
-    latency = {f"S={S},m={m}": sum(r["tau_round_s"] for r in rows if (r["S"], r["m"]) == (S, m)) for S, m in plans}
-    return {"max_relative_loss_difference": spread, "total_latency_s": latency, "findings": [
-        f"{SM_TASK}: across the plans {plans} (S, m) the per-round training losses differ by at most "
-        f"{spread:.2g} (relative) with the same seeds: synchronous GPipe with per-sample dropout keys computes the "
-        "same update whatever S and m are, so S and m change the simulated latency only "
-        f"({', '.join(f'{k}: {v:.4g} s' for k, v in latency.items())})."]}
+    notes, spreads, latencies = [], {}, {}
+    for task in SM_TASKS:
+        sel = [r for r in rows if r["task"] == task]
+        plans = plans_of(sel)
+        ref = np.asarray([r["loss"] for r in sel if (r["S"], r["m"]) == plans[0]])
+        spreads[task] = max(float(np.max(np.abs(np.asarray([r["loss"] for r in sel if (r["S"], r["m"]) == p]) - ref)
+                                         / ref)) for p in plans)
+        latencies[task] = {f"S={S},m={m}": sum(r["tau_round_s"] for r in sel if (r["S"], r["m"]) == (S, m))
+                           for S, m in plans}
+        notes.append(f"{task}: across the plans {plans} (S, m) the per-round training losses differ by at most "
+                     f"{spreads[task]:.2g} (relative) with the same seeds: synchronous GPipe with per-sample dropout "
+                     "keys computes the same update whatever S and m are, so S and m change the simulated latency "
+                     f"only ({', '.join(f'{k}: {v:.4g} s' for k, v in latencies[task].items())}).")
+    first = rows[0]
+    setting = f"{first.get('model')} model, {first.get('rounds')} rounds, fixed uniform plans, same seeds"
+    return {"max_relative_loss_difference": spreads, "total_latency_s": latencies,
+            "claims": s_m_claims(tables, setting), "findings": notes}
 
 
 register(Sweep("learning-vs-s-m", sm_compute, sm_plot, sm_findings))

@@ -1,5 +1,7 @@
 """Energy model: Eq. 12, 14 and 16. Pure `jnp`.
 
+Eq. 12 charges the CU's upload of θ^enc only (as printed; τ^up of Eq. 11 carries z^enc + θ^enc).
+
 Eq. 16 multiplies CPU cycles by f_k², which needs the effective switched capacitance κ
 (DESIGN.md §3, κ = 1e−28 by default): the compute energy of `cycles` is κ f_k² · cycles.
 
@@ -20,9 +22,11 @@ import jax.numpy as jnp
 from collapipe_jax.system.latency import charged_d2d
 
 
-def upload_energy(p_n, tau_up):
-    """Eq. 12: E^com_n = p_n τ^up_n."""
-    return p_n * tau_up
+def upload_energy(p_n, tau_theta):
+    """Eq. 12 as printed: E^com_n = p_n θ^enc / r_n, with `tau_theta` = θ^enc / r_n the airtime of
+    the encoder parameters alone. The CU pays for θ^enc; z^enc, which τ^up (Eq. 11) carries as
+    well, is the last device's activation upload (§III-B step 3), which no energy term charges."""
+    return p_n * tau_theta
 
 
 def micro_batch_factor(m, variant: str = "paper"):

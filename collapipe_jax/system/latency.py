@@ -132,6 +132,16 @@ def pipeline_latency(stage_s, m, scheduled, last, tau_dd, variant: str = "paper"
     return jnp.sum(stage_s, axis=1) + (m - 1) * top
 
 
+def pipeline_compute_latency(tau_cmp, m, scheduled, last, variant: str = "paper"):
+    """τ^pipe of the variant with every D2D delay zero: the pipeline's on-device computation
+    time, (S + m − 1) max_k τ^cmp_k (paper) or Σ_k τ^cmp_k + (m − 1) max_k τ^cmp_k (consistent).
+    τ^pipe minus this is what the D2D links add (under ``paper`` it can be negative: Eq. 15
+    subtracts τ^dd_last while the max may be set by another device's computation)."""
+    zeros = jnp.zeros_like(tau_cmp)
+    stage = stage_times(tau_cmp, zeros, scheduled, last, variant)
+    return pipeline_latency(stage, m, scheduled, last, zeros, variant)
+
+
 def round_latency(tau_pipe, tau_up):
     """Eq. 26: τ(t) = max_n (τ^pipe_n + τ^up_n): the server waits for the slowest cluster."""
     return jnp.max(tau_pipe + tau_up, axis=0)

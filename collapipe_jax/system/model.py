@@ -73,7 +73,7 @@ def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") ->
                                state.fading)
     tau_up = latency.uplink_delay(state.theta_enc_bits + state.z_enc_bits, rate, assigned)
 
-    e_com = energy.upload_energy(decision.p_n_w, tau_up)
+    e_com = energy.upload_energy(decision.p_n_w, latency.uplink_delay(state.theta_enc_bits, rate, assigned))
     e_sch = iterations[:, None] * energy.device_energy(state.kappa, state.f_hz, cycles, state.p_k_w, tau_dd, m,
                                                       scheduled, last, variant)
 

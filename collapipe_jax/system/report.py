@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from collapipe_jax.scenario import Decision, Scenario, SystemState, orders_of
+from collapipe_jax.system import latency
 
 
 def _list(x):
@@ -69,6 +70,28 @@ def metrics_dict(metrics) -> dict:
         "eps": _list(metrics.eps),
         "Gamma": _list(metrics.Gamma),
     }
+
+
+def time_split(decision: Decision, metrics, variant: str = "paper") -> dict:
+    """Each cluster's round time in its parts (Fig. 7/8 compare the computation part):
+
+    tau_pipe_cmp_s [N]  on-device computation: τ^pipe with every D2D delay zero
+                        (`latency.pipeline_compute_latency`)
+    tau_pipe_dd_s  [N]  what the D2D links add: τ^pipe − tau_pipe_cmp_s
+    tau_up_s       [N]  the upload (Eq. 11)
+    round_cmp_s, round_dd_s, round_up_s   the round's: the largest over the clusters of each part
+                        (each its own max, so they need not sum to τ(t) = max_n (τ^pipe_n + τ^up_n))
+    """
+    delta = np.asarray(decision.delta)
+    scheduled = delta > 0
+    last = scheduled & (np.asarray(decision.rank) == scheduled.sum(axis=1, keepdims=True) - 1)
+    m = np.asarray(decision.m, np.float32)
+    cmp = np.asarray(latency.pipeline_compute_latency(np.asarray(metrics.tau_cmp_s), m, scheduled, last, variant),
+                     float)
+    dd = np.asarray(metrics.tau_pipe_s, float) - cmp
+    up = np.asarray(metrics.tau_up_s, float)
+    return {"tau_pipe_cmp_s": cmp.tolist(), "tau_pipe_dd_s": dd.tolist(), "tau_up_s": up.tolist(),
+            "round_cmp_s": float(cmp.max()), "round_dd_s": float(dd.max()), "round_up_s": float(up.max())}
 
 
 def constraint_violations(state: SystemState, decision: Decision, metrics) -> list[dict]:

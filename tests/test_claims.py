@@ -1,0 +1,237 @@
+"""claims.json: the format, the reproduction rules by hand, every listed id computed by a sweep's
+`findings` from (small, synthetic) tables, and the report that renders them."""
+
+import json
+import math
+import types
+
+import pytest
+
+from collapipe_jax.errors import ValidationError
+from collapipe_jax.report import write_report
+from collapipe_jax.sweep import frameworks, memory, policies, segments, training
+from collapipe_jax.sweep.claims import CLAIM_IDS, FIELDS, change_pct, claim, is_measurement, within_factor_two
+
+VARIANTS = ("paper", "consistent")
+
+
+def test_claim_format_and_errors():
+    c = claim("fig11-vs-random", "DSSRA vs random", -7.12, -5.0, "N=3", True)
+    assert list(c) == list(FIELDS) and c["why"] == ""
+    for bad in (dict(id="fig99"), dict(measured=float("nan")), dict(measured="12%"), dict(measured=True),
+                dict(measured={"a": "x"}), dict(measured=[]), dict(setting=3)):
+        kw = {**dict(id="fig11-vs-random", claim="c", paper=-7.12, measured=-5.0, setting="s", reproduced=True), **bad}
+        with pytest.raises(ValidationError):
+            claim(**kw)
+    assert is_measurement({"S": [5.0, 4.0], "m": 3}) and not is_measurement({"S": [float("inf")]})
+
+
+def test_reproduction_rule_by_hand():
+    assert change_pct(84.91, 100.0) == pytest.approx(-15.09)
+    assert within_factor_two(-15.09, -15.09) and within_factor_two(-7.6, -15.09) and within_factor_two(-30.1, -15.09)
+    assert not within_factor_two(-7.5, -15.09) and not within_factor_two(-30.2, -15.09)
+    assert not within_factor_two(15.09, -15.09) and not within_factor_two(0.0, -15.09)
+
+
+# --------------------------------------------------------------------------- synthetic tables
+
+
+def segment_tables():
+    fig4 = []
+    for flops, _ in segments.FLOPS:
+        for variant in VARIANTS:
+            for S in (1, 2, 3, 6):
+                for m in range(1, 9):
+                    # interior optimum at (2, 2) under paper, the boundary (1, 8) under consistent
+                    tau = (S - 2) ** 2 + (m - 2) ** 2 + 1.0 if variant == "paper" else S + 1.0 / m
+                    fig4.append({"flops": flops, "variant": variant, "S": S, "m": m, "tau_pipe_s": tau, "draws": 2})
+    fig5 = []
+    for tunable in ("full", "lora:8"):
+        for flops, _ in segments.FLOPS:
+            for variant in VARIANTS:
+                S, m = ([5, 4, 3], [13, 10, 9]) if variant == "paper" else ([3, 3, 3], [64, 64, 64])
+                for t in range(2):
+                    for rank in range(3):
+                        fig5.append({"flops": flops, "variant": variant, "tunable": tunable, "round": t, "rank": rank,
+                                     "cluster": rank, "S": S[rank], "m": m[rank], "min_S_memory": 3,
+                                     "tau_pipe_s": 2.0, "uniform_tau_pipe_s": 3.0, "uniform_m": 1})
+    return {"fig4": fig4, "fig5": fig5}
+
+
+def framework_tables():
+    cmp = {"collapipe": 84.91, "collapipe-wo-ss": 103.97, "vanilla-fl": 100.0, "pipeline": 142.84, "titanic": 104.79}
+    rows = []
+    for figure, model in frameworks.FIGURES:
+        for tunable in ("full", "lora:8"):
+            for variant in VARIANTS:
+                for name, _, _ in frameworks.ENTRANTS:
+                    latency = 40.0 if name == "collapipe" else 100.0
+                    rows.append({"figure": figure, "model": model, "tunable": tunable, "variant": variant,
+                                 "framework": name, "rounds": 5, "total_cmp_s": cmp[name], "total_dd_s": 1.0,
+                                 "total_up_s": 10.0, "total_latency_s": latency,
+                                 "violating_rounds": 5 if name == "vanilla-fl" else 0,
+                                 "violated": "C7" if name == "vanilla-fl" else "", "mean_S": 3.0, "mean_m": 2.0})
+    return {"frameworks": rows}
+
+
+def policy_tables():
+    latency = {"dssra": 53.56, "loss-only": 100.0, "delay-only": 100.0, "random": 100.0}
+    totals, per_round = [], []
+    for N, J in policies.CLUSTERS:
+        for tunable in ("full", "lora:8"):
+            for variant in VARIANTS:
+                label = policies.setting_label(tunable, N, J, variant)
+                for V in policies.VS:
+                    for p in policies.POLICIES:
+                        totals.append({"setting": label, "N": N, "J": J, "tunable": tunable, "variant": variant,
+                                       "V": V, "policy": p, "uses_V": p in policies.V_POLICIES, "rounds": 4,
+                                       "total_latency_s": latency.get(p, 70.0), "total_cmp_s": 1.0, "total_up_s": 30.0,
+                                       "mean_solve_ms": 1.0, "max_Y": 0.0, "mean_Gamma": 0.03,
+                                       "violating_rounds": 0})
+                        per_round += [{"setting": label, "V": V, "policy": p, "round": t, "tau_round_s": 1.0,
+                                       "max_Y": 0.0, "mean_Gamma": 0.03, "solve_ms": 1.0} for t in range(4)]
+    return {"policies": totals, "policies-per-round": per_round}
+
+
+def memory_tables(vanilla_bytes=5.5e9, segment_bytes=2.0e9):
+    rows = []
+    for preset, L in (("paper-bert", 12), ("paper-transformer", 6)):
+        for delta in sorted({1, 2, L // 3, L // 2, L}):
+            peak = {2: segment_bytes, L: vanilla_bytes}.get(delta, vanilla_bytes * delta / L)
+            rows.append({"preset": preset, "delta": delta, "L": L, "batch": 64, "xla_peak_bytes": peak,
+                         "xla_temp_bytes": 0.0, "xla_argument_bytes": 0.0, "analytic_bytes": peak})
+    return {"memory": rows}
+
+
+def training_tables(bleu=None, accuracy=None, S_m=None):
+    bleu = bleu or {"collapipe": 23.9, "vanilla-fl": 20.0, "pipeline": 19.0, "titanic": 20.0}
+    accuracy = accuracy or {"collapipe": 0.8500, "vanilla-fl": 0.85, "pipeline": 0.8318, "titanic": 0.8485}
+    S_m = S_m or {"collapipe": (2, 2), "vanilla-fl": (1, 1), "pipeline": (6, 4), "titanic": (3, 4)}
+    loss = {"collapipe": 1.0, "vanilla-fl": 1.1, "pipeline": 1.3, "titanic": 1.2}
+    metric = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
+    rows, finals = [], []
+    for task in training.TASKS:
+        for f in training.FRAMEWORKS:
+            value = {"multi30k": bleu[f], "toutiao": accuracy[f], "ner": 0.5}[task]
+            for t in range(2):
+                rows.append({"task": task, "framework": f, "round": t, "loss": loss[f] + 1 - t, "tau_round_s": 1.0,
+                             "cumulative_latency_s": t + 1.0, "energy_j": 1.0, f"metric_{metric[task]}": value,
+                             "S": float(S_m[f][0]), "m": float(S_m[f][1])})
+            finals.append({"task": task, "framework": f, "rounds": 2, "model": "tiny", "batch": 8,
+                           "final_loss": loss[f], "total_latency_s": 2.0, "total_energy_j": 2.0,
+                           f"final_{metric[task]}": value})
+    return {"training": rows, "training-final": finals}
+
+
+def s_m_tables(losses=None, bleu=None):
+    """learning-vs-s-m rows: (S, m) plans of the Transformer (multi30k) and BERT (ner) runs."""
+    plans = ((1, 4), (2, 2), (4, 4), (4, 1), (4, 8))
+    losses = losses or {(1, 4): 1.3, (2, 2): 1.0, (4, 4): 1.2, (4, 1): 0.9, (4, 8): 1.25}
+    bleu = bleu or {(1, 4): 10.0, (2, 2): 14.0, (4, 4): 11.0, (4, 1): 12.0, (4, 8): 9.0}
+    rows = []
+    for task in training.SM_TASKS:
+        for S, m in plans:
+            for t in range(2):
+                value = {"multi30k": {"metric_bleu": bleu[(S, m)]}, "ner": {"metric_entity_f1": 0.4}}[task]
+                rows.append({"task": task, "S": S, "m": m, "model": "tiny", "rounds": 2, "round": t,
+                             "loss": losses[(S, m)] + 1 - t, "tau_round_s": 1.0, "cumulative_latency_s": t + 1.0,
+                             "energy_j": 1.0, **value})
+    return {"learning-vs-s-m": rows}
+
+
+SWEEP_TABLES = {"segments": (segments, segment_tables), "frameworks": (frameworks, framework_tables),
+                "policies": (policies, policy_tables), "memory": (memory, memory_tables),
+                "training": (training, training_tables),
+                "learning-vs-s-m": (types.SimpleNamespace(findings=training.sm_findings), s_m_tables)}
+
+
+def all_claims():
+    return {name: module.findings(build())["claims"] for name, (module, build) in SWEEP_TABLES.items()}
+
+
+def by_id(claims, cid):
+    return [c for c in claims if c["id"] == cid]
+
+
+def test_every_listed_id_is_computed_by_a_sweep_with_a_number():
+    found = [c for claims in all_claims().values() for c in claims]
+    assert {c["id"] for c in found} == set(CLAIM_IDS)
+    for c in found:
+        assert list(c) == list(FIELDS) and is_measurement(c["measured"])
+        assert c["reproduced"] or c["why"], c  # an unreproduced claim says why
+        json.dumps(c, allow_nan=False)
+
+
+def test_claims_follow_the_tables():
+    claims = all_claims()
+    fw = claims["frameworks"]
+    # −15.09% by construction in every setting: reproduced, measured = the tables' change
+    for c in by_id(fw, "fig7-vs-vanillafl"):
+        assert c["measured"] == pytest.approx(-15.09) and c["reproduced"]
+    assert len(by_id(fw, "fig7-vs-vanillafl")) == 4  # both uploads x both variants
+    for c in by_id(fw, "fig8-vanillafl-vs-pipeline"):
+        assert c["measured"] == pytest.approx(change_pct(100.0, 142.84)) and "vanilla-fl breaks C7" in c["setting"]
+    for c in by_id(fw, "abstract-latency"):  # 40 against 100 for every baseline: −60% ≤ −48.98%
+        assert c["measured"]["least_reduction_pct"] == pytest.approx(-60.0) and c["reproduced"]
+    pol = claims["policies"]
+    assert len(by_id(pol, "fig11-vs-loss-only")) == 8  # N ∈ {3, 6} x uploads x variants
+    for c in by_id(pol, "fig11-vs-loss-only"):
+        assert c["measured"] == pytest.approx(-46.44) and c["reproduced"] and "V = 0.01" in c["setting"]
+    assert any("N=6, J=4" in c["setting"] for c in pol)
+    seg = claims["segments"]
+    fig4 = {c["setting"].split(", ")[-2]: c for c in by_id(seg, "fig4-best-S-m")}
+    assert fig4["paper"]["measured"]["S"] == 2 and fig4["paper"]["measured"]["m"] == 2 and fig4["paper"]["reproduced"]
+    assert fig4["consistent"]["measured"]["m"] == 8 and not fig4["consistent"]["reproduced"]
+    for c in by_id(seg, "fig5-S-m-heterogeneous"):
+        assert c["reproduced"] == ("paper" in c["setting"].split(", "))  # m 13 vs 14 within 1.5x; 64 is not
+    (mem,) = claims["memory"]
+    assert mem["measured"]["ratio"] == pytest.approx(2.0 / 5.5) and mem["reproduced"]
+    tr = claims["training"]
+    (bleu,) = by_id(tr, "fig6-bleu")
+    assert bleu["measured"]["least_gain_pct"] == pytest.approx(100 * (23.9 / 20.0 - 1)) and bleu["reproduced"]
+    (acc,) = by_id(tr, "fig6-accuracy-vs-pipeline")
+    assert acc["measured"]["difference_pp"] == pytest.approx(1.82) and acc["reproduced"]
+    sm = claims["learning-vs-s-m"]
+    (fig9,) = by_id(sm, "fig9-best-S-m-transformer")
+    assert (fig9["measured"]["S"], fig9["measured"]["m"]) == (2, 2) and fig9["reproduced"]  # best BLEU at (2, 2)
+    (fig10,) = by_id(sm, "fig10-smaller-m-better")
+    assert fig10["measured"]["smallest_m"] == 1 and fig10["measured"]["largest_m"] == 8 and fig10["reproduced"]
+
+
+def test_unreproduced_and_unlearned_claims_say_why():
+    tr = training.findings(training_tables(bleu={"collapipe": 0.0, "vanilla-fl": 0.0, "pipeline": 0.0,
+                                                 "titanic": 0.0}))["claims"]
+    (bleu,) = by_id(tr, "fig6-bleu")
+    assert not bleu["reproduced"] and "not learned" in bleu["why"]
+    assert all(math.isfinite(v) for v in bleu["measured"].values())
+    # losses equal up to float noise and the same BLEU: no plan learns better, whatever its S and m
+    plans = ((1, 4), (2, 2), (4, 4), (4, 1), (4, 8))
+    tables = s_m_tables(losses={p: 1.0 + 1e-7 * p[1] for p in plans}, bleu=dict.fromkeys(plans, 20.0))
+    sm = training.sm_findings(tables)["claims"]
+    for cid in ("fig10-smaller-m-better", "fig9-best-S-m-transformer"):
+        (c,) = by_id(sm, cid)
+        assert not c["reproduced"] and "gradient" in c["why"]
+    (mem,) = memory.findings(memory_tables(vanilla_bytes=3.5e9, segment_bytes=0.6e9))["claims"]
+    assert not mem["reproduced"] and "XLA peak" in mem["why"]
+
+
+def test_report_writes_claims_json_and_renders_them_first(tmp_path):
+    summaries = {name: {"sweep": name, "scale": "quick", "seconds": 1.0, **module.findings(build())}
+                 for name, (module, build) in SWEEP_TABLES.items() if name not in ("training", "learning-vs-s-m")}
+    path = write_report(tmp_path, summaries)
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    learning = {c["id"] for name in ("training", "learning-vs-s-m") for c in all_claims()[name]}
+    assert {c["id"] for c in claims} == set(CLAIM_IDS) - learning
+    text = path.read_text()
+    assert text.index("## Claims") < text.index("## segments")
+    assert "| fig11-vs-random |" in text and "Not measured" in text and "fig6-bleu" in text.split("Not measured")[1]
+    with pytest.raises(ValidationError):
+        write_report(tmp_path, {"x": {"claims": [{"id": "fig4-best-S-m"}]}})
+
+
+def test_plots_draw_from_synthetic_tables(tmp_path):
+    for name in ("segments", "frameworks", "policies"):
+        module, build = SWEEP_TABLES[name]
+        module.plot(build(), tmp_path)
+    assert {p.name for p in tmp_path.glob("*.png")} >= {"fig4-uniform-split.png", "fig5-heterogeneous.png",
+                                                         "frameworks.png", "policies.png", "queues.png"}
