@@ -191,7 +191,7 @@ def test_gradient_map_is_the_closed_form(swept):
     assert len(rows) == len(dist.settings()) * len(VARIANTS) * TINY.grid ** 2
     for label, s in dist.settings():
         h, B = float(np.mean(s.h_n)), float(np.mean(s.B_U_hz))
-        bits = s.theta_enc_bits + s.z_enc_bits
+        bits = s.uploaded_theta_bits + s.z_enc_bits  # the lora:8 setting uploads the adapters
         for variant in VARIANTS:
             sel = [r for r in rows if r["setting"] == label and r["variant"] == variant]
             p, interference = np.array([r["p_n_w"] for r in sel]), np.array([r["I_w"] for r in sel])
