@@ -18,8 +18,10 @@ install-cuda: .venv/.installed-$(or $(CUDA),cuda)
 	$(PIP) install -e ".[test,$*]"
 	touch $@
 
+# two pytest workers (pytest-xdist): the suite is compile-bound and a 2-core machine has two
+# cores to compile on; JOBS=1 runs it in one process
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(or $(JOBS),2)
 
 # the suite with the GPU as JAX's default backend (8 host CPU devices beside it for the
 # fixed-size meshes, matmuls pinned to full f32: tests/conftest.py)
