@@ -23,8 +23,8 @@ drop=)`, `server_loss(server, enc_out, pad_mask, batch, drop=None) -> (loss_sum,
 "ner", [B] for "sentence").
 
 Dropout (as BERT: hidden_dropout on the embedding output and before the classifier, besides the
-TEBs' own): `drop` is None (deterministic) or per-sample keys (`models/dropout.py`); the heads
-use site 0 of the server stream. Compute dtype: `embed_apply(..., dtype=)` casts the embedding
+TEBs' own): `drop` is None (deterministic) or per-sample keys (`models/dropout.py`); the
+embedding's and the heads' masks are drawn from the EMBED and the SERVER stream's keys. Compute dtype: `embed_apply(..., dtype=)` casts the embedding
 output, the encoder and the heads follow its dtype, logits and the loss are fp32.
 """
 
@@ -38,7 +38,7 @@ import flax.linen as nn
 
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.models.config import ModelConfig
-from collapipe_jax.models.dropout import SampleDropout, dropout
+from collapipe_jax.models.dropout import SampleDropout, dropout, site_masks
 from collapipe_jax.models.teb import fill_params, init_encoder_stack
 from collapipe_jax.models.transformer import sample_weights
 
@@ -83,7 +83,7 @@ def embed_apply(
     s = tokens.shape[-1]
     x = embed_params["tok_embed"][tokens] + embed_params["pos_embed"][:s][None]
     x = nn.LayerNorm(dtype=dtype).apply({"params": embed_params["ln"]}, x)
-    return dropout(drop, x, 0), tokens != PAD
+    return dropout(drop, x, site_masks(drop, x.shape[1:])[0]), tokens != PAD
 
 
 def _dense(params, x):
@@ -94,10 +94,10 @@ def server_logits(server_params: dict, enc_out: jax.Array, drop: SampleDropout |
     """fp32 [B, s, C] token logits (task "ner") or [B, C] sentence logits from [CLS] (task
     "sentence"), computed in enc_out's dtype; dropout before the classifier, as BERT."""
     if "token_head" in server_params:
-        logits = _dense(server_params["token_head"], dropout(drop, enc_out, 0))
+        logits = _dense(server_params["token_head"], dropout(drop, enc_out, site_masks(drop, enc_out.shape[1:])[0]))
     else:
         pooled = jnp.tanh(_dense(server_params["pooler"], enc_out[:, 0]))
-        logits = _dense(server_params["cls_head"], dropout(drop, pooled, 0))
+        logits = _dense(server_params["cls_head"], dropout(drop, pooled, site_masks(drop, pooled.shape[1:])[0]))
     return logits.astype(jnp.float32)
 
 

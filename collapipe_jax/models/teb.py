@@ -5,8 +5,8 @@ A TEB is the post-LN encoder block of the original Transformer and of BERT:
     y = LayerNorm(x + Dropout(MultiHeadAttention(x, x, x; key padding mask)))
     z = LayerNorm(y + Dropout(W₂ GELU(W₁ y + b₁) + b₂))
 
-with dropout also on the attention probabilities (BERT's attention_probs_dropout; sites 0, 1, 2
-in the order above). Its parameters (the pytree of one layer, shapes for width d, h heads, FFN
+with dropout also on the attention probabilities (BERT's attention_probs_dropout): sites 0 =
+the probabilities [h, s, s], 1 = the attention output [s, d], 2 = the FFN output [s, d]. Its parameters (the pytree of one layer, shapes for width d, h heads, FFN
 width f):
 
     attn/query, attn/key, attn/value:  kernel [d, h, d/h], bias [h, d/h]
@@ -48,7 +48,7 @@ import flax.linen as nn
 import numpy as np
 
 from collapipe_jax.models.config import ModelConfig
-from collapipe_jax.models.dropout import SampleDropout, dropout, fold
+from collapipe_jax.models.dropout import SampleDropout, dropout, fold, site_masks
 from collapipe_jax.models.lora import LoRADenseGeneral
 
 # A large finite negative (not -inf) for masked scores: a row whose keys are all padding (a
@@ -87,18 +87,19 @@ class MultiHeadAttention(nn.Module):
         """Keys and values [B, k, h, d_h] of x_kv [B, k, d]."""
         return self.key(x_kv), self.value(x_kv)
 
-    def attend(self, q, k, v, mask, drop: SampleDropout | None = None, site: int = 0) -> jax.Array:
-        """Output [B, q, d] of the projected queries q [B, q, h, d_h] over keys/values [B, k, h, d_h]."""
+    def attend(self, q, k, v, mask, drop: SampleDropout | None = None, keep: jax.Array | None = None) -> jax.Array:
+        """Output [B, q, d] of the projected queries q [B, q, h, d_h] over keys/values [B, k, h, d_h];
+        dropout on the probabilities with the keep-mask `keep` [B, h, q, k]."""
         scores = jnp.einsum("bqhc,bkhc->bhqk", q, k) / jnp.sqrt(jnp.asarray(self.d_head, q.dtype))
         scores = jnp.where(mask, scores, jnp.asarray(_MASKED_SCORE, scores.dtype))
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
-        probs = dropout(drop, probs, site)
+        probs = dropout(drop, probs, keep)
         ctx = jnp.einsum("bhqk,bkhc->bqhc", probs, v)
         return self.out(ctx)
 
-    def __call__(self, x_q, x_kv, mask, drop: SampleDropout | None = None, site: int = 0) -> jax.Array:
+    def __call__(self, x_q, x_kv, mask, drop: SampleDropout | None = None, keep: jax.Array | None = None) -> jax.Array:
         q = self.query(x_q)  # projected before k, v: the order of the backward's sums, as before
-        return self.attend(q, *self.kv(x_kv), mask, drop, site)
+        return self.attend(q, *self.kv(x_kv), mask, drop, keep)
 
 
 class TEB(nn.Module):
@@ -110,13 +111,14 @@ class TEB(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, pad_mask: jax.Array, drop: SampleDropout | None = None) -> jax.Array:
-        d = x.shape[-1]
+        s, d = x.shape[-2:]
+        keep = site_masks(drop, (self.n_heads, s, s), (s, d), (s, d))
         mask = attention_mask(None, pad_mask)
-        attn = MultiHeadAttention(self.n_heads, d // self.n_heads, self.dtype, name="attn")(x, x, mask, drop, 0)
-        x = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x + dropout(drop, attn, 1))
+        attn = MultiHeadAttention(self.n_heads, d // self.n_heads, self.dtype, name="attn")(x, x, mask, drop, keep[0])
+        x = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x + dropout(drop, attn, keep[1]))
         y = nn.gelu(nn.Dense(self.d_ff, dtype=self.dtype, name="ffn_in")(x), approximate=False)
         y = nn.Dense(d, dtype=self.dtype, name="ffn_out")(y)
-        return nn.LayerNorm(dtype=self.dtype, name="ln_ffn")(x + dropout(drop, y, 2))
+        return nn.LayerNorm(dtype=self.dtype, name="ln_ffn")(x + dropout(drop, y, keep[2]))
 
 
 def fill_params(key: jax.Array, shapes, lead: int = 0, dtype=jnp.float32):

@@ -23,9 +23,9 @@ is sample_weight × (token ≠ PAD).
 Dropout (Vaswani et al., §5.4: on the sums of embeddings and positions, and on every
 sub-layer's output before the residual add; plus the attention probabilities, as in BERT and
 the tensor2tensor Transformer): `drop` arguments are None (deterministic) or per-sample keys
-(`models/dropout.py`); on the server stream the target embedding is site 0 and decoder block l
-uses the sub-stream fold_in(fold_in(k, 1), l), with sites 0 self-attention probs,
-1 self-attention output, 2 cross-attention probs, 3 cross-attention output, 4 FFN output.
+(`models/dropout.py`). The server stream's keys draw the target embedding's mask; decoder block
+l draws its masks from fold_in(fold_in(k_server, 1), l), sites 0 self-attention probabilities,
+1 self-attention output, 2 cross-attention probabilities, 3 cross-attention output, 4 FFN output.
 Compute dtype: the source embedding is cast to `dtype`, the decoder runs in enc_out's dtype,
 logits and the loss are fp32.
 
@@ -46,7 +46,7 @@ import flax.linen as nn
 import numpy as np
 
 from collapipe_jax.models.config import ModelConfig
-from collapipe_jax.models.dropout import SampleDropout, dropout, fold
+from collapipe_jax.models.dropout import SampleDropout, dropout, fold, site_masks
 from collapipe_jax.models.teb import MultiHeadAttention, attention_mask, fill_params, init_encoder_stack
 
 PAD, BOS, EOS = 0, 1, 2
@@ -75,7 +75,7 @@ def embed_apply(
 ) -> tuple[jax.Array, jax.Array]:
     """Source embedding on the CU: (x [B, s, d] in `dtype`, pad_mask [B, s] with True = real token)."""
     x = _embed_tokens(embed_params["tok_embed"], tokens).astype(dtype)
-    return dropout(drop, x, 0), tokens != PAD
+    return dropout(drop, x, site_masks(drop, x.shape[1:])[0]), tokens != PAD
 
 
 class DecoderBlock(nn.Module):
@@ -101,12 +101,14 @@ class DecoderBlock(nn.Module):
 
     def _block(self, y, self_kv, self_mask, cross_kv, cross_mask, drop):
         """The block on y [B, t, d]; self_kv(y) gives the self-attention keys/values."""
+        (t, d), s_src = y.shape[-2:], cross_kv[0].shape[-3]
+        keep = site_masks(drop, (self.n_heads, t, t), (t, d), (self.n_heads, t, s_src), (t, d), (t, d))
         q = self.self_attn.query(y)  # before the keys/values: the order of the backward's sums
-        y = self.ln_self(y + dropout(drop, self.self_attn.attend(q, *self_kv(y), self_mask, drop, 0), 1))
+        y = self.ln_self(y + dropout(drop, self.self_attn.attend(q, *self_kv(y), self_mask, drop, keep[0]), keep[1]))
         q = self.cross_attn.query(y)
-        y = self.ln_cross(y + dropout(drop, self.cross_attn.attend(q, *cross_kv, cross_mask, drop, 2), 3))
+        y = self.ln_cross(y + dropout(drop, self.cross_attn.attend(q, *cross_kv, cross_mask, drop, keep[2]), keep[3]))
         h = nn.gelu(self.ffn_in(y), approximate=False)
-        return self.ln_ffn(y + dropout(drop, self.ffn_out(h), 4))
+        return self.ln_ffn(y + dropout(drop, self.ffn_out(h), keep[4]))
 
     def __call__(self, y, tgt_ok, enc_out, src_ok, drop: SampleDropout | None = None):
         self_mask = attention_mask(tgt_ok, tgt_ok, causal=True)
@@ -176,10 +178,11 @@ def decoder_logits(
 ) -> jax.Array:
     """fp32 logits [B, t, V] of the next token at every position of the decoder input dec_in [B, t]."""
     tgt_ok = dec_in != PAD
-    y = dropout(drop, _embed_tokens(server_params["tgt_embed"], dec_in).astype(enc_out.dtype), 0)
+    y = _embed_tokens(server_params["tgt_embed"], dec_in).astype(enc_out.dtype)
+    y = dropout(drop, y, site_masks(drop, y.shape[1:])[0])
     block = _decoder_block(server_params["decoder"], enc_out.dtype)
     n_layers = jax.tree.leaves(server_params["decoder"])[0].shape[0]
-    blocks_drop = fold(drop, 1)  # the server stream: site 0 = target embedding, sub-stream 1 = blocks
+    blocks_drop = fold(drop, 1)  # the server stream draws the target embedding's mask, sub-stream 1 the blocks'
 
     def body(h, layer):
         params, index = layer
