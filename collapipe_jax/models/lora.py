@@ -106,7 +106,9 @@ def lora_trainable_mask(tree: dict) -> dict:
 
 
 def freeze_base(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`optimizer` on the LoRA adapters, zero updates (and no optimizer state) on the frozen base."""
+    """`optimizer` on the LoRA adapters, zero updates (and no optimizer state) on the frozen base.
+    For the client params: everything in the tree that is not an adapter is frozen (the server's
+    decoder/head, which trains fully, keeps its own optimizer)."""
     return optax.multi_transform({True: optimizer, False: optax.set_to_zero()}, lora_trainable_mask)
 
 

@@ -22,8 +22,8 @@ Training options (keyword arguments of `split_model_loss`):
 
 * `dropout_key` (a PRNG key, e.g. folded from (round, cluster, local step) by the trainer) and
   `dropout` (the rate): sample b of the batch gets the key fold_in(dropout_key, b), and every
-  mask is drawn from it folded with the stream, layer and site (`models/dropout.py`), so the
-  pipelined and the unpipelined model draw identical masks. No key (evaluation) or rate 0 is
+  layer's masks are drawn from it folded with the stream and the layer index
+  (`models/dropout.py`), so the pipelined and the unpipelined model draw identical masks. No key (evaluation) or rate 0 is
   the deterministic model, bit for bit.
 * `dtype` ("float32" | "bfloat16"): the compute dtype; params stay fp32 (cast at use), the loss
   is fp32.
