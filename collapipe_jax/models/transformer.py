@@ -228,14 +228,18 @@ def greedy_decode(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, 
     n_layers = jax.tree.leaves(layers)[0].shape[0]
     pe = jnp.asarray(sinusoidal_positions(max_len, n_heads * d_head))
 
-    cross = jax.vmap(lambda p: block.apply({"params": p}, enc_out, method=DecoderBlock.cross_kv))(layers)
-    zeros = jnp.zeros((n_layers, batch, max_len, n_heads, d_head), dtype)
+    # Per-layer params, cross K/V and caches as Python lists (n_dec is small and static): the
+    # caches are then separate while-loop buffers that XLA updates in place, where a scan over
+    # the layer axis would copy every layer's cache in and out at each step.
+    per_layer = [jax.tree.map(lambda a, l=l: a[l], layers) for l in range(n_layers)]
+    cross = [block.apply({"params": p}, enc_out, method=DecoderBlock.cross_kv) for p in per_layer]
+    zeros = jnp.zeros((batch, max_len, n_heads, d_head), dtype)
     state = {
         "i": jnp.zeros((), jnp.int32),
         "tok": jnp.full((batch,), BOS, jnp.int32),
         "done": ~jnp.any(pad_mask, axis=-1),
         "key_ok": jnp.zeros((batch, max_len), bool),
-        "cache": (zeros, zeros),
+        "cache": [(zeros, zeros)] * n_layers,
         "out": jnp.full((batch, max_len), PAD, jnp.int32),
     }
 
@@ -245,12 +249,10 @@ def greedy_decode(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, 
         y = _embed_tokens(server_params["tgt_embed"], s["tok"][:, None], jax.lax.dynamic_slice_in_dim(pe, i, 1))
         y = y.astype(dtype)
 
-        def layer(h, xs):
-            params, cache, cross_kv = xs
-            h, cache = block.apply({"params": params}, h, i, cache, key_ok, cross_kv, pad_mask, method=DecoderBlock.step)
-            return h, cache
-
-        y, cache = jax.lax.scan(layer, y, (layers, s["cache"], cross))
+        cache = []
+        for params, layer_cache, cross_kv in zip(per_layer, s["cache"], cross):
+            y, layer_cache = block.apply({"params": params}, y, i, layer_cache, key_ok, cross_kv, pad_mask, method=DecoderBlock.step)
+            cache.append(layer_cache)
         tok = jnp.argmax(_out_proj(server_params, y)[:, 0], axis=-1)
         tok = jnp.where(s["done"], PAD, tok).astype(jnp.int32)
         return {
