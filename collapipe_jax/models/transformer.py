@@ -212,8 +212,8 @@ def server_loss(
 def greedy_decode(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, max_len: int) -> jax.Array:
     """Greedy translation [B, max_len]: argmax token by token, PAD after EOS (no beam search).
 
-    Key/value cache: each step embeds one token, appends its self-attention key/value to a
-    per-layer cache [n_dec, B, max_len, h, d_h] and attends over the cache, so a step costs one
+    Key/value cache: each step embeds one token, appends its self-attention key/value to its
+    layer's cache (k, v) [B, max_len, h, d_h] and attends over the cache, so a step costs one
     position instead of re-running the decoder over the whole prefix (O(T) instead of O(T²)
     positions per sentence); the cross-attention keys/values of the encoder output are computed
     once. Same tokens as taking the argmax of `decoder_logits` on the prefix decoded so far
