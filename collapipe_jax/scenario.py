@@ -39,8 +39,6 @@ from collapipe_jax.options import FLOAT32_TINY, INT32_MAX, MEMORY_SHARE, as_fini
 
 RANGE_FIELDS = ("f_hz", "phi_flops_per_cycle", "p_k_w", "h_n", "I_i_w", "B_U_hz")
 FADING = ("mean", "rayleigh")
-LORA_BITS_PER_VALUE = 32  # the adapters are fp32
-TUNABLE_FORMAT = "'full' or 'lora:R' with R an integer >= 1"
 TUNABLE_HELP = ("what a CU uploads: the whole encoder (full) or rank-R LoRA adapters on the query and value "
                 "projections, fp32 (lora:R) [default: the scenario's, full for the presets]")
 
@@ -114,8 +112,7 @@ class Scenario:
         rank = tunable_rank(self.tunable)
         if rank is None:
             return self.theta_enc_bits
-        cfg = model_preset(self.model).replace(n_enc_layers=self.L)
-        return float(cost.lora_adapter_params(cfg, rank) * LORA_BITS_PER_VALUE)
+        return cost.lora_param_bits(model_preset(self.model).replace(n_enc_layers=self.L), rank)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -178,12 +175,7 @@ def _as_range(name: str, value) -> tuple[float, float]:
 
 def tunable_rank(tunable) -> int | None:
     """None for "full", R for "lora:R"; anything else is a ValidationError naming `tunable`."""
-    if tunable == "full":
-        return None
-    kind, _, rank = str(tunable).partition(":") if isinstance(tunable, str) else ("", "", "")
-    if kind != "lora" or not (rank.isascii() and rank.isdigit()) or int(rank) < 1:
-        raise ValidationError("tunable", f"must be {TUNABLE_FORMAT}", tunable)
-    return int(rank)
+    return cost.parse_tunable(tunable)
 
 
 def _check_positive_int(name: str, value) -> None:

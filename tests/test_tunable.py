@@ -17,7 +17,7 @@ from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
 
 def test_adapter_size_by_hand():
     # BERT-base, R = 8: 12 TEBs x 2 projections x 8 x (768 + 768) fp32 values
-    assert cost.lora_adapter_params(model_preset("paper-bert"), 8) == 12 * 2 * 8 * (768 + 768)
+    assert cost.lora_param_count(model_preset("paper-bert"), 8) == 12 * 2 * 8 * (768 + 768)
     s = scenario_preset("paper-bert").replace(tunable="lora:8")
     assert s.uploaded_theta_bits == 12 * 2 * 8 * 1536 * 32 == 9_437_184  # ≈ 9.44 Mbit
     assert float(draw_state(s, round_key(0, 0)).theta_enc_bits) == 9_437_184
@@ -40,7 +40,7 @@ def test_adapter_count_matches_the_models_query_and_value_projections(rank):
         if key.endswith("['kernel']") and ("['query']" in key or "['value']" in key):
             layers, d_in, *out = leaf.shape  # [L, d, heads, head_dim]
             total += layers * rank * (d_in + int(np.prod(out)))
-    assert total > 0 and cost.lora_adapter_params(cfg, rank) == total
+    assert total > 0 and cost.lora_param_count(cfg, rank) == total
 
 
 @pytest.mark.parametrize("bad", ["lora", "lora:0", "lora:-1", "lora:x", "LORA:8", "lora:8.0", "", 8, None])

@@ -17,10 +17,15 @@ not scored ([CLS], padding, sub-word continuations); task "sentence": `label` in
 take an optional `sample_weight` float [B] (0 for a padded sample). A token's weight is
 sample_weight × (label ≥ 0); a sentence's weight is its sample_weight.
 
-Functions: `init_split_model(key, cfg, task, n_classes)`, `embed_apply(embed, tokens)`,
-`server_loss(server, enc_out, pad_mask, batch) -> (loss_sum, weight_sum)`,
-`server_logits(server, enc_out)` and `predict(server, enc_out)` (argmax: [B, s] for "ner",
-[B] for "sentence").
+Functions: `init_split_model(key, cfg, task, n_classes)`, `embed_apply(embed, tokens, dtype=,
+drop=)`, `server_loss(server, enc_out, pad_mask, batch, drop=None) -> (loss_sum, weight_sum)`,
+`server_logits(server, enc_out, drop=None)` and `predict(server, enc_out)` (argmax: [B, s] for
+"ner", [B] for "sentence").
+
+Dropout (as BERT: hidden_dropout on the embedding output and before the classifier, besides the
+TEBs' own): `drop` is None (deterministic) or per-sample keys (`models/dropout.py`); the
+embedding's and the heads' masks are drawn from the EMBED and the SERVER stream's keys. Compute dtype: `embed_apply(..., dtype=)` casts the embedding
+output, the encoder and the heads follow its dtype, logits and the loss are fp32.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import flax.linen as nn
 
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.models.config import ModelConfig
+from collapipe_jax.models.dropout import SampleDropout, dropout, site_masks
 from collapipe_jax.models.teb import fill_params, init_encoder_stack
 from collapipe_jax.models.transformer import sample_weights
 
@@ -70,32 +76,40 @@ def _init(key, cfg, task, n_classes):
     }
 
 
-def embed_apply(embed_params: dict, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(x [B, s, d], pad_mask [B, s]): LayerNorm(token + position embeddings)."""
+def embed_apply(
+    embed_params: dict, tokens: jax.Array, *, dtype=jnp.float32, drop: SampleDropout | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(x [B, s, d] in `dtype`, pad_mask [B, s]): Dropout(LayerNorm(token + position embeddings))."""
     s = tokens.shape[-1]
     x = embed_params["tok_embed"][tokens] + embed_params["pos_embed"][:s][None]
-    return nn.LayerNorm().apply({"params": embed_params["ln"]}, x), tokens != PAD
+    x = nn.LayerNorm(dtype=dtype).apply({"params": embed_params["ln"]}, x)
+    return dropout(drop, x, site_masks(drop, x.shape[1:])[0]), tokens != PAD
 
 
 def _dense(params, x):
-    return nn.Dense(params["bias"].shape[-1]).apply({"params": params}, x)
+    return nn.Dense(params["bias"].shape[-1], dtype=x.dtype).apply({"params": params}, x)
 
 
-def server_logits(server_params: dict, enc_out: jax.Array) -> jax.Array:
-    """[B, s, C] token logits (task "ner") or [B, C] sentence logits from [CLS] (task "sentence")."""
+def server_logits(server_params: dict, enc_out: jax.Array, drop: SampleDropout | None = None) -> jax.Array:
+    """fp32 [B, s, C] token logits (task "ner") or [B, C] sentence logits from [CLS] (task
+    "sentence"), computed in enc_out's dtype; dropout before the classifier, as BERT."""
     if "token_head" in server_params:
-        return _dense(server_params["token_head"], enc_out)
-    pooled = jnp.tanh(_dense(server_params["pooler"], enc_out[:, 0]))
-    return _dense(server_params["cls_head"], pooled)
+        logits = _dense(server_params["token_head"], dropout(drop, enc_out, site_masks(drop, enc_out.shape[1:])[0]))
+    else:
+        pooled = jnp.tanh(_dense(server_params["pooler"], enc_out[:, 0]))
+        logits = _dense(server_params["cls_head"], dropout(drop, pooled, site_masks(drop, pooled.shape[1:])[0]))
+    return logits.astype(jnp.float32)
 
 
 def predict(server_params: dict, enc_out: jax.Array) -> jax.Array:
     return jnp.argmax(server_logits(server_params, enc_out), axis=-1)
 
 
-def server_loss(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict):
+def server_loss(
+    server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict, drop: SampleDropout | None = None
+):
     """(Σ weighted cross-entropy, Σ weights) over scored tokens ("ner") or sentences ("sentence")."""
-    logits = server_logits(server_params, enc_out)
+    logits = server_logits(server_params, enc_out, drop)
     w_sample = sample_weights(batch, enc_out.shape[0])
     if "token_head" in server_params:
         labels = batch["labels"]

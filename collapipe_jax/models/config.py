@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from collapipe_jax.errors import ValidationError
 
 
@@ -57,6 +59,26 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         vocab_size=21128,
     ),
 }
+
+
+# Compute dtypes (`--dtype`): parameters and optimizer state stay fp32 whatever is chosen; the
+# model casts them at use, so matmuls and activations run in the compute dtype, the loss in fp32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name) -> jnp.dtype:
+    """The jnp dtype for a compute-dtype name ("float32" | "bfloat16"; the dtypes themselves pass)."""
+    if isinstance(name, str):
+        if name in COMPUTE_DTYPES:
+            return jnp.dtype(COMPUTE_DTYPES[name])
+    else:
+        try:
+            dtype = jnp.dtype(name)
+        except TypeError:
+            dtype = None
+        if dtype in [jnp.dtype(d) for d in COMPUTE_DTYPES.values()]:
+            return dtype
+    raise ValidationError("dtype", f"must be one of {tuple(COMPUTE_DTYPES)}", name)
 
 
 def model_preset(name: str) -> ModelConfig:

@@ -15,12 +15,17 @@ Per TEB and per sample (sequence length s, width d, FFN width f, h heads):
 * training memory per TEB γ_0 = 3 P bytes (params, grads, one optimiser state)
                      + b × A bytes, A = s(8 d + 2 f) + h s² values saved for backward
 
+* LoRA adapters (`models/lora.py`, tunable = lora:R): rank-R A [d, R] and B [R, d] on the query
+  and value projections of each of the L TEBs, P_lora = L · 2 · R (d + d); what a CU uploads
+  with lora:R is P_lora × bits per value instead of θ^enc (Alg. 1, line 23: the tunable θ̂).
+
 These are the "model config" path of DESIGN.md §3; `tests/test_cost.py` checks them by hand
 and (issue 4) the FLOPs against XLA's `cost_analysis()` of the compiled block.
 """
 
 from __future__ import annotations
 
+from collapipe_jax.errors import ValidationError
 from collapipe_jax.models.config import ModelConfig
 
 
@@ -55,10 +60,31 @@ def encoder_param_bits(cfg: ModelConfig) -> float:
     return float(cfg.n_enc_layers * teb_param_count(cfg) * cfg.bytes_per_value * 8)
 
 
-def lora_adapter_params(cfg: ModelConfig, rank: int) -> int:
-    """Rank-R LoRA (Hu et al., 2021) on the query and value projections of every TEB:
-    A [d, R] and B [R, d] per projection, L · 2 · R (d + d) parameters (no biases)."""
-    return cfg.n_enc_layers * 2 * rank * (cfg.d_model + cfg.d_model)
+def lora_param_count(cfg: ModelConfig, rank: int) -> int:
+    """Parameters of rank-R LoRA adapters on Q and V of every TEB: L · 2 · R · (d_in + d_out)."""
+    d = cfg.d_model
+    return cfg.n_enc_layers * 2 * rank * (d + d)
+
+
+def lora_param_bits(cfg: ModelConfig, rank: int) -> float:
+    """Bits of the LoRA adapters (fp32 like every parameter): BERT-base, R = 8: 9,437,184 ≈ 9.44 Mbit."""
+    return float(lora_param_count(cfg, rank) * cfg.bytes_per_value * 8)
+
+
+def parse_tunable(tunable: str) -> int | None:
+    """'full' -> None (the whole encoder is tuned and uploaded); 'lora:R' -> R."""
+    if tunable == "full":
+        return None
+    rank = tunable[5:] if isinstance(tunable, str) and tunable.startswith("lora:") else ""
+    if rank.isascii() and rank.isdigit() and int(rank) >= 1:
+        return int(tunable[5:])
+    raise ValidationError("tunable", "must be 'full' or 'lora:R' with R a positive integer", tunable)
+
+
+def tunable_param_bits(cfg: ModelConfig, tunable: str = "full") -> float:
+    """θ̂: bits a CU uploads per round, the whole encoder ('full') or its LoRA adapters ('lora:R')."""
+    rank = parse_tunable(tunable)
+    return encoder_param_bits(cfg) if rank is None else lora_param_bits(cfg, rank)
 
 
 def encoder_output_bits(cfg: ModelConfig, batch: int) -> float:
@@ -78,14 +104,15 @@ def teb_training_memory_bytes(cfg: ModelConfig, batch: int) -> float:
     return float(3 * params + batch * saved_activation_values(cfg) * cfg.bytes_per_value)
 
 
-def model_size_inputs(cfg: ModelConfig, batch: int) -> dict[str, float]:
-    """The system model's size inputs computed from a model config (SI units: FLOPs, bits, bytes)."""
+def model_size_inputs(cfg: ModelConfig, batch: int, tunable: str = "full") -> dict[str, float]:
+    """The system model's size inputs computed from a model config (SI units: FLOPs, bits, bytes);
+    theta_enc_bits is what is uploaded: the encoder ('full') or its adapters ('lora:R')."""
     return {
         "o_fwd_flops": teb_forward_flops(cfg),
         "o_bwd_flops": teb_backward_flops(cfg),
         "z_bits": activation_bits(cfg),
         "g_bits": gradient_bits(cfg),
         "z_enc_bits": encoder_output_bits(cfg, batch),
-        "theta_enc_bits": encoder_param_bits(cfg),
+        "theta_enc_bits": tunable_param_bits(cfg, tunable),
         "gamma0_bytes": teb_training_memory_bytes(cfg, batch),
     }

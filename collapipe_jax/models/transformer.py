@@ -20,14 +20,25 @@ tokens, EOS, PAD...), optional `sample_weight` float [B] (0 for a padded sample,
 Teacher forcing: the decoder reads tgt[:, :-1] and predicts tgt[:, 1:]; a target token's weight
 is sample_weight × (token ≠ PAD).
 
-Functions: `init_split_model(key, cfg)`, `embed_apply(embed, tokens) -> (x, pad_mask)`,
-`server_loss(server, enc_out, pad_mask, batch) -> (loss_sum, weight_sum)`,
-`greedy_decode(server, enc_out, pad_mask, max_len) -> tokens [B, max_len]` (for BLEU).
+Dropout (Vaswani et al., §5.4: on the sums of embeddings and positions, and on every
+sub-layer's output before the residual add; plus the attention probabilities, as in BERT and
+the tensor2tensor Transformer): `drop` arguments are None (deterministic) or per-sample keys
+(`models/dropout.py`). The server stream's keys draw the target embedding's mask; decoder block
+l draws its masks from fold_in(fold_in(k_server, 1), l), sites 0 self-attention probabilities,
+1 self-attention output, 2 cross-attention probabilities, 3 cross-attention output, 4 FFN output.
+Compute dtype: the source embedding is cast to `dtype`, the decoder runs in enc_out's dtype,
+logits and the loss are fp32.
+
+Functions: `init_split_model(key, cfg)`, `embed_apply(embed, tokens, dtype=, drop=) -> (x,
+pad_mask)`, `server_loss(server, enc_out, pad_mask, batch, drop=None) -> (loss_sum,
+weight_sum)`, `decoder_logits(server, enc_out, src_ok, dec_in)`, `greedy_decode(server,
+enc_out, pad_mask, max_len) -> tokens [B, max_len]` (for BLEU; key/value cache).
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +46,7 @@ import flax.linen as nn
 import numpy as np
 
 from collapipe_jax.models.config import ModelConfig
+from collapipe_jax.models.dropout import SampleDropout, dropout, fold, site_masks
 from collapipe_jax.models.teb import MultiHeadAttention, attention_mask, fill_params, init_encoder_stack
 
 PAD, BOS, EOS = 0, 1, 2
@@ -50,38 +62,82 @@ def sinusoidal_positions(length: int, d: int) -> np.ndarray:
     return pe
 
 
-def _embed_tokens(table: jax.Array, tokens: jax.Array) -> jax.Array:
+def _embed_tokens(table: jax.Array, tokens: jax.Array, positions=None) -> jax.Array:
+    """√d·table[tokens] + PE (fp32); `positions` [t] overrides 0 … t−1 (one decoding step)."""
     d = table.shape[-1]
     x = table[tokens] * jnp.sqrt(jnp.asarray(d, table.dtype))
-    return x + sinusoidal_positions(tokens.shape[-1], d)[None]
+    pe = sinusoidal_positions(tokens.shape[-1], d) if positions is None else positions
+    return x + pe[None]
 
 
-def embed_apply(embed_params: dict, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Source embedding on the CU: (x [B, s, d], pad_mask [B, s] with True = real token)."""
-    return _embed_tokens(embed_params["tok_embed"], tokens), tokens != PAD
+def embed_apply(
+    embed_params: dict, tokens: jax.Array, *, dtype=jnp.float32, drop: SampleDropout | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Source embedding on the CU: (x [B, s, d] in `dtype`, pad_mask [B, s] with True = real token)."""
+    x = _embed_tokens(embed_params["tok_embed"], tokens).astype(dtype)
+    return dropout(drop, x, site_masks(drop, x.shape[1:])[0]), tokens != PAD
 
 
 class DecoderBlock(nn.Module):
-    """Post-LN Transformer decoder block: causal self-attention, cross-attention, FFN."""
+    """Post-LN Transformer decoder block: causal self-attention, cross-attention, FFN.
+
+    `__call__` runs a whole target sequence (teacher forcing); `cross_kv` and `step` are the
+    cached decoding of one position (keys/values of earlier positions from the cache, the
+    encoder's keys/values computed once)."""
 
     n_heads: int
+    d_head: int
     d_ff: int
+    dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, y, tgt_ok, enc_out, src_ok):
+    def setup(self):
+        self.self_attn = MultiHeadAttention(self.n_heads, self.d_head, self.dtype)
+        self.cross_attn = MultiHeadAttention(self.n_heads, self.d_head, self.dtype)
+        self.ln_self = nn.LayerNorm(dtype=self.dtype)
+        self.ln_cross = nn.LayerNorm(dtype=self.dtype)
+        self.ffn_in = nn.Dense(self.d_ff, dtype=self.dtype)
+        self.ffn_out = nn.Dense(self.n_heads * self.d_head, dtype=self.dtype)
+        self.ln_ffn = nn.LayerNorm(dtype=self.dtype)
+
+    def _block(self, y, self_kv, self_mask, cross_kv, cross_mask, drop):
+        """The block on y [B, t, d]; self_kv(y) gives the self-attention keys/values."""
+        (t, d), s_src = y.shape[-2:], cross_kv[0].shape[-3]
+        keep = site_masks(drop, (self.n_heads, t, t), (t, d), (self.n_heads, t, s_src), (t, d), (t, d))
+        q = self.self_attn.query(y)  # before the keys/values: the order of the backward's sums
+        y = self.ln_self(y + dropout(drop, self.self_attn.attend(q, *self_kv(y), self_mask, drop, keep[0]), keep[1]))
+        q = self.cross_attn.query(y)
+        y = self.ln_cross(y + dropout(drop, self.cross_attn.attend(q, *cross_kv, cross_mask, drop, keep[2]), keep[3]))
+        h = nn.gelu(self.ffn_in(y), approximate=False)
+        return self.ln_ffn(y + dropout(drop, self.ffn_out(h), keep[4]))
+
+    def __call__(self, y, tgt_ok, enc_out, src_ok, drop: SampleDropout | None = None):
         self_mask = attention_mask(tgt_ok, tgt_ok, causal=True)
-        y = nn.LayerNorm(name="ln_self")(y + MultiHeadAttention(self.n_heads, name="self_attn")(y, y, self_mask))
         cross_mask = attention_mask(tgt_ok, src_ok)
-        y = nn.LayerNorm(name="ln_cross")(
-            y + MultiHeadAttention(self.n_heads, name="cross_attn")(y, enc_out, cross_mask)
-        )
-        h = nn.gelu(nn.Dense(self.d_ff, name="ffn_in")(y), approximate=False)
-        return nn.LayerNorm(name="ln_ffn")(y + nn.Dense(y.shape[-1], name="ffn_out")(h))
+        return self._block(y, self.self_attn.kv, self_mask, self.cross_attn.kv(enc_out), cross_mask, drop)
+
+    def cross_kv(self, enc_out):
+        """The cross-attention keys and values [B, s_src, h, d_h] of the encoder output."""
+        return self.cross_attn.kv(enc_out)
+
+    def step(self, y, pos, cache, key_ok, cross_kv, src_ok):
+        """Position `pos` of y [B, 1, d]: its key/value joins the cache (k, v) [B, T, h, d_h]; it
+        attends to cached positions ≤ pos whose token is not PAD (key_ok [B, T]), as the causal,
+        padding-masked self-attention of `__call__` does. Returns (y', updated cache)."""
+        new_cache = []
+
+        def cached_kv(y):
+            for part, new in zip(cache, self.self_attn.kv(y)):
+                new_cache.append(jax.lax.dynamic_update_slice_in_dim(part, new, pos, axis=1))
+            return new_cache
+
+        self_mask = (key_ok & (jnp.arange(cache[0].shape[1]) <= pos))[:, None, None, :]
+        y = self._block(y, cached_kv, self_mask, cross_kv, src_ok[:, None, None, :], None)
+        return y, tuple(new_cache)
 
 
-def _decoder_block(params):
-    n_heads = params["self_attn"]["query"]["kernel"].shape[-2]
-    return DecoderBlock(n_heads, params["ffn_in"]["kernel"].shape[-1])
+def _decoder_block(params, dtype=jnp.float32):
+    kernel = params["self_attn"]["query"]["kernel"]  # [d, h, d_h] (or [n_dec, d, h, d_h] stacked)
+    return DecoderBlock(kernel.shape[-2], kernel.shape[-1], params["ffn_in"]["kernel"].shape[-1], dtype)
 
 
 def init_split_model(key: jax.Array, cfg: ModelConfig) -> dict:
@@ -95,7 +151,7 @@ def _init(key, cfg):
     d, v, s = cfg.d_model, cfg.vocab_size, cfg.seq_len
     y = jnp.zeros((1, s, d))
     ok = jnp.ones((1, s), bool)
-    block = DecoderBlock(cfg.n_heads, cfg.d_ff)
+    block = DecoderBlock(cfg.n_heads, d // cfg.n_heads, cfg.d_ff)
     keys = jax.random.split(jax.random.key(0), cfg.n_dec_layers)
     dec_shapes = jax.eval_shape(jax.vmap(lambda k: block.init(k, y, ok, y, ok)["params"]), keys)
     out_shapes = jax.eval_shape(lambda: nn.Dense(v).init(jax.random.key(0), y)["params"])
@@ -112,16 +168,28 @@ def _init(key, cfg):
     }
 
 
-def decoder_logits(server_params: dict, enc_out: jax.Array, src_ok: jax.Array, dec_in: jax.Array) -> jax.Array:
-    """Logits [B, t, V] of the next token at every position of the decoder input dec_in [B, t]."""
+def _out_proj(server_params, y):
+    out = server_params["out_proj"]
+    return nn.Dense(out["bias"].shape[-1], dtype=y.dtype).apply({"params": out}, y).astype(jnp.float32)
+
+
+def decoder_logits(
+    server_params: dict, enc_out: jax.Array, src_ok: jax.Array, dec_in: jax.Array, drop: SampleDropout | None = None
+) -> jax.Array:
+    """fp32 logits [B, t, V] of the next token at every position of the decoder input dec_in [B, t]."""
     tgt_ok = dec_in != PAD
-    y = _embed_tokens(server_params["tgt_embed"], dec_in)
+    y = _embed_tokens(server_params["tgt_embed"], dec_in).astype(enc_out.dtype)
+    y = dropout(drop, y, site_masks(drop, y.shape[1:])[0])
+    block = _decoder_block(server_params["decoder"], enc_out.dtype)
+    n_layers = jax.tree.leaves(server_params["decoder"])[0].shape[0]
+    blocks_drop = fold(drop, 1)  # the server stream draws the target embedding's mask, sub-stream 1 the blocks'
 
-    def body(h, params):
-        return _decoder_block(params).apply({"params": params}, h, tgt_ok, enc_out, src_ok), None
+    def body(h, layer):
+        params, index = layer
+        return block.apply({"params": params}, h, tgt_ok, enc_out, src_ok, fold(blocks_drop, index)), None
 
-    y, _ = jax.lax.scan(body, y, server_params["decoder"])
-    return nn.Dense(server_params["out_proj"]["bias"].shape[-1]).apply({"params": server_params["out_proj"]}, y)
+    y, _ = jax.lax.scan(body, y, (server_params["decoder"], jnp.arange(n_layers)))
+    return _out_proj(server_params, y)
 
 
 def sample_weights(batch: dict, n: int) -> jax.Array:
@@ -129,11 +197,13 @@ def sample_weights(batch: dict, n: int) -> jax.Array:
     return jnp.ones((n,), jnp.float32) if w is None else w.astype(jnp.float32)
 
 
-def server_loss(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict):
+def server_loss(
+    server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict, drop: SampleDropout | None = None
+):
     """(Σ weighted token cross-entropy, Σ weights) of teacher-forced decoding; mean = ratio."""
     tgt = batch["tgt"]
     dec_in, labels = tgt[:, :-1], tgt[:, 1:]
-    logits = decoder_logits(server_params, enc_out, pad_mask, dec_in)
+    logits = decoder_logits(server_params, enc_out, pad_mask, dec_in, drop)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
     weights = (labels != PAD) * sample_weights(batch, tgt.shape[0])[:, None]
     return jnp.sum(nll * weights), jnp.sum(weights)
@@ -142,19 +212,57 @@ def server_loss(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, ba
 def greedy_decode(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, max_len: int) -> jax.Array:
     """Greedy translation [B, max_len]: argmax token by token, PAD after EOS (no beam search).
 
-    Each step re-runs the decoder on the whole fixed-length prefix buffer (no KV cache): the
-    causal mask makes position i depend only on positions ≤ i, so the later PADs change nothing.
+    Key/value cache: each step embeds one token, appends its self-attention key/value to its
+    layer's cache (k, v) [B, max_len, h, d_h] and attends over the cache, so a step costs one
+    position instead of re-running the decoder over the whole prefix (O(T) instead of O(T²)
+    positions per sentence); the cross-attention keys/values of the encoder output are computed
+    once. Same tokens as taking the argmax of `decoder_logits` on the prefix decoded so far
+    (tests/test_models.py). The loop (`lax.while_loop`) stops when every sentence has emitted EOS;
+    an all-padding source row (a padded batch slot) is done from the start and decodes to PAD.
+    Runs in enc_out's dtype.
     """
-    batch = enc_out.shape[0]
-    buf = jnp.full((batch, max_len + 1), PAD, jnp.int32).at[:, 0].set(BOS)
+    batch, dtype = enc_out.shape[0], enc_out.dtype
+    layers = server_params["decoder"]
+    block = _decoder_block(layers, dtype)
+    n_heads, d_head = block.n_heads, block.d_head
+    n_layers = jax.tree.leaves(layers)[0].shape[0]
+    pe = jnp.asarray(sinusoidal_positions(max_len, n_heads * d_head))
 
-    def step(i, carry):
-        buf, done = carry
-        logits = decoder_logits(server_params, enc_out, pad_mask, buf[:, :max_len])
-        tok = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), axis=-1)
-        tok = jnp.where(done, PAD, tok).astype(jnp.int32)
-        buf = jax.lax.dynamic_update_index_in_dim(buf, tok, i + 1, axis=1)
-        return buf, done | (tok == EOS)
+    # Per-layer params, cross K/V and caches as Python lists (n_dec is small and static): the
+    # caches are then separate while-loop buffers that XLA updates in place, where a scan over
+    # the layer axis would copy every layer's cache in and out at each step.
+    per_layer = [jax.tree.map(lambda a, l=l: a[l], layers) for l in range(n_layers)]
+    cross = [block.apply({"params": p}, enc_out, method=DecoderBlock.cross_kv) for p in per_layer]
+    zeros = jnp.zeros((batch, max_len, n_heads, d_head), dtype)
+    state = {
+        "i": jnp.zeros((), jnp.int32),
+        "tok": jnp.full((batch,), BOS, jnp.int32),
+        "done": ~jnp.any(pad_mask, axis=-1),
+        "key_ok": jnp.zeros((batch, max_len), bool),
+        "cache": [(zeros, zeros)] * n_layers,
+        "out": jnp.full((batch, max_len), PAD, jnp.int32),
+    }
 
-    buf, _ = jax.lax.fori_loop(0, max_len, step, (buf, jnp.zeros((batch,), bool)))
-    return buf[:, 1:]
+    def step(s):
+        i = s["i"]
+        key_ok = jax.lax.dynamic_update_index_in_dim(s["key_ok"], s["tok"] != PAD, i, axis=1)
+        y = _embed_tokens(server_params["tgt_embed"], s["tok"][:, None], jax.lax.dynamic_slice_in_dim(pe, i, 1))
+        y = y.astype(dtype)
+
+        cache = []
+        for params, layer_cache, cross_kv in zip(per_layer, s["cache"], cross):
+            y, layer_cache = block.apply({"params": params}, y, i, layer_cache, key_ok, cross_kv, pad_mask, method=DecoderBlock.step)
+            cache.append(layer_cache)
+        tok = jnp.argmax(_out_proj(server_params, y)[:, 0], axis=-1)
+        tok = jnp.where(s["done"], PAD, tok).astype(jnp.int32)
+        return {
+            "i": i + 1,
+            "tok": tok,
+            "done": s["done"] | (tok == EOS),
+            "key_ok": key_ok,
+            "cache": cache,
+            "out": jax.lax.dynamic_update_index_in_dim(s["out"], tok, i, axis=1),
+        }
+
+    state = jax.lax.while_loop(lambda s: (s["i"] < max_len) & ~jnp.all(s["done"]), step, state)
+    return state["out"]

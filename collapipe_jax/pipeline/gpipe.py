@@ -25,6 +25,11 @@ Micro-batching rule (b not divisible by m): b̂ = ⌈b/m⌉ and the batch is pad
 m·b̂ − b all-padding samples (pad_mask False) that are dropped from the output, so they
 contribute neither to the loss nor to any gradient.
 
+Dropout: the per-sample keys (`models.dropout.SampleDropout`, one key per sample of the batch)
+are micro-batched like the data, so stage j at tick t holds the keys of micro-batch t − j; each
+slot folds in its global layer index (`slot_layer` = the layout's layer_index). Every sample
+thus draws, at every layer, the masks the unpipelined encoder draws for it (tested).
+
 Synchronous GPipe computes exactly the unpipelined function, so the gradient does not depend
 on m (tests/test_gpipe.py checks this to 1e-5 relative): m changes only the schedule and its
 latency (Eq. 15), which the system model charges. The federated trainer may therefore compile
@@ -32,12 +37,14 @@ one static n_micro for all clusters and still train the same model as with each 
 
 Interface:
     gpipe_encoder(staged_params, slot_mask, x, pad_mask, *, n_micro, mesh=None,
-                  axis_name="stage", return_trace=False, remat=False) -> out [B, s, d]
+                  axis_name="stage", return_trace=False, remat=False, slot_layer=None,
+                  drop=None) -> out [B, s, d]
         staged_params: TEB params [S, J, ...] (`partition.to_stages`), slot_mask bool [S, J],
-        x [B, s, d], pad_mask bool [B, s]; differentiable, jit-able, and vmappable over a
-        leading cluster axis of all four arrays (per-cluster layouts are data).
-    pipelined_encoder(layout, n_micro, mesh=None, remat=False) -> encoder_fn(stacked [L, ...], x, pad_mask),
-        a drop-in for `teb.encoder_reference` in `models.split.split_model_loss`.
+        x [B, s, d], pad_mask bool [B, s]; slot_layer int [S, J] and drop (keys [B]) for
+        dropout; differentiable, jit-able, and vmappable over a leading cluster axis of all the
+        arrays (per-cluster layouts are data).
+    pipelined_encoder(layout, n_micro, mesh=None, remat=False) -> encoder_fn(stacked [L, ...], x,
+        pad_mask, drop=None), a drop-in for `teb.encoder_reference` in `models.split.split_model_loss`.
     stage_mesh(n_stages, devices=None, axis_name="stage") -> Mesh
     gpipe_ticks(n_stages, n_micro) = S + m − 1
     micro_batch_size(batch, n_micro) = ⌈b/m⌉
@@ -58,6 +65,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.models.config import ModelConfig
+from collapipe_jax.models.dropout import SampleDropout
 from collapipe_jax.models.teb import segment_apply
 from collapipe_jax.pipeline.partition import StageLayout, to_stages
 
@@ -81,7 +89,7 @@ def stage_mesh(n_stages: int, devices: Sequence[jax.Device] | None = None, axis_
     return Mesh(np.array(devices[:n_dev]), (axis_name,))
 
 
-def _pipeline_body(params, slot_mask, xs, masks, *, n_micro, n_stages, n_dev, axis_name, remat):
+def _pipeline_body(params, slot_mask, slot_layer, xs, masks, drops, *, n_micro, n_stages, n_dev, axis_name, remat):
     """Per-device program: its S/D local stages over S + m − 1 ticks."""
     n_local = n_stages // n_dev
     dev = jax.lax.axis_index(axis_name)
@@ -98,12 +106,16 @@ def _pipeline_body(params, slot_mask, xs, masks, *, n_micro, n_stages, n_dev, ax
         state = state.at[0].set(jnp.where(dev == 0, inject, state[0]))
         micro = t - stage_ids
         active = (micro >= 0) & (micro < n_micro)
-        stage_masks = jnp.take(masks, jnp.clip(micro, 0, n_micro - 1), axis=0)
+        stage_micro = jnp.clip(micro, 0, n_micro - 1)
+        stage_masks = jnp.take(masks, stage_micro, axis=0)
+        stage_drops = None if drops is None else jax.tree.map(lambda k: jnp.take(k, stage_micro, axis=0), drops)
         # Bubbles: a device whose local stages are all idle skips the compute (lax.cond; each
         # device runs its own branch under shard_map), and idle stages' outputs are zeroed.
         out = jax.lax.cond(
             jnp.any(active),
-            lambda: jnp.where(active[:, None, None, None], run_stages(params, slot_mask, state, stage_masks), 0.0),
+            lambda: jnp.where(
+                active[:, None, None, None], run_stages(params, slot_mask, state, stage_masks, slot_layer, stage_drops), 0.0
+            ),
             lambda: jnp.zeros_like(state),
         )
         # Hand every stage's output to the next stage: within the device by a shift, across
@@ -127,6 +139,8 @@ def gpipe_encoder(
     axis_name: str = "stage",
     return_trace: bool = False,
     remat: bool = False,
+    slot_layer: jax.Array | None = None,
+    drop: SampleDropout | None = None,
 ):
     """The encoder run as a GPipe pipeline of S stages and m = n_micro micro-batches.
 
@@ -134,6 +148,8 @@ def gpipe_encoder(
     return_trace, where active bool [S + m − 1, S] says which stage worked at which tick.
     remat=True re-materialises each tick's stage computation in the backward pass (GPipe's
     re-materialisation): same values, less memory, about one more forward of compute.
+    With dropout (`drop`: one key per sample of x), slot_layer int [S, J] gives each slot's
+    global layer index (the layout's layer_index), from which its masks are drawn.
     """
     if not isinstance(n_micro, (int, np.integer)) or isinstance(n_micro, bool) or n_micro < 1:
         raise ValidationError("n_micro", "must be a positive integer (static)", n_micro)
@@ -149,15 +165,22 @@ def gpipe_encoder(
     extra = n_micro * b_hat - batch
     xs = jnp.pad(x, ((0, extra), (0, 0), (0, 0))).reshape(n_micro, b_hat, seq, width)
     masks = jnp.pad(pad_mask, ((0, extra), (0, 0))).reshape(n_micro, b_hat, seq)
+    if drop is not None:
+        if slot_layer is None:
+            raise ValidationError("slot_layer", "is needed with dropout (the layout's layer_index)", None)
+        # the padding samples take sample 0's keys: their outputs are dropped anyway
+        padded = jnp.minimum(jnp.arange(n_micro * b_hat), batch - 1)
+        drop = jax.tree.map(lambda k: jnp.take(k, padded, axis=0).reshape(n_micro, b_hat), drop)
+    slot_layer = jnp.zeros(slot_mask.shape, jnp.int32) if slot_layer is None else jnp.asarray(slot_layer, jnp.int32)
 
     body = partial(_pipeline_body, n_micro=n_micro, n_stages=n_stages, n_dev=n_dev, axis_name=axis_name, remat=remat)
     run = jax.shard_map(
         body,
         mesh=mesh,
-        in_specs=(P(axis_name), P(axis_name), P(), P()),
+        in_specs=(P(axis_name), P(axis_name), P(axis_name), P(), P(), P()),
         out_specs=(P(axis_name), P(axis_name)),
     )
-    last_out, active = run(staged_params, slot_mask, xs, masks)
+    last_out, active = run(staged_params, slot_mask, slot_layer, xs, masks, drop)
     # last_out [D, T, b̂, s, d]: device D−1 holds stage S−1, whose outputs from tick S−1 on
     # are micro-batches 0 … m−1.
     out = last_out[-1, n_stages - 1 :].reshape(n_micro * b_hat, seq, width)[:batch]
@@ -170,12 +193,14 @@ def gpipe_encoder(
 def pipelined_encoder(
     layout: StageLayout, n_micro: int, mesh: Mesh | None = None, axis_name: str = "stage", remat: bool = False
 ):
-    """encoder_fn(stacked [L, ...], x, pad_mask) running the encoder through GPipe with `layout`."""
+    """encoder_fn(stacked [L, ...], x, pad_mask, drop=None) running the encoder through GPipe with
+    `layout` (LoRA adapters, being [L, ...] leaves of `stacked`, are staged with their layers)."""
 
-    def encoder_fn(stacked, x, pad_mask):
+    def encoder_fn(stacked, x, pad_mask, drop=None):
         staged = to_stages(stacked, layout)
         return gpipe_encoder(
-            staged, jnp.asarray(layout.slot_mask), x, pad_mask, n_micro=n_micro, mesh=mesh, axis_name=axis_name, remat=remat
+            staged, jnp.asarray(layout.slot_mask), x, pad_mask, n_micro=n_micro, mesh=mesh, axis_name=axis_name,
+            remat=remat, slot_layer=layout.layer_index, drop=drop,
         )
 
     return encoder_fn
