@@ -40,7 +40,8 @@ from collapipe_jax.federated.rounds import (CLIENT_STATES, NOISE_MODES, LocalWor
                                             init_server_state)
 from collapipe_jax.io import atomic_write_json, check_output_dir, write_csv
 from collapipe_jax.models import cost
-from collapipe_jax.models.config import ModelConfig, model_preset
+from collapipe_jax.models.config import COMPUTE_DTYPES, ModelConfig, model_preset
+from collapipe_jax.models.lora import add_lora, has_lora, lora_adapters
 from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, option, require
 from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, Scenario, load_scenario, orders_of, tunable_rank
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
@@ -49,7 +50,7 @@ from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
 from collapipe_jax.scheduling.policies import LOSS_POLICIES, SCHEDULER_POLICIES
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.tasks import TaskData, load_task
-from collapipe_jax.tasks.batching import check_local_work, eval_batches, gather, local_batches, split_clusters
+from collapipe_jax.tasks.batching import check_local_work, gather, local_batches, split_clusters
 
 MODEL_SIZES = ("tiny", "small", "paper")
 TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
@@ -94,6 +95,11 @@ class TrainConfig:
     server_optimizer: str = option("avg", "server optimizer on the mean update: avg = FedAvg, adam = FedAdam, "
                                           "yogi = FedYogi (Reddi et al., 2021)", choices=SERVER_OPTIMIZERS)
     server_lr: float = option(1.0, "server learning rate (sgd, adam, yogi)")
+    dropout: float = option(0.1, "dropout rate on embeddings, attention weights and residual branches (and the "
+                                 "decoder); masks keyed by sample and layer, so pipelined == unpipelined")
+    label_smoothing: float = option(0.0, "label smoothing of the translation targets (0.1 in the recipes)")
+    dtype: str = option("float32", "compute dtype of matmuls and activations (parameters and optimizer state stay "
+                                   "float32)", choices=COMPUTE_DTYPES)
     init_from: str | None = option(None, "start from the last checkpoint of a finished run (its --checkpoint-dir): "
                                          "embedding and encoder, and the head/decoder when the task matches")
     clusters: int | None = option(None, "N clusters (default: the scenario's)")
@@ -135,6 +141,10 @@ class TrainConfig:
         check_float("lr", self.lr, low=0.0, strict_low=True)
         check_float("server-lr", self.server_lr, low=0.0, strict_low=True)
         check_float("weight-decay", self.weight_decay, low=0.0)
+        check_float("dropout", self.dropout, low=0.0)
+        require(self.dropout < 1.0, "dropout", "must be < 1", self.dropout)
+        check_float("label-smoothing", self.label_smoothing, low=0.0)
+        require(self.label_smoothing < 1.0, "label-smoothing", "must be < 1", self.label_smoothing)
         check_float("clip-norm", self.clip_norm, low=0.0, strict_low=True, optional=True)
         check_float("local-epochs", self.local_epochs, low=0.0, strict_low=True, optional=True)
         require((self.plan_stages is None and self.plan_micro_batches is None) or self.resolved_policy == "default",
@@ -222,7 +232,8 @@ class Setup:
             warmup_steps=cfg.warmup_steps, total_steps=cfg.rounds * E, clip_norm=cfg.clip_norm,
             server_optimizer=cfg.server_optimizer, server_lr=cfg.server_lr, noise_mode=cfg.noise_mode,
             independent=not FRAMEWORKS[cfg.framework].federated, cluster_chunk=cfg.cluster_chunk,
-            client_state=cfg.client_state)
+            client_state=cfg.client_state, dropout=cfg.dropout, label_smoothing=cfg.label_smoothing, dtype=cfg.dtype,
+            lora=tunable_rank(self.scenario.tunable) is not None)
 
 
 @struct.dataclass
@@ -275,6 +286,9 @@ def initial_state(setup: Setup) -> TrainState:
     if cfg.init_from:
         params = init_from_run(cfg.init_from, params, setup.task)
     client = params["client"]
+    rank = tunable_rank(sc.tunable)
+    if rank is not None:  # frozen base, rank-R adapters (B = 0: the model starts unchanged)
+        client = add_lora(client, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0x10AA), rank)
     if not FRAMEWORKS[cfg.framework].federated:  # every cluster keeps its own encoder
         client = jax.tree.map(lambda x: jnp.broadcast_to(x, (sc.N,) + x.shape), client)
     server = init_server_state(setup.round_settings(1).spec(), client, params["server"], sc.N)
@@ -319,13 +333,11 @@ def match_shapes(name: str, fresh, saved):
     return jax.tree_util.tree_map_with_path(take, fresh)
 
 
-def evaluate_model(setup: Setup, client, server, eval_batch: int = 64) -> dict[str, float]:
-    """The task metric of the (unsegmented) model on the test split."""
-    predict = program.predict_fn(setup.task.kind, setup.task.seq_len)
-    preds = []
-    for batch, real in eval_batches({"tokens": setup.task.test["tokens"]}, eval_batch):
-        preds.append(np.asarray(predict(client, server, batch["tokens"]))[:real])
-    return setup.task.score(np.concatenate(preds, axis=0))
+def evaluate_model(setup: Setup, client, server, eval_batch: int = 256) -> dict[str, float]:
+    """The task metric of the (unsegmented) model on the test split: one jitted program over the
+    whole split (chunks of `eval_batch`), one transfer of the predictions to the host."""
+    predict = program.predict_fn(setup.task.seq_len, eval_batch, setup.cfg.dtype)
+    return setup.task.score(np.asarray(predict(client, server, jnp.asarray(setup.task.test["tokens"]))))
 
 
 def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState) -> tuple[TrainState, list[dict], int]:
@@ -470,11 +482,15 @@ def parameter_count(tree) -> int:
 
 
 def trainable_parameters(cfg: TrainConfig, state: TrainState) -> int:
-    """Parameters the optimizers update: one client model (of N without FL) and the server's."""
-    client = parameter_count(state.server.client)
+    """Parameters the optimizers update: one client model (of N without FL) — its LoRA adapters
+    only with lora:R — and the server's."""
+    client = state.server.client
+    if has_lora(client):
+        client = lora_adapters(client)
+    count = parameter_count(client)
     if not FRAMEWORKS[cfg.framework].federated:
-        client //= len(state.Y)
-    return client + parameter_count(state.server.server)
+        count //= len(state.Y)
+    return count + parameter_count(state.server.server)
 
 
 def result_dict(cfg: TrainConfig, setup: Setup, records: list[dict], trainable: int) -> dict:
@@ -488,7 +504,7 @@ def result_dict(cfg: TrainConfig, setup: Setup, records: list[dict], trainable: 
         "server_optimizer": {"name": cfg.server_optimizer, "lr": cfg.server_lr},
         "local_steps": setup.local_steps.tolist(),
         "trainable_params": trainable,
-        "uploaded_bits_per_round": float(setup.scenario.theta_enc_bits) if FRAMEWORKS[cfg.framework].federated else 0.0,
+        "uploaded_bits_per_round": setup.scenario.uploaded_theta_bits if FRAMEWORKS[cfg.framework].federated else 0.0,
         "rounds": records,
         "final_metrics": records[-1]["metrics"] if records else {},
         "total_latency_s": float(sum(r["tau_round_s"] for r in records)),

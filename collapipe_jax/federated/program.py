@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from collapipe_jax.federated.optim import client_direction, learning_rate_schedule, server_transform
 from collapipe_jax.federated.rounds import RoundSpec, make_round
-from collapipe_jax.models import bert, split, transformer
+from collapipe_jax.models import split
+from collapipe_jax.models.lora import freeze_base, lora_trainable_mask
 from collapipe_jax.models.teb import encoder_reference
 from collapipe_jax.pipeline.gpipe import pipelined_encoder, stage_mesh
 from collapipe_jax.pipeline.partition import StageLayout, make_stage_layout, stack_layouts
@@ -46,15 +47,22 @@ class RoundSettings:
     independent: bool = False
     cluster_chunk: int | None = None
     client_state: str = "reset"
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    dtype: str = "float32"
+    lora: bool = False  # train and upload only the LoRA adapters of the client model
 
     def spec(self) -> RoundSpec:
+        direction = client_direction(self.optimizer, self.weight_decay, self.clip_norm)
         return RoundSpec(
-            loss_fn=loss_fn_for(self.pipelined, self.n_micro, self.n_stages),
-            direction=client_direction(self.optimizer, self.weight_decay, self.clip_norm),
+            loss_fn=loss_fn_for(self.pipelined, self.n_micro, self.n_stages, self.dropout, self.label_smoothing,
+                                self.dtype),
+            direction=freeze_base(direction) if self.lora else direction,
             schedule=learning_rate_schedule(self.lr_schedule, self.lr, self.warmup_steps, self.total_steps),
             server_tx=None if self.independent else server_transform(self.server_optimizer, self.server_lr),
             local_steps=self.local_steps, noise_mode=self.noise_mode, independent=self.independent,
-            cluster_chunk=self.cluster_chunk, client_state=self.client_state)
+            cluster_chunk=self.cluster_chunk, client_state=self.client_state,
+            head_direction=direction, upload_mask=lora_trainable_mask if self.lora else None)
 
 
 @functools.lru_cache(maxsize=32)
@@ -64,15 +72,18 @@ def compiled_round(settings: RoundSettings):
     return make_round(settings.spec())
 
 
-def loss_fn_for(pipelined: bool, n_micro: int, n_stages: int):
-    """loss_fn(client, server, batch, layout, key) -> (loss_sum, weight_sum) of the split model."""
+def loss_fn_for(pipelined: bool, n_micro: int, n_stages: int, dropout: float = 0.0, label_smoothing: float = 0.0,
+                dtype: str = "float32"):
+    """loss_fn(client, server, batch, layout, key) -> (loss_sum, weight_sum) of the split model;
+    `key` keys the dropout masks (per round, local step and cluster; per sample and layer inside)."""
 
     def loss_fn(client, server, batch, layout, key):
         if pipelined:
             encoder = pipelined_encoder(layout, n_micro, mesh=stage_mesh(n_stages))
         else:
             encoder = encoder_reference
-        return split.split_model_loss({"client": client, "server": server}, batch, encoder)
+        return split.split_model_loss({"client": client, "server": server}, batch, encoder, dropout_key=key,
+                                      dropout=dropout, dtype=dtype, label_smoothing=label_smoothing)
 
     return loss_fn
 
@@ -103,16 +114,14 @@ def replicated(n_stages: int) -> NamedSharding:
 
 
 @functools.lru_cache(maxsize=8)
-def predict_fn(task_kind: str, seq_len: int):
-    """Jitted predictions of the unsegmented model on an eval batch."""
+def predict_fn(seq_len: int, batch_size: int = 256, dtype: str = "float32"):
+    """Jitted predictions of the unsegmented model on a whole test split, in one program
+    (greedy decoding with a key/value cache for translation)."""
 
     @jax.jit
     def predict(client, server, tokens):
-        x, pad_mask = split.embed_apply(client["embed"], tokens)
-        enc = encoder_reference(client["encoder"], x, pad_mask)
-        if task_kind == "seq2seq":
-            return transformer.greedy_decode(server, enc, pad_mask, seq_len)
-        return bert.predict(server, enc)
+        return split.predict_batched({"client": client, "server": server}, tokens, batch_size=batch_size,
+                                     max_len=seq_len, dtype=dtype)
 
     return predict
 

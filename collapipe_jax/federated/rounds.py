@@ -30,6 +30,10 @@ optimizer state and the server optimizer's state persist across rounds.
 Per-cluster quantities — the stage layout (S, δ, order as masks), the upload mask, ε_n, D_n, E_n —
 are data with a leading N axis, never shapes, so one compiled program serves every decision.
 
+With LoRA (`upload_mask` = the adapters' mask, `direction` frozen on the base) only the
+adapters train, and only they are uploaded, noised and averaged: the frozen base never leaves
+the cluster and stays θ^t. The server head keeps its own `head_direction` (it trains fully).
+
 `independent=True` is the no-FL variant (the PipeLine baseline): θ carries a leading N axis, each
 cluster keeps its own encoder and no client model is uploaded or averaged; the server head takes
 the D_n-weighted mean gradient of all clusters.
@@ -41,6 +45,7 @@ as Python loops over the steps and clusters (reference for tests and the benchma
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -106,6 +111,12 @@ class RoundSpec:
     independent: bool = False
     cluster_chunk: int | None = None
     client_state: str = "reset"  # "reset" each round (FedAvg) or "keep" per cluster
+    head_direction: optax.GradientTransformation | None = None  # the server head's (None: `direction`)
+    upload_mask: Callable[[Any], Any] | None = None  # params -> bool tree of the uploaded leaves (None: all)
+
+    @property
+    def head(self) -> optax.GradientTransformation:
+        return self.direction if self.head_direction is None else self.head_direction
 
     def __post_init__(self):
         if self.noise_mode not in NOISE_MODES:
@@ -128,7 +139,7 @@ def init_server_state(spec: RoundSpec, client, server, n_clusters: int | None = 
     if spec.client_state == "keep":
         one = client if not spec.independent else jax.tree.map(lambda x: x[0], client)
         client_opt = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_clusters,) + x.shape), spec.direction.init(one))
-    return ServerState(client, server, spec.direction.init(server), fed_opt, client_opt)
+    return ServerState(client, server, spec.head.init(server), fed_opt, client_opt)
 
 
 def all_finite(*trees) -> jax.Array:
@@ -156,15 +167,22 @@ def cluster_grad(loss_fn: LossFn, client, server, batch, layout, key):
     return loss, loss_sum, weight_sum, g_client, g_server
 
 
-def noisy_upload(global_client, local_client, eps, key, noise_mode: str):
-    """θ̃_n = θ^t + Δ_n + ξ_n with ξ_n ~ N(0, ε_n P_n) (relative) or N(0, ε_n) (absolute)."""
-    delta, unravel = ravel_pytree(jax.tree.map(jnp.subtract, local_client, global_client))
-    power = jnp.mean(jnp.square(delta)) if noise_mode == "relative" else 1.0
+def noisy_upload(global_client, local_client, eps, key, noise_mode: str, mask=None):
+    """θ̃_n = θ^t + Δ_n + ξ_n with ξ_n ~ N(0, ε_n P_n) (relative) or N(0, ε_n) (absolute).
+
+    `mask` (a bool tree, None = everything): the leaves that are uploaded; the others are not
+    sent and stay θ^t, and the update power P_n is that of the payload alone."""
+    if mask is None:
+        mask = jax.tree.map(lambda _: True, global_client)
+    delta = jax.tree.map(lambda g, loc, sent: loc - g if sent else jnp.zeros((0,), g.dtype),
+                         global_client, local_client, mask)
+    flat, unravel = ravel_pytree(delta)
+    power = jnp.mean(jnp.square(flat)) if noise_mode == "relative" else 1.0
     # one flat draw for the whole payload: XLA compiles a 1-D threefry draw far faster than
     # one draw per multi-dimensional leaf
-    noise = jax.random.normal(key, delta.shape, delta.dtype)
-    received = unravel(delta + jnp.sqrt(eps * power) * noise)
-    return jax.tree.map(jnp.add, global_client, received)
+    noise = jax.random.normal(key, flat.shape, flat.dtype)
+    received = unravel(flat + jnp.sqrt(eps * power) * noise)
+    return jax.tree.map(lambda g, r, sent: g + r if sent else g, global_client, received, mask)
 
 
 def weighted_average(trees, weights):
@@ -240,7 +258,7 @@ def make_round(spec: RoundSpec):
             clients = select(live, apply_direction(clients, direction, lr), clients)
             client_opt = select(live, new_opt, client_opt)
             w = head_weight * live
-            head_dir, new_head_opt = spec.direction.update(weighted_average(g_server, w), head_opt, server)
+            head_dir, new_head_opt = spec.head.update(weighted_average(g_server, w), head_opt, server)
             stepped = jnp.sum(w) > 0
             server = where_tree(stepped, apply_direction(server, head_dir, lr), server)
             head_opt = where_tree(stepped, new_head_opt, head_opt)
@@ -257,8 +275,9 @@ def make_round(spec: RoundSpec):
             new_client, fed_opt = clients, state.fed_opt
         else:
             keys = jax.random.split(noise_key, n)
-            uploaded = jax.vmap(noisy_upload, in_axes=(None, 0, 0, 0, None))(state.client, clients, uploads.eps, keys,
-                                                                            spec.noise_mode)
+            mask = None if spec.upload_mask is None else spec.upload_mask(state.client)
+            send = functools.partial(noisy_upload, noise_mode=spec.noise_mode, mask=mask)
+            uploaded = jax.vmap(send, in_axes=(None, 0, 0, 0))(state.client, clients, uploads.eps, keys)
             new_client, fed_opt = server_update(spec, state, uploaded, uploads)
         new_state = ServerState(new_client, server, head_opt, fed_opt, client_opt if keep else ())
         out = RoundOutput(jnp.sum(loss, 0) / jnp.maximum(work.steps, 1), jnp.sum(loss_sum, 0), jnp.sum(weight_sum, 0),
@@ -273,7 +292,6 @@ def looped_round(spec: RoundSpec):
     a jitted per-cluster gradient (what one would write without vmap and scan). Reference for
     tests and the benchmark."""
     grad = jax.jit(lambda c, s, b, lay, k: cluster_grad(spec.loss_fn, c, s, b, lay, k))
-    upload = jax.jit(noisy_upload, static_argnums=4)
     pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
 
@@ -304,13 +322,14 @@ def looped_round(spec: RoundSpec):
                 weights.append(head_weight[i] * live)
             w = jnp.asarray(weights)
             if float(jnp.sum(w)) > 0:
-                head_dir, head_opt = spec.direction.update(weighted_average(stack(g_servers), w), head_opt, server)
+                head_dir, head_opt = spec.head.update(weighted_average(stack(g_servers), w), head_opt, server)
                 server = apply_direction(server, head_dir, lr)
         if spec.independent:
             new_client, fed_opt = stack(clients), state.fed_opt
         else:
             keys = jax.random.split(noise_key, n)
-            uploaded = stack([upload(state.client, clients[i], uploads.eps[i], keys[i], spec.noise_mode)
+            mask = None if spec.upload_mask is None else spec.upload_mask(state.client)
+            uploaded = stack([noisy_upload(state.client, clients[i], uploads.eps[i], keys[i], spec.noise_mode, mask)
                               for i in range(n)])
             new_client, fed_opt = server_update(spec, state, uploaded, uploads)
         steps = jnp.maximum(work.steps, 1)

@@ -78,9 +78,12 @@ def embed_apply(embed_params: dict, tokens: jax.Array, *, dtype="float32", drop=
     return module.embed_apply(embed_params, tokens, dtype=compute_dtype(dtype), drop=drop)
 
 
-def server_loss(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict, drop=None):
-    module = transformer if "decoder" in server_params else bert
-    return module.server_loss(server_params, enc_out, pad_mask, batch, drop)
+def server_loss(server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict, drop=None,
+                label_smoothing: float = 0.0):
+    """The server model's (loss_sum, weight_sum); label smoothing applies to translation."""
+    if "decoder" in server_params:
+        return transformer.server_loss(server_params, enc_out, pad_mask, batch, drop, label_smoothing)
+    return bert.server_loss(server_params, enc_out, pad_mask, batch, drop)
 
 
 def split_model_loss(
@@ -91,16 +94,18 @@ def split_model_loss(
     dropout_key: jax.Array | None = None,
     dropout: float = 0.0,
     dtype="float32",
+    label_smoothing: float = 0.0,
 ):
     """(loss_sum, weight_sum) of embed → encoder_fn → server head on one batch.
 
-    Dropout at rate `dropout` when `dropout_key` is given (training), none otherwise."""
+    Dropout at rate `dropout` when `dropout_key` is given (training), none otherwise; label
+    smoothing of the translation targets."""
     tokens = batch["tokens"]
     drop = sample_dropout(dropout_key, tokens.shape[0], dropout)
     x, pad_mask = embed_apply(params["client"]["embed"], tokens, dtype=dtype, drop=fold(drop, EMBED))
     encoder = params["client"]["encoder"]
     enc_out = encoder_fn(encoder, x, pad_mask) if drop is None else encoder_fn(encoder, x, pad_mask, drop.fold(ENCODER))
-    return server_loss(params["server"], enc_out, pad_mask, batch, fold(drop, SERVER))
+    return server_loss(params["server"], enc_out, pad_mask, batch, fold(drop, SERVER), label_smoothing)
 
 
 def split_model_mean_loss(params: dict, batch: dict, encoder_fn: EncoderFn = encoder_reference, **options) -> jax.Array:

@@ -198,13 +198,20 @@ def sample_weights(batch: dict, n: int) -> jax.Array:
 
 
 def server_loss(
-    server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict, drop: SampleDropout | None = None
+    server_params: dict, enc_out: jax.Array, pad_mask: jax.Array, batch: dict, drop: SampleDropout | None = None,
+    label_smoothing: float = 0.0,
 ):
-    """(Σ weighted token cross-entropy, Σ weights) of teacher-forced decoding; mean = ratio."""
+    """(Σ weighted token cross-entropy, Σ weights) of teacher-forced decoding; mean = ratio.
+
+    With label smoothing ε the target is (1 − ε) one-hot + ε uniform over the vocabulary
+    (Szegedy et al., 2016; 0.1 in the Transformer paper): −(1 − ε) log p_y − ε mean_v log p_v."""
     tgt = batch["tgt"]
     dec_in, labels = tgt[:, :-1], tgt[:, 1:]
     logits = decoder_logits(server_params, enc_out, pad_mask, dec_in, drop)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
     weights = (labels != PAD) * sample_weights(batch, tgt.shape[0])[:, None]
     return jnp.sum(nll * weights), jnp.sum(weights)
 
