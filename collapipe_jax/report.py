@@ -15,20 +15,21 @@ from collapipe_jax.io import atomic_write_json, atomic_write_text
 from collapipe_jax.sweep.claims import REPRODUCED_RULE, check_claim, missing_ids
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
+    """A claim's value as REPORT.md writes it: 4 significant digits, objects as "key value, ..."."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        return ", ".join(f"{k} {format_value(v)}" for k, v in value.items())
     if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
     return str(value)
 
 
 def _cell(value) -> str:
-    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+    return format_value(value).replace("|", "\\|").replace("\n", " ")
 
 
 def collect_claims(summaries: dict) -> list[dict]:
