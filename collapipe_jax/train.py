@@ -113,7 +113,8 @@ class TrainConfig:
     non_iid: bool = option(False, "Dirichlet label split over the clusters")
     dirichlet_alpha: float = option(0.5, "Dirichlet concentration of the non-IID split")
     variant: str = option("paper", "system model variant", choices=VARIANTS)
-    noise_mode: str = option("relative", "upload noise variance ε relative to the update's power, or absolute",
+    noise_mode: str = option("relative", "upload noise variance ε relative to the update's power, absolute, or none "
+                                         "(the noiseless ablation)",
                              choices=NOISE_MODES)
     V: float | None = option(None, "Lyapunov trade-off V (default: the scenario's)")
     tunable: str | None = option(None, TUNABLE_HELP)

@@ -181,6 +181,20 @@ def test_no_channel_means_no_update(chunk):
     assert np.all(np.asarray(out.grad_norm) > 0)  # the clusters did compute; they just did not upload
 
 
+def test_noiseless_upload_and_masked_upload():
+    """noise_mode none delivers the update exactly; a mask uploads only its leaves (the others
+    stay θ^t, and the noise power is the payload's)."""
+    glob = {"a": jnp.zeros((50, 40)), "frozen": jnp.ones((30,))}
+    local = {"a": jnp.full((50, 40), 0.5), "frozen": jnp.full((30,), 3.0)}
+    exact = noisy_upload(glob, local, jnp.asarray(0.3), jax.random.PRNGKey(1), "none")
+    close(exact, local, rtol=0, atol=0)
+    mask = {"a": True, "frozen": False}
+    up = noisy_upload(glob, local, jnp.asarray(0.04), jax.random.PRNGKey(2), "relative", mask)
+    np.testing.assert_array_equal(up["frozen"], glob["frozen"])
+    noise = np.ravel(up["a"] - 0.5)
+    assert noise.var() == pytest.approx(0.04 * 0.25, rel=0.1)  # P = 0.25 from the sent leaf alone
+
+
 @pytest.mark.parametrize("mode", ["relative", "absolute"])
 def test_upload_noise_variance(mode):
     glob = {"a": jnp.zeros((200, 100)), "b": jnp.zeros((100,))}

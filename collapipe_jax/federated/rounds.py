@@ -59,7 +59,7 @@ from collapipe_jax.federated.optim import apply_direction
 
 # loss_fn(client, server, batch, layout, key) -> (Σ weighted loss, Σ weights); key: dropout
 LossFn = Callable[[Any, Any, dict, Any, jax.Array], tuple[jax.Array, jax.Array]]
-NOISE_MODES = ("relative", "absolute")
+NOISE_MODES = ("relative", "absolute", "none")  # "none": the noiseless ablation of Eq. 25
 CLIENT_STATES = ("reset", "keep")
 
 
@@ -177,6 +177,8 @@ def noisy_upload(global_client, local_client, eps, key, noise_mode: str, mask=No
     delta = jax.tree.map(lambda g, loc, sent: loc - g if sent else jnp.zeros((0,), g.dtype),
                          global_client, local_client, mask)
     flat, unravel = ravel_pytree(delta)
+    if noise_mode == "none":
+        return jax.tree.map(lambda g, r, sent: g + r if sent else g, global_client, unravel(flat), mask)
     power = jnp.mean(jnp.square(flat)) if noise_mode == "relative" else 1.0
     # one flat draw for the whole payload: XLA compiles a 1-D threefry draw far faster than
     # one draw per multi-dimensional leaf
