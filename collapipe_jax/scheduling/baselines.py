@@ -89,7 +89,7 @@ def default_plan(dev: sg.ClusterDevices, cluster: int, order=None, max_steps: in
 
 
 def _stationary_start(dev: sg.ClusterDevices, delta, order) -> int:
-    """Eq. 38's m with the bottleneck taken at m = b/2 (as Alg. 2's start, `segments._initial_m`)."""
+    """Eq. 38's m with the bottleneck taken at m = b/2 (as Alg. 2's start, `segments.initial_m`)."""
     plan = sg.SegmentPlan(delta, order, max(1, dev.b // 2), 0.0)
     return min(max(int(round(sg.stationary_m(dev, plan))), 1), dev.b)
 
@@ -114,7 +114,7 @@ def default_uploads(problem: ds.RoundProblem, selected, preference: np.ndarray |
     # exactly min(N, J) clusters take a real channel: with |selected| = min(N, J) those are the selected
     matched = rs.match_channels(cost, np.where(chosen, np.inf, 0.0))
     if matched is None:
-        raise rs._infeasible_c11(up, p_ub)
+        raise rs.infeasible_c11(up, p_ub)
     channel, _ = matched
     p = np.array([p_ub[n, c] if c >= 0 else 0.0 for n, c in enumerate(channel)])
     return channel, p
@@ -209,7 +209,7 @@ def random_feasible_policy(problem: ds.RoundProblem, Y, rng: np.random.Generator
     cost = np.where(np.isnan(p_ub), np.inf, rng.uniform(size=p_ub.shape))
     matched = rs.match_channels(cost, rng.uniform(size=up.N))
     if matched is None:
-        raise rs._infeasible_c11(up, p_ub)
+        raise rs.infeasible_c11(up, p_ub)
     channel, _ = matched
     p = np.array([rng.uniform(0.0, 1.0) * p_ub[n, c] if c >= 0 else 0.0 for n, c in enumerate(channel)])
     p = np.where((channel >= 0) & (p <= 0), p_ub[np.arange(up.N), np.clip(channel, 0, None)], p)
@@ -218,13 +218,13 @@ def random_feasible_policy(problem: ds.RoundProblem, Y, rng: np.random.Generator
 
 def _random_plan(dev: sg.ClusterDevices, rng: np.random.Generator, cluster: int, tries: int = 200) -> sg.SegmentPlan:
     """A uniformly drawn m, device set, order and split that meets C1, C2, C7, C9'."""
-    sg._check_capacity(dev, cluster)
+    sg.check_capacity(dev, cluster)
     for attempt in range(tries):
         m = int(rng.integers(1, dev.b + 1)) if attempt < tries // 2 else 1  # m = 1 needs the least energy
         terms = sg.m_terms(dev, m)
         S = int(rng.integers(1, min(dev.K, dev.L) + 1))
         order = [int(k) for k in rng.permutation(dev.K)[:S]]
-        caps = np.array([sg._caps(terms, sg.LAST if pos == S - 1 else sg.NONLAST)[k] for pos, k in enumerate(order)])
+        caps = np.array([sg.role_caps(terms, sg.LAST if pos == S - 1 else sg.NONLAST)[k] for pos, k in enumerate(order)])
         if np.any(caps < 1) or caps.sum() < dev.L:
             continue
         delta = np.zeros(dev.K, int)

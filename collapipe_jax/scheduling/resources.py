@@ -211,7 +211,7 @@ class ResourceDecision:
     fallback: bool = False  # a convex solve failed and the bracketing search was used
 
 
-def _infeasible_c11(up: Uplink, p_ub: np.ndarray) -> InfeasibleError:
+def infeasible_c11(up: Uplink, p_ub: np.ndarray) -> InfeasibleError:
     bad = [int(n) for n in range(up.N) if np.all(np.isnan(p_ub[n]))]
     need = min(up.N, up.J)
     e_min = [float(np.min(min_upload_energy(up, n, np.arange(up.J)))) for n in range(up.N)]
@@ -289,7 +289,7 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
         if best is None or obj < best[0]:
             best = (obj, channel, p, tau_up)
     if best is None:
-        raise _infeasible_c11(up, p_ub)
+        raise infeasible_c11(up, p_ub)
     obj, channel, p, tau_up = best
     fallback = False
     if lyapunov == "paper":

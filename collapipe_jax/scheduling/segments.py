@@ -62,6 +62,7 @@ import numpy as np
 
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import redirect_fd
+from collapipe_jax.scenario import even_split
 
 SEGMENT_SOLVERS = ("exact", "milp")
 M_RULES = ("stationary", "exhaustive")
@@ -565,7 +566,7 @@ def _milp_problem(K: int, L: int, variant: str):
     return _MILP_CACHE[key]
 
 
-def _caps(terms: MTerms, role: int) -> np.ndarray:
+def role_caps(terms: MTerms, role: int) -> np.ndarray:
     """Largest δ with (device, δ, role) allowed (feasibility is monotone in δ); 0 if none."""
     allowed = terms.allowed[:, :, role]
     # first δ ≥ 1 that is not allowed, minus one
@@ -582,8 +583,8 @@ def front_milp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
     problem, params, delta, y = _milp_problem(dev.K, dev.L, dev.variant)
     params["c"].value = terms.c
     params["d"].value = terms.d
-    params["cap_nl"].value = _caps(terms, NONLAST)
-    params["cap_l"].value = _caps(terms, LAST)
+    params["cap_nl"].value = role_caps(terms, NONLAST)
+    params["cap_l"].value = role_caps(terms, LAST)
     plans: list[SegmentPlan | None] = []
     for s in range(1, dev.K + 1):
         params["S"].value = float(s)
@@ -673,7 +674,7 @@ def solve_segments(dev: ClusterDevices, m_rule: str = "stationary", solver: str 
         raise ValidationError("solver", f"must be one of {list(SEGMENT_SOLVERS)}", solver)
     if m_rule not in M_RULES:
         raise ValidationError("m_rule", f"must be one of {list(M_RULES)}", m_rule)
-    _check_capacity(dev, cluster)
+    check_capacity(dev, cluster)
     solve = front_exact if solver == "exact" else front_milp
     best: list[SegmentPlan | None] = [None] * dev.K
     solved: list[int] = []
@@ -682,7 +683,7 @@ def solve_segments(dev: ClusterDevices, m_rule: str = "stationary", solver: str 
             _merge(best, solve(dev, m))
             solved.append(m)
     else:
-        queue = [_initial_m(dev)]
+        queue = [initial_m(dev)]
         while queue and len(solved) < max_m_solves:
             m = queue.pop(0)
             if m in solved:
@@ -716,10 +717,9 @@ def solve_segments(dev: ClusterDevices, m_rule: str = "stationary", solver: str 
     return SegmentFront(tuple(best), tuple(solved))
 
 
-def _initial_m(dev: ClusterDevices) -> int:
+def initial_m(dev: ClusterDevices) -> int:
     """Stationary m of the uniform split over all K devices (index order), as Alg. 2's start."""
-    base, extra = divmod(dev.L, dev.K)
-    delta = tuple(base + (1 if k < extra else 0) for k in range(dev.K))
+    delta = tuple(even_split(dev.L, dev.K))
     order = tuple(k for k in range(dev.K) if delta[k] > 0)
     m0 = max(1, dev.b // 2)
     plan = SegmentPlan(delta, order, m0, 0.0)
@@ -727,7 +727,7 @@ def _initial_m(dev: ClusterDevices) -> int:
     return min(max(int(round(m_real)), 1), dev.b)
 
 
-def _check_capacity(dev: ClusterDevices, cluster) -> None:
+def check_capacity(dev: ClusterDevices, cluster) -> None:
     """C7 alone: the devices' memory must be able to hold the L TEBs."""
     deltas = np.arange(dev.L + 1)
     fits = deltas[None, :] * dev.gamma0_bytes <= dev.gamma_max_bytes[:, None]  # the C7 test itself
