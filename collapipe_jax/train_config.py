@@ -1,0 +1,181 @@
+"""`collapipe train`'s settings: `TrainConfig` (every option of the command, checked on
+construction) and the recipes of sweeps/recipes/ that fill it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+
+from collapipe_jax.errors import ValidationError
+from collapipe_jax.federated.optim import CLIENT_OPTIMIZERS, LR_SCHEDULES, SERVER_OPTIMIZERS
+from collapipe_jax.federated.rounds import CLIENT_STATES, NOISE_MODES
+from collapipe_jax.models.config import COMPUTE_DTYPES
+from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, option, require
+from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, tunable_rank
+from collapipe_jax.scheduling.frameworks import FRAMEWORKS
+from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
+from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
+from collapipe_jax.system.latency import VARIANTS
+
+MODEL_SIZES = ("tiny", "small", "paper")
+TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
+TASK_SCENARIO = {"multi30k": "paper-transformer", "ner": "paper-bert", "toutiao": "paper-bert"}
+
+
+class NonFiniteLossError(ValidationError):
+    """Training diverged: a round's loss is NaN or infinite (the last good checkpoint is kept)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    task: str = option("toutiao", "the paper's task", choices=tuple(TASK_MODEL))
+    framework: str = option("collapipe", "training framework (paper §VI)", choices=tuple(FRAMEWORKS))
+    model: str = option("tiny", "model size (paper: paper-transformer for multi30k, paper-bert otherwise)",
+                        choices=MODEL_SIZES)
+    policy: str | None = option(None, "collapipe's scheduler (default dssra; uniform = w/o segment scheduling; "
+                                      "default = no optimisation)", choices=SCHEDULER_POLICIES)
+    plan_stages: int | None = option(None, "policy default only: split the encoder evenly over the first S devices "
+                                           "(learning vs S)")
+    plan_micro_batches: int | None = option(None, "policy default only: charge m micro-batches (learning vs m; set "
+                                                  "--micro-batches to the same m to run GPipe with it)")
+    lyapunov: str = option("drift", "DSSRA's queue term: true drift-plus-penalty or Eq. 32 literally",
+                           choices=LYAPUNOV_VARIANTS)
+    no_pipeline: bool = option(False, "train the same model with the unsegmented encoder (reference)")
+    rounds: int = option(2, "number of rounds")
+    batch: int = option(8, "b: samples per cluster and local step")
+    local_steps: int | None = option(None, "E: local steps (mini-batches of b, each a full GPipe forward/backward) "
+                                           "per cluster and round [1 when neither this nor --local-epochs is given]")
+    local_epochs: float | None = option(None, "X: local epochs per round instead of --local-steps: cluster n makes "
+                                              "E_n = ceil(X D_n / b) steps")
+    optimizer: str = option("sgd", "client optimizer of the local steps and of the server head",
+                            choices=CLIENT_OPTIMIZERS)
+    lr: float = option(0.05, "peak learning rate of the client optimizer")
+    weight_decay: float = option(0.0, "weight decay λ (decoupled for adamw, L2 otherwise; not on biases and "
+                                      "LayerNorm scales)")
+    lr_schedule: str = option("constant", "learning-rate schedule over the run's local steps", choices=LR_SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up steps of the warmup-* schedules")
+    clip_norm: float | None = option(None, "clip each local gradient to this global norm")
+    client_state: str = option("keep", "client optimizer state: reset every round (FedAvg) or kept per cluster "
+                                        "across rounds", choices=CLIENT_STATES)
+    server_optimizer: str = option("avg", "server optimizer on the mean update: avg = FedAvg, adam = FedAdam, "
+                                          "yogi = FedYogi (Reddi et al., 2021)", choices=SERVER_OPTIMIZERS)
+    server_lr: float = option(1.0, "server learning rate (sgd, adam, yogi)")
+    dropout: float = option(0.1, "dropout rate on embeddings, attention weights and residual branches (and the "
+                                 "decoder); masks keyed by sample and layer, so pipelined == unpipelined")
+    label_smoothing: float = option(0.0, "label smoothing of the translation targets (0.1 in the recipes)")
+    dtype: str = option("float32", "compute dtype of matmuls and activations (parameters and optimizer state stay "
+                                   "float32)", choices=COMPUTE_DTYPES)
+    init_from: str | None = option(None, "start from the last checkpoint of a finished run (its --checkpoint-dir): "
+                                         "embedding and encoder, and the head/decoder when the task matches")
+    clusters: int | None = option(None, "N clusters (default: the scenario's)")
+    cluster_chunk: int | None = option(None, "vmap the clusters in groups of this size inside the jitted round "
+                                             "(smaller working set on CPUs at large N)")
+    micro_batches: int = option(4, "static GPipe micro-batches of the compiled program (the gradient is "
+                                   "m-independent)")
+    max_examples: int | None = option(None, "use the first N training examples")
+    max_eval_examples: int | None = option(200, "evaluate on the first N test examples")
+    eval_every: int = option(1, "evaluate every this many rounds (and after the last)")
+    non_iid: bool = option(False, "Dirichlet label split over the clusters")
+    dirichlet_alpha: float = option(0.5, "Dirichlet concentration of the non-IID split")
+    variant: str = option("paper", "system model variant", choices=VARIANTS)
+    noise_mode: str = option("relative", "upload noise variance ε relative to the update's power, absolute, or none "
+                                         "(the noiseless ablation)",
+                             choices=NOISE_MODES)
+    V: float | None = option(None, "Lyapunov trade-off V (default: the scenario's)")
+    tunable: str | None = option(None, TUNABLE_HELP)
+    seq_len: int | None = option(None, "sequence length (default: the model's)")
+    checkpoint_dir: str | None = option(None, "orbax checkpoints, one per round")
+    resume: bool = option(False, "continue the run in --checkpoint-dir")
+    log_dir: str | None = option(None, "rounds.csv and result.json (default: --checkpoint-dir)")
+    data_dir: str | None = option(None, "data sets (default: $COLLAPIPE_DATA, else the repository's data/)")
+    progress: bool = option(True, "progress bar on stderr")
+    recipe: str | None = option(None, "JSON recipe (sweeps/recipes/): its values replace the defaults, the flags "
+                                      "given replace its values", flag="config")
+    seed: int = option(0, "seed", cli=False)
+    preset: str | None = option(None, "scenario preset", cli=False)
+    scenario: str | None = option(None, "scenario JSON file", cli=False)
+    cache_dir: str | None = option(None, "tokenizer cache", cli=False)
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("rounds", "batch", "micro_batches", "eval_every"):
+            check_int(name.replace("_", "-"), getattr(self, name))
+        for name in ("cluster_chunk", "clusters", "max_examples", "max_eval_examples", "seq_len", "local_steps",
+                     "plan_stages", "plan_micro_batches"):
+            check_int(name.replace("_", "-"), getattr(self, name), optional=True)
+        check_int("warmup-steps", self.warmup_steps, low=0)
+        check_float("lr", self.lr, low=0.0, strict_low=True)
+        check_float("server-lr", self.server_lr, low=0.0, strict_low=True)
+        check_float("weight-decay", self.weight_decay, low=0.0)
+        check_float("dropout", self.dropout, low=0.0)
+        require(self.dropout < 1.0, "dropout", "must be < 1", self.dropout)
+        check_float("label-smoothing", self.label_smoothing, low=0.0)
+        require(self.label_smoothing < 1.0, "label-smoothing", "must be < 1", self.label_smoothing)
+        check_float("clip-norm", self.clip_norm, low=0.0, strict_low=True, optional=True)
+        check_float("local-epochs", self.local_epochs, low=0.0, strict_low=True, optional=True)
+        require((self.plan_stages is None and self.plan_micro_batches is None) or self.resolved_policy == "default",
+                "plan-stages", "a fixed plan (--plan-stages/--plan-micro-batches) needs --policy default")
+        require(self.local_steps is None or self.local_epochs is None, "local-epochs",
+                "give --local-steps or --local-epochs, not both", self.local_epochs)
+        require(FRAMEWORKS[self.framework].federated or self.server_optimizer == "avg", "server-optimizer",
+                f"the {self.framework} framework has no federated aggregation", self.server_optimizer)
+        check_float("V", self.V, low=0.0, optional=True)
+        check_float("dirichlet-alpha", self.dirichlet_alpha, low=0.0, strict_low=True)
+        require(self.micro_batches <= self.batch, "micro-batches", f"must be <= batch={self.batch}", self.micro_batches)
+        require(self.framework == "collapipe" or self.policy is None, "policy",
+                f"only the collapipe framework takes a policy ({self.framework} has its own)", self.policy)
+        require(not self.resume or self.checkpoint_dir, "resume", "needs --checkpoint-dir")
+        check_seed("seed", self.seed)
+        require(self.preset is None or self.preset in PRESETS, "preset",  # "" too: not silently the task's own
+                f"unknown preset, choose one of {list(PRESETS)}", self.preset)
+        require(self.rounds * (self.local_steps or 1) <= INT32_MAX, "rounds",
+                f"rounds x local-steps must be <= {INT32_MAX} (the step count is an int32)", self.rounds)
+        if self.tunable is not None:
+            tunable_rank(self.tunable)
+
+    @property
+    def resolved_policy(self) -> str:
+        return FRAMEWORKS[self.framework].policy or self.policy or "dssra"
+
+    @property
+    def pipelined(self) -> bool:
+        return FRAMEWORKS[self.framework].pipelined and not self.no_pipeline
+
+    def settings(self) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoint."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("rounds", "checkpoint_dir", "resume", "log_dir", "progress", "cache_dir", "data_dir",
+                             "recipe")}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+RECIPE_DIR = pathlib.Path(__file__).resolve().parents[1] / "sweeps" / "recipes"
+
+
+def load_recipe(path: str) -> dict:
+    """A recipe's settings: a JSON object of TrainConfig fields (a leading "about" string and
+    "_"-prefixed keys are notes). A bare name is looked up in sweeps/recipes/."""
+    file = pathlib.Path(path)
+    if not file.is_file() and (RECIPE_DIR / f"{path}.json").is_file():
+        file = RECIPE_DIR / f"{path}.json"
+    require(file.is_file(), "config", "must be a recipe JSON file (or the name of one in sweeps/recipes/)", path)
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValidationError("config", f"{file} is not valid UTF-8 JSON ({err})") from None
+    require(isinstance(values, dict), "config", "a recipe must be a JSON object", str(file))
+    values = {k: v for k, v in values.items() if k != "about" and not k.startswith("_")}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - fields)
+    require(not unknown, "config", f"{file}: unknown setting(s) {unknown}")
+    return values
+
+
+def config_with_recipe(values: dict) -> TrainConfig:
+    """TrainConfig from explicit values over the recipe they name (values["recipe"])."""
+    recipe = load_recipe(values["recipe"]) if values.get("recipe") else {}
+    return TrainConfig(**{**recipe, **values})
