@@ -220,6 +220,12 @@ def test_bleu_hand_worked():
     p2 = [4 / 6, 2 / 5, 1 / 4, 1 / 6]
     expected2 = 100 * math.exp(sum(math.log(x) for x in p2) / 4)
     assert metrics.corpus_bleu(hyp2, ref) == pytest.approx(expected2, rel=1e-9)
+    # case: "The Cat" matches "the cat" only lowercased
+    hyp3 = ["The Cat sat on the mat"]  # cased precisions 4/6, 3/5, 2/4, 1/3
+    p3 = [4 / 6, 3 / 5, 2 / 4, 1 / 3]
+    assert metrics.corpus_bleu(hyp3, ref) == pytest.approx(100 * math.exp(sum(math.log(x) for x in p3) / 4),
+                                                           rel=1e-9)
+    assert metrics.corpus_bleu(hyp3, ref, lowercase=True) == pytest.approx(100.0)
 
 
 # ---------------------------------------------------------------- whole tasks

@@ -17,11 +17,12 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from collapipe_jax.errors import ValidationError
 
 
-def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
-    """sacrebleu corpus BLEU (0..100) of detokenised hypotheses against one reference each."""
+def corpus_bleu(hypotheses: list[str], references: list[str], lowercase: bool = False) -> float:
+    """sacrebleu corpus BLEU (0..100) of detokenised hypotheses against one reference each;
+    `lowercase` compares both sides lowercased (how Multi30K results are often quoted)."""
     if len(hypotheses) != len(references):
         raise ValidationError("hypotheses", f"must have one per reference ({len(references)})", len(hypotheses))
-    return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    return float(sacrebleu.corpus_bleu(hypotheses, [references], lowercase=lowercase).score)
 
 
 def entity_scores(gold_tags: list[list[str]], pred_tags: list[list[str]]) -> dict[str, float]:

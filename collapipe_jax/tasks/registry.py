@@ -10,7 +10,7 @@ Batch keys are the models' (models/transformer.py, models/bert.py); ids PAD 0, B
 Sequences longer than T are truncated.
 
 `TaskData.score(predictions)` turns predictions on the test split into metrics:
-  multi30k: token ids [D, T'] of greedy decodes → {"bleu"} against the raw test_2016_flickr English
+  multi30k: token ids [D, T'] of greedy decodes → {"bleu", "bleu_lowercase"} against the raw test_2016_flickr English
   ner:      tag ids [D, T] (position 0 = [CLS]) → seqeval {"entity_f1", "entity_precision",
             "entity_recall"} on the characters the model sees (the first T − 1)
   toutiao:  class ids [D] → {"accuracy", "macro_f1", "micro_f1"}
@@ -110,7 +110,8 @@ def _multi30k(root, seq_len, vocab_size, max_examples, max_eval_examples, cache_
         pred_ids = np.asarray(pred_ids)
         _check_rows(pred_ids, len(references))
         hyps = [tok.decode(_until_eos(row), skip_special_tokens=True) for row in pred_ids]
-        return {"bleu": metrics.corpus_bleu(hyps, references)}
+        return {"bleu": metrics.corpus_bleu(hyps, references),  # cased sacreBLEU
+                "bleu_lowercase": metrics.corpus_bleu(hyps, references, lowercase=True)}
 
     return TaskData("multi30k", "seq2seq", train_arrays, test_arrays, tok.get_vocab_size(), 0, seq_len,
                     buckets.astype(np.int32), score, "bleu", digest(tok.to_str()))
