@@ -11,6 +11,7 @@ from collapipe_jax.federated import program
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, train
+from train_helpers import kill_during_second_evaluation
 
 # $COLLAPIPE_DATA if set, else the repository's own data/
 DATA = resolve_data_dir()
@@ -88,21 +89,8 @@ def test_no_pipeline_gives_same_losses(toutiao_runs):
 def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, toutiao_runs):
     full = toutiao_runs[0]
 
-    # kill the second run during round 1's evaluation (after round 0's checkpoint)
-    real_eval = train_mod.evaluate_model
-    calls = {"n": 0}
-
-    def dying_eval(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_eval(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "evaluate_model", dying_eval)
     cfg_b = tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"))
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_b)
-    monkeypatch.setattr(train_mod, "evaluate_model", real_eval)
+    kill_during_second_evaluation(monkeypatch, cfg_b)
     with pytest.raises(ValidationError, match="--resume"):
         train(cfg_b)  # a checkpoint is there: refuse to overwrite it silently
     resumed = train(tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), resume=True))

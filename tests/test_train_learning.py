@@ -15,6 +15,7 @@ from collapipe_jax.models import cost
 from collapipe_jax.models.lora import has_lora, lora_adapters
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, config_with_recipe, train
+from train_helpers import kill_during_second_evaluation
 
 DATA = resolve_data_dir()
 TINY = dict(rounds=2, batch=4, clusters=2, micro_batches=2, max_examples=24, max_eval_examples=8, seq_len=16,
@@ -37,19 +38,8 @@ def test_resume_with_local_steps_and_adaptive_optimizers(tmp_path, monkeypatch):
     full = train(tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "a"), **ADAPTIVE))
     assert full["local_steps"] == [2, 2] and full["optimizer"]["name"] == "adamw"
     assert full["server_optimizer"]["name"] == "adam" and all(np.isfinite(losses(full)))
-    real_eval, calls = train_mod.evaluate_model, {"n": 0}
-
-    def dying_eval(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_eval(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "evaluate_model", dying_eval)
-    cfg = tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), **ADAPTIVE)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(train_mod, "evaluate_model", real_eval)
+    kill_during_second_evaluation(
+        monkeypatch, tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), **ADAPTIVE))
     resumed = train(tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), resume=True,
                          **ADAPTIVE))
     np.testing.assert_array_equal(losses(resumed), losses(full))
