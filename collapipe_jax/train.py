@@ -33,10 +33,10 @@ from collapipe_jax.checkpoints import Checkpoints, same_settings
 from collapipe_jax.federated import program
 from collapipe_jax.federated.rounds import LocalWork, ServerState, Uploads, init_server_state
 from collapipe_jax.io import check_output_dir
-from collapipe_jax.options import require
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
 from collapipe_jax.models.lora import add_lora
+from collapipe_jax.options import require
 from collapipe_jax.scenario import Scenario, load_scenario, orders_of, tunable_rank
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
