@@ -235,3 +235,27 @@ def test_plots_draw_from_synthetic_tables(tmp_path):
         module.plot(build(), tmp_path)
     assert {p.name for p in tmp_path.glob("*.png")} >= {"fig4-uniform-split.png", "fig5-heterogeneous.png",
                                                          "frameworks.png", "policies.png", "queues.png"}
+
+
+def test_mean_ci95_is_the_student_t_interval_of_the_mean():
+    import numpy as np
+    from scipy import stats
+
+    from collapipe_jax.sweep.claims import mean_ci95
+
+    x = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0])
+    lo, hi = stats.t.interval(0.95, x.size - 1, loc=x.mean(), scale=stats.sem(x))
+    assert np.allclose(mean_ci95(x), (x.mean(), lo, hi))
+    assert mean_ci95([2.5]) == (2.5, 2.5, 2.5)
+
+
+def test_a_change_over_seeds_reproduces_only_when_its_interval_excludes_zero():
+    from collapipe_jax.sweep.claims import change_reproduced, claim
+
+    assert change_reproduced(-10.0, [-12.0, -8.0], -15.0)
+    assert not change_reproduced(-10.0, [-21.0, 1.0], -15.0)  # the interval holds zero
+    assert not change_reproduced(-40.0, [-45.0, -35.0], -15.0)  # beyond a factor of two
+    c = claim("fig11-vs-random", "x", -7.0, -8.0, "s", True, n=4, ci95=(-9.0, -7.0))
+    assert c["n"] == 4 and c["ci95"] == [-9.0, -7.0]
+    with pytest.raises(ValidationError):
+        claim("fig11-vs-random", "x", -7.0, -8.0, "s", True, n=4, ci95=(-7.0, -9.0))

@@ -2,7 +2,7 @@
 
 Each sweep's `findings(tables)` may return `claims`: a list of objects
 
-    {"id", "claim", "paper", "measured", "setting", "reproduced", "why"}
+    {"id", "claim", "paper", "measured", "setting", "reproduced", "why"[, "n", "ci95"]}
 
   id          one of CLAIM_IDS (an id appears once per setting: full upload / lora:8, variant, …)
   claim       the paper's statement, in words
@@ -12,19 +12,26 @@ Each sweep's `findings(tables)` may return `claims`: a list of objects
   setting     what was run (model, variant, tunable, N, rounds, …)
   reproduced  true/false by the rule of the claim's kind (below)
   why         where it does not reproduce: what in the model makes it so (never tuned to match)
+  n, ci95     for a claim measured over seeds: the number of seeds and the 95% confidence
+              interval [lo, hi] of the mean (`measured` is then the mean), a Student-t interval
+              over the per-seed values (`mean_ci95`)
 
 report.py gathers them into `claims.json` and the first table of REPORT.md.
 
 The rules: a relative change the paper reports as p % is reproduced when the measured change has
 the same sign and lies within a factor of two of p (|p|/2 ≤ |measured| ≤ 2|p|); an "at least"
 claim when the measured value is at or beyond the bound; the other claims state their rule in
-their `claim` text.
+their `claim` text. A change measured over seeds counts as reproduced only when the rule holds
+for the mean *and* its 95% interval excludes zero (`change_reproduced`).
 """
 
 from __future__ import annotations
 
 import math
 from numbers import Real
+
+import numpy as np
+from scipy import stats
 
 from collapipe_jax.errors import ValidationError
 
@@ -38,8 +45,11 @@ CLAIM_IDS = (
     "abstract-latency",
 )
 FIELDS = ("id", "claim", "paper", "measured", "setting", "reproduced", "why")
+SEED_FIELDS = ("n", "ci95")  # present together, on claims measured over seeds
 REPRODUCED_RULE = ("a reported change of p % counts as reproduced when the measured change has the same sign and "
-                   "is within a factor of two of p; an \"at least\" claim when the measured value reaches the bound")
+                   "is within a factor of two of p (over seeds: for the mean, with a 95% interval that excludes "
+                   "zero); an \"at least\" claim when the measured value reaches the bound")
+CI_METHOD = "Student-t 95% interval of the mean over seeds"
 
 
 def is_measurement(value) -> bool:
@@ -55,17 +65,30 @@ def is_measurement(value) -> bool:
     return False
 
 
-def claim(id: str, claim: str, paper, measured, setting: str, reproduced: bool, why: str = "") -> dict:
-    """One claim object; a malformed one is a ValidationError naming the field."""
+def claim(id: str, claim: str, paper, measured, setting: str, reproduced: bool, why: str = "",
+          n: int | None = None, ci95=None) -> dict:
+    """One claim object; a malformed one is a ValidationError naming the field. `n` and `ci95`
+    (given together) mark a claim measured over n seeds, `measured` being their mean."""
     out = {"id": id, "claim": claim, "paper": paper, "measured": measured, "setting": setting,
            "reproduced": bool(reproduced), "why": why}
+    if n is not None or ci95 is not None:
+        out["n"] = n
+        out["ci95"] = None if ci95 is None else [float(v) for v in ci95]
     check_claim(out)
     return out
 
 
 def check_claim(c: dict) -> None:
-    if not isinstance(c, dict) or set(c) != set(FIELDS):
-        raise ValidationError("claim", f"must be an object with exactly the fields {list(FIELDS)}", c)
+    if not isinstance(c, dict) or set(c) not in (set(FIELDS), set(FIELDS) | set(SEED_FIELDS)):
+        raise ValidationError("claim", f"must be an object with exactly the fields {list(FIELDS)} "
+                                       f"(and {list(SEED_FIELDS)} together)", c)
+    if "n" in c:
+        if isinstance(c["n"], bool) or not isinstance(c["n"], int) or c["n"] < 1:
+            raise ValidationError("claim.n", "must be an integer >= 1", c["n"])
+        ci = c["ci95"]
+        if (not isinstance(ci, list) or len(ci) != 2 or not all(is_measurement(v) for v in ci)
+                or ci[0] > ci[1]):
+            raise ValidationError("claim.ci95", "must be [lo, hi] with finite lo <= hi", ci)
     if c["id"] not in CLAIM_IDS:
         raise ValidationError("claim.id", f"must be one of {list(CLAIM_IDS)}", c["id"])
     if not is_measurement(c["measured"]):
@@ -85,6 +108,26 @@ def change_pct(value: float, base: float) -> float:
 def within_factor_two(measured: float, paper: float) -> bool:
     """The rule for reported changes: same sign, |paper|/2 ≤ |measured| ≤ 2 |paper|."""
     return (measured > 0) == (paper > 0) and abs(paper) / 2 <= abs(measured) <= 2 * abs(paper)
+
+
+def mean_ci95(values) -> tuple[float, float, float]:
+    """(mean, lo, hi): the Student-t 95% confidence interval of the mean of per-seed values
+    (lo = hi = the value for a single seed, where no interval exists)."""
+    x = np.asarray(values, float).ravel()
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValidationError("values", "must be a non-empty list of finite numbers", x.tolist())
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def change_reproduced(mean: float, ci95, paper: float) -> bool:
+    """The rule for a change measured over seeds: same sign and within a factor of two of the
+    paper's for the mean, and the 95% interval [lo, hi] excludes zero."""
+    lo, hi = ci95
+    return within_factor_two(mean, paper) and (lo > 0 or hi < 0)
 
 
 def missing_ids(claims: list[dict]) -> list[str]:
