@@ -157,7 +157,7 @@ def evaluate_sharded(states, decisions, variant: str = "paper", mesh: Mesh | Non
     """
     mesh = batch_mesh() if mesh is None else mesh
     fn, sharding = chunked_evaluator(mesh, variant)
-    return _run_chunked(fn, sharding, mesh, (states, decisions), chunk, process_local)
+    return run_chunked(fn, sharding, mesh, (states, decisions), chunk, process_local)
 
 
 def power_grad_sharded(states, decisions, variant: str = "paper", mesh: Mesh | None = None,
@@ -166,13 +166,15 @@ def power_grad_sharded(states, decisions, variant: str = "paper", mesh: Mesh | N
     sharded and across processes exactly like `evaluate_sharded`."""
     mesh = batch_mesh() if mesh is None else mesh
     fn = chunked_power_grad(mesh, variant)
-    return _run_chunked(fn, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), mesh, (states, decisions), chunk,
+    return run_chunked(fn, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), mesh, (states, decisions), chunk,
                         process_local)
 
 
-def _run_chunked(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: bool):
-    """Pad a batch (leading axis B) to whole chunks per device, run the chunked `fn` and cut the
-    result back to B rows; across processes through `_evaluate_across_processes`."""
+def run_chunked(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: bool = False):
+    """Pad a batch (leading axis B) to whole chunks per device, run the chunked `fn` (a jitted
+    `map_chunks`) and cut the result back to B rows; across processes through
+    `_evaluate_across_processes`. The one path of every sharded batch (system model, device
+    schedules)."""
     if mesh.is_multi_process:
         return _evaluate_across_processes(fn, sharding, mesh, batch, chunk, process_local)
     if process_local and jax.process_count() > 1:
@@ -186,7 +188,7 @@ def _run_chunked(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: boo
 
 
 def _evaluate_across_processes(fn, sharding, mesh: Mesh, batch, chunk: int, process_local: bool):
-    """The multi-process path of `_run_chunked` (`evaluate_sharded`, `power_grad_sharded`): every
+    """The multi-process path of `run_chunked` (`evaluate_sharded`, `power_grad_sharded`): every
     process feeds an equal number of rows (its part, padded) to its own devices, and all-gathers
     the result."""
     n_proc = jax.process_count()
