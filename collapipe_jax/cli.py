@@ -31,7 +31,7 @@ from collapipe_jax.options import memory_budget, option
 from collapipe_jax.report import write_report
 from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, default_decision, draw_state, load_scenario, make_decision
 from collapipe_jax.scenario import mean_state, orders_of, tunable_rank
-from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
+from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule, run_schedule_seeds
 from collapipe_jax.sweep import DEFAULT_TUNABLE, SCALES, SWEEPS, finished_summary, replot, run_sweep
 from collapipe_jax.system import evaluate, round_latency_of_power
 from collapipe_jax.system.latency import VARIANTS
@@ -275,8 +275,34 @@ def run_sensitivity(args):
 
 def run_schedule_command(args):
     scenario = load_scenario(args.preset, args.scenario)
-    result = run_schedule(scenario, config_from_args(ScheduleConfig, args, seed=args.seed))
+    cfg = config_from_args(ScheduleConfig, args, seed=args.seed)
+    if cfg.seeds is not None or cfg.engine == "device":
+        result = run_schedule_seeds(scenario, cfg)
+        return result, format_schedule_runs(result)
+    result = run_schedule(scenario, cfg)
     return result, format_schedule(result)
+
+
+def format_schedule_runs(result: dict) -> str:
+    """One row per seed, then the mean total latency with its 95% interval."""
+    def cell(value, fmt="{:.6g}"):
+        return "-" if value is None else fmt.format(value)
+
+    rows = [[r["seed"], cell(r["total_latency_s"]), cell(None if r["final_Y"] is None else max(r["final_Y"])),
+             ",".join(f"{v['constraint']}x{v['rounds']}" for v in r["violations"]) or "-",
+             "-" if r["infeasible"] is None else
+             f"{r['infeasible']['constraint']} (cluster {r['infeasible']['cluster']}, round {r['infeasible']['round']})"]
+            for r in result["runs"]]
+    table = format_table(["seed", "total latency (simulated) [s]", "final max Y", "violations", "infeasible"], rows)
+    head = (f"scenario {result['scenario']}, tunable {result['tunable']}, policy {result['policy']}, variant "
+            f"{result['variant']}, lyapunov {result['lyapunov']}, V = {result['V']:g}, {result['rounds_per_run']} rounds "
+            f"per seed, engine {result['engine']} on {result['device']}")
+    s = result["summary"]
+    tail = f"{s['feasible']} of {s['seeds']} seeds feasible"
+    if "ci95" in s:
+        tail += (f"; mean total latency {s['mean_total_latency_s']:.6g} s, 95% interval "
+                 f"[{s['ci95'][0]:.6g}, {s['ci95'][1]:.6g}] s")
+    return "\n".join([head, table, tail + f"; {result['seconds']:.3g} s wall time"])
 
 
 def format_schedule(result: dict) -> str:

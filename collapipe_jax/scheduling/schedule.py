@@ -9,6 +9,14 @@ largest of each part `round_cmp_s, round_dd_s, round_up_s` (system.report.time_s
 `tau_round_s, Y` (the queues the decision was made with), `Y_next, Gamma, solve_ms`;
 and `total_latency_s`, `total_cmp_s` (Σ_t round_cmp_s: the accumulated on-device computation
 time of Fig. 7/8), `total_up_s` (Σ_t round_up_s) and `violating_rounds`.
+
+With `--seeds A:B` (or `--engine device`) one independent schedule runs per seed in [A, B)
+(`run_schedule_seeds`), on the host (a loop over `run_schedule`) or on the device engine
+(`scheduling/device/run.py`: every seed at once, the rounds scanned): `{"runs": [{"seed",
+"total_latency_s", "total_cmp_s", "total_dd_s", "total_up_s", "final_Y", "max_Y", "violations",
+"infeasible"}], "engine", "device", "seconds", "summary"}`, each run's `rounds` with
+`--per-round`. A seed whose round has no feasible decision reports `infeasible` (constraint,
+cluster, round) and the others go on.
 """
 
 from __future__ import annotations
@@ -19,14 +27,34 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from collapipe_jax.options import check_fields, check_float, check_int, check_seed, option
+from collapipe_jax.errors import InfeasibleError, ValidationError
+from collapipe_jax.options import SEED_MAX, check_fields, check_float, check_int, check_seed, option
 from collapipe_jax.scenario import TUNABLE_HELP, Scenario, check_rounds, tunable_rank
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
 from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
 from collapipe_jax.scheduling.segments import M_RULES, SEGMENT_SOLVERS
+from collapipe_jax.stats import mean_ci95
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.report import inputs_dict
+
+
+ENGINES = ("host", "device")
+MAX_SEEDS = 1 << 24  # a batch of seeds is held whole in memory (per seed: totals and final queues)
+MAX_SEED_ROUNDS = 1_000_000  # --per-round keeps seeds × rounds records
+
+
+def parse_seeds(text: str) -> range:
+    """'A:B' → range(A, B): 0 <= A < B <= SEED_MAX + 1, at most MAX_SEEDS seeds."""
+    parts = str(text).split(":")
+    ok = len(parts) == 2 and all(p.isascii() and p.isdigit() and len(p) <= 12 for p in parts)
+    if ok:
+        a, b = int(parts[0]), int(parts[1])
+        ok = 0 <= a < b <= SEED_MAX + 1 and b - a <= MAX_SEEDS
+    if not ok:
+        raise ValidationError("seeds", f"must be A:B with integers 0 <= A < B <= {SEED_MAX + 1} and at most "
+                                       f"{MAX_SEEDS} seeds", text)
+    return range(a, b)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +73,12 @@ class ScheduleConfig:
                          choices=M_RULES)
     tunable: str | None = option(None, TUNABLE_HELP)
     seed: int = option(0, "seed of the random draws", cli=False)
+    engine: str = option("host", "where the decisions are made: the host solvers (NumPy/cvxpy, the reference) or "
+                                 "the device engine (JAX: every seed at once, rounds scanned)", choices=ENGINES)
+    seeds: str | None = option(None, "run one independent schedule per seed in [A, B), as A:B (replaces --seed)")
+    per_round: bool = option(False, "with --seeds or --engine device: each run's rounds in the JSON")
+    dtype: str = option("float64", "device engine precision: float64 equals the host solvers, float32 is "
+                                   "what accelerators run fastest", choices=("float64", "float32"))
     progress: bool = option(True, "progress bar on stderr")
     include_inputs: bool = option(True, "each round's resolved inputs in the result", cli=False)
 
@@ -55,6 +89,11 @@ class ScheduleConfig:
         check_seed("seed", self.seed)
         if self.tunable is not None:
             tunable_rank(self.tunable)
+        if self.seeds is not None:
+            parse_seeds(self.seeds)
+
+    def seed_range(self) -> range:
+        return parse_seeds(self.seeds) if self.seeds is not None else range(self.seed, self.seed + 1)
 
 
 def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), losses=None) -> dict:
@@ -105,8 +144,85 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
         "m_rule": cfg.m_rule, "V": V, "seed": cfg.seed, "scenario": scenario.name, "rounds": out_rounds,
         "total_latency_s": float(sum(r["tau_round_s"] for r in out_rounds)),
         "total_cmp_s": float(sum(r["round_cmp_s"] for r in out_rounds)),
+        "total_dd_s": float(sum(r["round_dd_s"] for r in out_rounds)),
         "total_up_s": float(sum(r["round_up_s"] for r in out_rounds)),
         "violating_rounds": sum(1 for r in out_rounds if r["violations"]),
         "mean_solve_ms": float(np.mean([r["solve_ms"] for r in out_rounds])),
         "max_Y": float(max(max(r["Y_next"]) for r in out_rounds)),
     }
+
+
+def run_schedule_seeds(scenario: Scenario, cfg: ScheduleConfig, device_label: str = "") -> dict:
+    """One independent schedule per seed of `cfg.seed_range()` on `cfg.engine` (module docstring)."""
+    import time
+
+    seeds = cfg.seed_range()
+    check_rounds(scenario, cfg.rounds)
+    if cfg.per_round and len(seeds) * cfg.rounds > MAX_SEED_ROUNDS:
+        raise ValidationError("per-round", f"keeps seeds x rounds records: at most {MAX_SEED_ROUNDS}",
+                              len(seeds) * cfg.rounds)
+    if cfg.tunable is not None:
+        scenario = scenario.replace(tunable=cfg.tunable)
+    started = time.perf_counter()
+    if cfg.engine == "device":
+        runs, device = _device_runs(scenario, cfg, seeds)
+    else:
+        runs, device = _host_runs(scenario, cfg, seeds), "host (NumPy float64)"
+    totals = [r["total_latency_s"] for r in runs if r["infeasible"] is None]
+    V = scenario.V if cfg.V is None else float(cfg.V)
+    return {"policy": cfg.policy, "tunable": scenario.tunable, "variant": cfg.variant, "lyapunov": cfg.lyapunov,
+            "V": V, "scenario": scenario.name, "rounds_per_run": cfg.rounds, "engine": cfg.engine,
+            "device": device_label or device, "seconds": time.perf_counter() - started,
+            "summary": seeds_summary(totals, len(runs)), "runs": runs}
+
+
+def seeds_summary(totals: list[float], n_runs: int) -> dict:
+    """Mean total latency over the feasible seeds with its 95% interval (Student-t)."""
+    out = {"seeds": n_runs, "feasible": len(totals)}
+    if totals:
+        mean, lo, hi = mean_ci95(totals)
+        out.update(mean_total_latency_s=mean, ci95=[lo, hi])
+    return out
+
+
+def _host_runs(scenario: Scenario, cfg: ScheduleConfig, seeds: range) -> list[dict]:
+    runs = []
+    for seed in tqdm(seeds, desc=f"schedule {cfg.policy} (host)", file=sys.stderr, unit="seed",
+                     disable=True if not cfg.progress or len(seeds) < 4 else None):
+        one = dataclasses.replace(cfg, seed=seed, seeds=None, progress=False, include_inputs=False)
+        try:
+            r = run_schedule(scenario, one)
+        except InfeasibleError as err:
+            runs.append({"seed": seed, "total_latency_s": None, "total_cmp_s": None, "total_dd_s": None,
+                         "total_up_s": None, "final_Y": None, "max_Y": None, "violations": [],
+                         "infeasible": {key: err.report.get(key) for key in ("constraint", "cluster", "round")}})
+            continue
+        counts: dict[str, int] = {}
+        for record in r["rounds"]:
+            for name in sorted({v["constraint"] for v in record["violations"]}):
+                counts[name] = counts.get(name, 0) + 1
+        run = {"seed": seed, **{k: r[k] for k in ("total_latency_s", "total_cmp_s", "total_dd_s", "total_up_s",
+                                                   "max_Y")},
+               "final_Y": r["rounds"][-1]["Y_next"], "violations": [{"constraint": k, "rounds": n}
+                                                                    for k, n in counts.items()],
+               "infeasible": None}
+        if cfg.per_round:
+            run["rounds"] = r["rounds"]
+        runs.append(run)
+    return runs
+
+
+def _device_runs(scenario: Scenario, cfg: ScheduleConfig, seeds: range):
+    import jax
+
+    from collapipe_jax.scheduling.device.problem import EngineConfig
+    from collapipe_jax.scheduling.device.run import run_schedules, runs_json
+
+    config = EngineConfig.of(scenario, variant=cfg.variant, lyapunov=cfg.lyapunov, m_rule=cfg.m_rule)
+    if cfg.solver != "exact":
+        raise ValidationError("solver", "the device engine solves Sub-1 exactly (the MILP is host-only)", cfg.solver)
+    result = run_schedules(scenario, cfg.policy, np.arange(seeds.start, seeds.stop), cfg.rounds, config,
+                           V=cfg.V, per_round=cfg.per_round, dtype=cfg.dtype)
+    devices = jax.devices()
+    label = f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), {cfg.dtype}"
+    return runs_json(result, seeds, scenario, cfg.per_round), label

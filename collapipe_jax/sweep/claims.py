@@ -30,10 +30,8 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-import numpy as np
-from scipy import stats
-
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.stats import mean_ci95  # noqa: F401  (the claims' interval)
 
 CLAIM_IDS = (
     "fig4-best-S-m", "fig5-S-m-heterogeneous",
@@ -108,19 +106,6 @@ def change_pct(value: float, base: float) -> float:
 def within_factor_two(measured: float, paper: float) -> bool:
     """The rule for reported changes: same sign, |paper|/2 ≤ |measured| ≤ 2 |paper|."""
     return (measured > 0) == (paper > 0) and abs(paper) / 2 <= abs(measured) <= 2 * abs(paper)
-
-
-def mean_ci95(values) -> tuple[float, float, float]:
-    """(mean, lo, hi): the Student-t 95% confidence interval of the mean of per-seed values
-    (lo = hi = the value for a single seed, where no interval exists)."""
-    x = np.asarray(values, float).ravel()
-    if x.size == 0 or not np.all(np.isfinite(x)):
-        raise ValidationError("values", "must be a non-empty list of finite numbers", x.tolist())
-    mean = float(x.mean())
-    if x.size == 1:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return mean, mean - half, mean + half
 
 
 def change_reproduced(mean: float, ci95, paper: float) -> bool:
