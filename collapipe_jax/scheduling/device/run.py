@@ -109,7 +109,9 @@ def schedule_one(scenario: Scenario, policy: str, config: EngineConfig, rounds: 
                   total_cmp_s=jnp.sum(f64(per_round["round_cmp_s"])), total_dd_s=jnp.sum(f64(per_round["round_dd_s"])),
                   total_up_s=jnp.sum(f64(per_round["round_up_s"])), final_Y=Y, code=code, code_round=code_round,
                   code_cluster=code_cluster, max_Y=jnp.max(per_round["Y_next"]),
-                  violation_rounds=jnp.sum(per_round["broken"], axis=0))
+                  violation_rounds=jnp.sum(per_round["broken"], axis=0),
+                  mean_Gamma=jnp.sum(jnp.where(per_round["charged"], jnp.mean(per_round["Gamma"], axis=-1), 0.0))
+                  / jnp.maximum(jnp.sum(per_round["charged"]), 1))
     return totals, per_round
 
 
@@ -121,7 +123,7 @@ class RunSpec:
     policy: str
     config: EngineConfig
     rounds: int
-    per_round: bool = False  # keep every round's arrays (else the totals alone leave the device)
+    keep: tuple[str, ...] = ()  # the per-round arrays that leave the device (the totals always do)
 
 
 @functools.lru_cache(maxsize=32)
@@ -132,7 +134,7 @@ def _program(spec: RunSpec, mesh, x64: bool):  # x64 keys the cache: a program t
 
         def one(seed, v, g):
             totals, per_round = schedule_one(spec.scenario, spec.policy, spec.config, spec.rounds, seed, v, g)
-            return (totals, per_round) if spec.per_round else (totals, {})
+            return totals, {key: per_round[key] for key in spec.keep}
         return jax.vmap(one, out_axes=-1)(seeds, V, Gamma_max)
 
     return jax.jit(sharded.map_chunks(per_chunk, mesh))
@@ -149,11 +151,17 @@ def check_dtype(dtype: str) -> None:
         raise ValidationError("dtype", f"must be one of {list(DTYPES)}", dtype)
 
 
+PER_ROUND = ("charged", "S", "m", "delta", "rank", "channel", "p_n_w", "tau_pipe_s", "tau_up_s", "tau_pipe_cmp_s",
+             "tau_pipe_dd_s", "round_cmp_s", "round_dd_s", "round_up_s", "tau_round_s", "Y", "Y_next", "Gamma",
+             "objective", "iterations", "broken")
+
+
 def run_schedules(scenario: Scenario, policy: str, seeds, rounds: int, config: EngineConfig | None = None,
-                  V=None, per_round: bool = False, dtype: str = "float64", mesh=None, chunk: int = 4096,
-                  Gamma_max=None):
+                  V=None, per_round: bool | tuple[str, ...] = False, dtype: str = "float64", mesh=None,
+                  chunk: int = 4096, Gamma_max=None):
     """One schedule per seed (and per V when V is an array of the seeds' length): a dict of NumPy
-    arrays with a leading seed axis (`totals`) and, with `per_round`, [seeds, T, ...] arrays."""
+    arrays with a leading seed axis (`totals`) and, with `per_round` (True: every key of
+    PER_ROUND, or a tuple of them), [seeds, T, ...] arrays in `rounds`."""
     check_policy(policy)
     check_dtype(dtype)
     config = EngineConfig.of(scenario) if config is None else config
@@ -161,13 +169,16 @@ def run_schedules(scenario: Scenario, policy: str, seeds, rounds: int, config: E
     B = seeds.size
     V = np.broadcast_to(np.asarray(scenario.V if V is None else V, np.float64), (B,))
     G = np.broadcast_to(np.asarray(scenario.Gamma_max if Gamma_max is None else Gamma_max, np.float64), (B,))
-    spec = RunSpec(scenario, policy, config, int(rounds), per_round)
+    keep = PER_ROUND if per_round is True else tuple(per_round or ())
+    if not set(keep) <= set(PER_ROUND):
+        raise ValidationError("per_round", f"must name arrays among {list(PER_ROUND)}", keep)
+    spec = RunSpec(scenario, policy, config, int(rounds), keep)
     x64 = dtype == "float64"
     mesh = sharded.batch_mesh() if mesh is None else mesh
     with jax.enable_x64(x64):
         fn = _program(spec, mesh, x64)
         float_t = np.float64 if x64 else np.float32
-        batch = (seeds.astype(np.int64 if x64 else np.int32), V.astype(float_t), G.astype(float_t))
+        batch = (seeds.astype(np.int64 if x64 else np.uint32), V.astype(float_t), G.astype(float_t))
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharded.BATCH_AXIS))
         totals, rounds_out = sharded.run_chunked(fn, sharding, mesh, batch, chunk)
         totals, rounds_out = jax.tree.map(np.asarray, (totals, rounds_out))

@@ -1,0 +1,226 @@
+"""The device engine against the host solvers (the reference): one round of every deterministic
+rule on random draws (objective rtol 1e-5, the same decision where the optimum is unique, the
+same infeasibility), whole seeded schedules (totals and final queues), the constraints of every
+device decision (hypothesis), and the `schedule --engine/--seeds` contract.
+
+Each (scenario shape, rule) compiles once (module-level caches); the default run keeps to a few
+shapes and instances, `-m slow` runs the ≥ 2,000-instance comparison.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collapipe_jax.errors import InfeasibleError
+from collapipe_jax.scenario import draw_state, round_key, scenario_from_model, scenario_preset
+from collapipe_jax.scheduling import dssra as host
+from collapipe_jax.scheduling.device import constraints
+from collapipe_jax.scheduling.device.policies import DEVICE_POLICIES
+from collapipe_jax.scheduling.device.problem import EngineConfig, round_problem
+from collapipe_jax.scheduling.device.run import run_schedules, runs_json
+from collapipe_jax.scheduling.policies import POLICIES, policy_rng
+from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule_seeds
+
+DETERMINISTIC = ("dssra", "uniform", "loss-only", "delay-only", "dssra-no-queue", "dssra-loss-weighted",
+                 "default", "vanilla-fl", "titanic")
+RELAXED = 1e3  # E_n^max [J] that lets the full encoder upload (Table II's 10 J cannot pay for it)
+
+
+@functools.lru_cache(maxsize=None)
+def device_rule(policy: str, config: EngineConfig):
+    """jit(one round of `policy`) for a config, traced in float64."""
+    def one(state, Y, V):
+        problem = round_problem(state, config)
+        return DEVICE_POLICIES[policy](problem, Y, V, jax.random.PRNGKey(0), None, config)
+
+    return jax.jit(one)
+
+
+def device_round(policy, scenario, state, Y, config):
+    with jax.enable_x64(True):
+        out = device_rule(policy, config)(state, np.asarray(Y, np.float64), np.float64(scenario.V))
+        return jax.tree.map(np.asarray, out)
+
+
+def host_round(policy, scenario, state, Y, config):
+    problem = host.round_problem(scenario, state, config.variant, config.lyapunov)
+    return POLICIES[policy](problem, np.asarray(Y, float), policy_rng(0, 0), None)
+
+
+def scenarios():
+    """(name, scenario) pairs: Table II with LoRA uploads, the full upload relaxed, the model's FLOPs."""
+    bert = scenario_preset("paper-bert")
+    return [
+        ("bert-lora8", bert.replace(tunable="lora:8")),
+        ("bert-full-relaxed", bert.replace(E_max_n_j=RELAXED)),
+        ("bert-flops-N6-lora8", scenario_from_model("paper-bert", o_from_model=True).replace(N=6, tunable="lora:8")),
+    ]
+
+
+def compare(policy, scenario, state, Y, variant, lyapunov):
+    config = EngineConfig.of(scenario, variant=variant, lyapunov=lyapunov)
+    dev = device_round(policy, scenario, state, Y, config)
+    try:
+        ref = host_round(policy, scenario, state, Y, config)
+    except InfeasibleError as err:
+        assert constraints.name(dev.code) == err.report["constraint"], (policy, err.report)
+        return "infeasible"
+    assert int(dev.code) == constraints.FEASIBLE, (policy, constraints.name(dev.code))
+    np.testing.assert_allclose(dev.objective, ref.objective, rtol=1e-5, err_msg=policy)
+    np.testing.assert_allclose(dev.tau_pipe_s, ref.tau_pipe_s, rtol=1e-5, err_msg=policy)
+    # the same decision where the host's optimum is unique: a different decision must tie
+    same = (np.array_equal(dev.delta, [p.delta for p in ref.plans]) and np.array_equal(dev.m, [p.m for p in ref.plans])
+            and np.array_equal(dev.channel, ref.channel))
+    if not same:
+        problem = host.round_problem(scenario, state, variant, lyapunov)
+        plans = [host.sg.SegmentPlan(tuple(int(v) for v in d), order, int(m), 0.0)
+                 for d, order, m in zip(dev.delta, orders(dev), dev.m)]
+        ev = host.evaluate_host(problem, plans, dev.channel, dev.p_n_w, np.asarray(Y, float))
+        np.testing.assert_allclose(ev["objective"], ref.objective, rtol=1e-5, err_msg=f"{policy}: a different optimum")
+    return "same" if same else "tie"
+
+
+def orders(dec):
+    """Pipeline orders of a device decision: the scheduled devices but `last`, then `last`."""
+    return [tuple([k for k in range(len(d)) if d[k] > 0 and k != last] + [int(last)])
+            for d, last in zip(dec.delta, dec.last)]
+
+
+@pytest.mark.parametrize("variant", ["paper", "consistent"])
+@pytest.mark.parametrize("lyapunov", ["drift", "paper"])
+def test_dssra_round_equals_the_host(variant, lyapunov):
+    outcomes = []
+    for name, scenario in scenarios()[:2]:
+        for t in range(3):
+            state = draw_state(scenario, round_key(7, t))
+            Y = np.random.default_rng(t).uniform(0.0, 0.05, scenario.N) * (t > 0)
+            outcomes.append(compare("dssra", scenario, state, Y, variant, lyapunov))
+    assert outcomes.count("same") >= len(outcomes) // 2, outcomes
+
+
+@pytest.mark.parametrize("policy", [p for p in DETERMINISTIC if p != "dssra"])
+def test_every_deterministic_rule_equals_the_host(policy):
+    name, scenario = scenarios()[0]
+    for t in range(2):
+        state = draw_state(scenario, round_key(3, t))
+        compare(policy, scenario, state, np.full(scenario.N, 0.01 * t), "paper", "drift")
+
+
+def test_infeasible_instances_are_flagged_with_the_hosts_constraint():
+    bert = scenario_preset("paper-bert")  # the full encoder upload cannot meet E_n^max = 10 J: C11'
+    cases = [bert, bert.replace(tunable="lora:8", gamma_max_k_bytes=1e3),  # C7: no memory for a TEB
+             bert.replace(tunable="lora:8", E_max_k_j=1e-12)]  # C9': no device energy
+    for scenario in cases:
+        assert compare("dssra", scenario, draw_state(scenario, round_key(0, 0)), np.zeros(scenario.N),
+                       "paper", "drift") == "infeasible"
+
+
+@pytest.mark.parametrize("variant", ["paper", "consistent"])
+def test_seeded_schedules_equal_the_host_seed_for_seed(variant):
+    scenario = scenario_preset("paper-bert").replace(tunable="lora:8")
+    cfg = ScheduleConfig(rounds=6, variant=variant, seeds="0:4", progress=False)
+    dev = run_schedule_seeds(scenario, dataclass_replace(cfg, engine="device"))
+    ref = run_schedule_seeds(scenario, cfg)
+    for d, r in zip(dev["runs"], ref["runs"]):
+        assert d["seed"] == r["seed"] and d["infeasible"] == r["infeasible"]
+        np.testing.assert_allclose(d["total_latency_s"], r["total_latency_s"], rtol=1e-4)
+        np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
+
+
+def dataclass_replace(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def test_an_infeasible_seed_is_reported_and_the_others_go_on():
+    # E_n^max between the clusters' least upload energies: some draws leave a cluster unable to
+    # upload (C11'), the rest go on; the host and the device agree seed for seed
+    scenario = scenario_preset("paper-bert").replace(tunable="lora:8", E_max_n_j=0.95)
+    cfg = ScheduleConfig(rounds=3, seeds="0:6", progress=False)
+    dev = run_schedule_seeds(scenario, dataclass_replace(cfg, engine="device"))
+    ref = run_schedule_seeds(scenario, cfg)
+    assert [r["infeasible"] for r in dev["runs"]] == [r["infeasible"] for r in ref["runs"]]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), policy=st.sampled_from(sorted(DEVICE_POLICIES)),
+       variant=st.sampled_from(["paper", "consistent"]))
+def test_every_device_decision_meets_the_constraints_or_names_the_breach(seed, policy, variant):
+    scenario = scenario_preset("paper-bert").replace(tunable="lora:8")
+    config = EngineConfig.of(scenario, variant=variant)
+    state = draw_state(scenario, round_key(seed, 0))
+    dev = device_round(policy, scenario, state, np.zeros(scenario.N), config)
+    problem = host.round_problem(scenario, state, variant)
+    plans = [host.sg.SegmentPlan(tuple(int(v) for v in d), order, int(m), 0.0)
+             for d, order, m in zip(dev.delta, orders(dev), dev.m)]
+    broken = host.check_decision(problem, plans, dev.channel, dev.p_n_w)
+    if policy in ("default", "vanilla-fl", "titanic"):  # fixed rules: what they break is charged and reported
+        assert {b["constraint"] for b in broken} <= {"C7", "C9'", "C11'"}
+    elif int(dev.code) == constraints.FEASIBLE:
+        assert broken == [], (policy, broken)
+
+
+def test_schedule_seeds_json_contract(capsys):
+    from collapipe_jax.cli import main
+
+    assert main(["schedule", "--preset", "paper-bert", "--tunable", "lora:8", "--rounds", "2", "--engine", "device",
+                 "--seeds", "0:3", "--json", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"runs", "engine", "device", "seconds"} and out["engine"] == "device"
+    assert [r["seed"] for r in out["runs"]] == [0, 1, 2]
+    assert set(out["runs"][0]) >= {"seed", "total_latency_s", "final_Y", "violations", "infeasible"}
+
+
+@pytest.mark.parametrize("text", ["3", "5:5", "a:b", "-1:2", "0:99999999999999"])
+def test_bad_seed_ranges_are_refused_in_one_line(text, capsys):
+    from collapipe_jax.cli import main
+
+    assert main(["schedule", "--seeds", text]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seeds" in err[0]
+
+
+@pytest.mark.slow
+def test_two_thousand_random_rounds_equal_the_host():
+    """≥ 2,000 instances: both variants × both Lyapunov readings, N ∈ {3, 6, 16}, K ∈ {6, 10},
+    J ∈ {4, 8}, L ∈ {12, 24}, Table II and model FLOPs, full (relaxed) and lora:8."""
+    rng = np.random.default_rng(0)
+    outcomes = []
+    shapes = [(3, 6, 4, 12), (6, 6, 4, 12), (16, 10, 8, 24), (6, 10, 8, 24), (3, 10, 4, 24), (16, 6, 8, 12)]
+    for N, K, J, L in shapes:
+        for flops in (False, True):
+            base = scenario_from_model("paper-bert", o_from_model=True) if flops else scenario_preset("paper-bert")
+            for tunable in ("lora:8", "full"):
+                scenario = base.replace(N=N, K=K, J=J, L=L, tunable=tunable,
+                                        E_max_n_j=base.E_max_n_j if tunable != "full" else RELAXED)
+                for variant in ("paper", "consistent"):
+                    for lyapunov in ("drift", "paper"):
+                        for t in range(22):
+                            state = draw_state(scenario, round_key(int(rng.integers(1 << 30)), t))
+                            Y = rng.uniform(0, 0.05, N) * rng.integers(0, 2)
+                            outcomes.append(compare("dssra", scenario, state, Y, variant, lyapunov))
+    assert len(outcomes) >= 2000
+    assert outcomes.count("same") >= 0.9 * (len(outcomes) - outcomes.count("infeasible")), outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,lyapunov,tunable", [("paper", "drift", "lora:8"), ("consistent", "drift", "lora:8"),
+                                                      ("paper", "paper", "full")])
+def test_thirty_two_seeds_of_thirty_rounds_equal_the_host(variant, lyapunov, tunable):
+    scenario = scenario_preset("paper-bert").replace(tunable=tunable)
+    if tunable == "full":
+        scenario = scenario.replace(E_max_n_j=RELAXED)
+    cfg = ScheduleConfig(rounds=30, variant=variant, lyapunov=lyapunov, seeds="0:32", progress=False)
+    dev = run_schedule_seeds(scenario, dataclass_replace(cfg, engine="device"))
+    ref = run_schedule_seeds(scenario, cfg)
+    for d, r in zip(dev["runs"], ref["runs"]):
+        np.testing.assert_allclose(d["total_latency_s"], r["total_latency_s"], rtol=1e-4)
+        np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
