@@ -7,6 +7,7 @@ from collapipe_jax.sweep import distributions  # noqa: F401
 from collapipe_jax.sweep import segments  # noqa: F401
 from collapipe_jax.sweep import policies  # noqa: F401
 from collapipe_jax.sweep import frameworks  # noqa: F401
+from collapipe_jax.sweep import scaling  # noqa: F401
 from collapipe_jax.sweep import memory  # noqa: F401
 from collapipe_jax.sweep import training  # noqa: F401
 from collapipe_jax.sweep.base import DEFAULT_TUNABLE, SCALES, SWEEPS, Sweep, finished_summary, replot, run_sweep

@@ -1,0 +1,100 @@
+"""How DSSRA's gain over the paper's baselines and its queues change with the number of clusters
+N, of devices per cluster K, of uplink channels J and with the Lyapunov weight V (no paper
+figure: a study the device engine makes cheap).
+
+Base: paper-bert with LoRA adapters (R = 8) uploaded on Table II as published, the paper variant
+of the system model, the drift objective. One axis moves at a time (the others at the base:
+N = 6 > J = 4 so that the CU selection matters, K = 6, V = 10): N ∈ {3, 6, 12, 24}, K ∈
+{4, 6, 8, 10}, J ∈ {2, 4, 8} and V ∈ {0.01, 1, 10, 100, 1000}. Every point runs DSSRA and the
+paper's baselines (random, loss-only, delay-only) and the uniform split on the same seeds (quick
+64, paper 1,024), T rounds each; DSSRA's change of the total latency against each is taken seed
+by seed (mean and 95% interval), and the queues' largest value per seed is averaged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from collapipe_jax.scenario import scenario_preset
+from collapipe_jax.scheduling.policies import PAPER_BASELINES
+from collapipe_jax.sweep.base import Sweep, register
+from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep.seeded import interval, paired_change, run_seeds
+
+BASE = dict(N=6, K=6, J=4, V=10.0)
+AXES = (("N", (3, 6, 12, 24)), ("K", (4, 6, 8, 10)), ("J", (2, 4, 8)), ("V", (0.01, 1.0, 10.0, 100.0, 1000.0)))
+RULES = ("dssra",) + PAPER_BASELINES + ("uniform",)
+SCALES = {"quick": (64, 20), "paper": (1024, 100)}  # seeds, rounds
+AXIS_LABELS = {"N": "clusters N", "K": "devices per cluster K", "J": "uplink channels J", "V": "Lyapunov weight V"}
+
+
+def point_scenario(N: int, K: int, J: int):
+    return scenario_preset("paper-bert").replace(N=N, K=K, J=J, tunable="lora:8")
+
+
+def compute(scale: str, work_dir, progress) -> dict:
+    n_seeds, rounds = SCALES[scale]
+    seeds = np.arange(n_seeds)
+    rows, gains = [], []
+    for axis, values in AXES:
+        for value in values:
+            point = dict(BASE, **{axis: value})
+            scenario = point_scenario(int(point["N"]), int(point["K"]), int(point["J"]))
+            results = {}
+            for rule in RULES:
+                results[rule] = run_seeds(scenario, rule, seeds, rounds, V=point["V"])
+                t = results[rule]["totals"]
+                ok = t["code"] == 0
+                rows.append({"axis": axis, "value": value, **point, "policy": rule, "rounds": rounds, "n": int(ok.sum()),
+                             **interval("total_latency_s", t["total_latency_s"][ok]),
+                             **interval("max_Y", t["max_Y"][ok])})
+                progress(1)
+            d = results["dssra"]["totals"]
+            for rule in RULES[1:]:
+                o = results[rule]["totals"]
+                gains.append({"axis": axis, "value": value, **point, "baseline": rule,
+                              **paired_change(d["total_latency_s"], o["total_latency_s"],
+                                              (d["code"] == 0) & (o["code"] == 0))})
+    return {"scaling": rows, "scaling-gains": gains}
+
+
+def plot(tables: dict, out) -> None:
+    gains, rows = tables["scaling-gains"], tables["scaling"]
+    for axis, _ in AXES:
+        fig, (left, right) = subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+        for rule in RULES[1:]:
+            sel = [g for g in gains if g["axis"] == axis and g["baseline"] == rule]
+            x = [g["value"] for g in sel]
+            left.plot(x, [g["change_pct"] for g in sel], marker="o", label=f"vs {rule}")
+            left.fill_between(x, [g["change_pct_lo"] for g in sel], [g["change_pct_hi"] for g in sel], alpha=0.2)
+        sel = [r for r in rows if r["axis"] == axis and r["policy"] == "dssra"]
+        x = [r["value"] for r in sel]
+        right.plot(x, [r["max_Y"] for r in sel], marker="o", color="tab:red", label="DSSRA")
+        right.fill_between(x, [r["max_Y_lo"] for r in sel], [r["max_Y_hi"] for r in sel], color="tab:red", alpha=0.2)
+        left.axhline(0.0, color="black", linewidth=0.8)
+        for ax in (left, right):
+            ax.set_xlabel(AXIS_LABELS[axis])
+            if axis == "V":
+                ax.set_xscale("log")
+            ax.legend(fontsize=8)
+        n = max((g["n"] for g in gains if g["axis"] == axis), default=0)
+        left.set_ylabel("DSSRA's total latency change [%]")
+        left.set_title(f"DSSRA vs each baseline (mean, 95% band, {n} seeds)")
+        right.set_ylabel("largest queue max_t max_n Y_n(t)")
+        right.set_title("DSSRA's queues (mean over seeds, 95% band)")
+        save_figure(fig, out / f"scaling-{axis}.png")
+
+
+def findings(tables: dict) -> dict:
+    notes = []
+    for axis, values in AXES:
+        for rule in RULES[1:]:
+            sel = [g for g in tables["scaling-gains"] if g["axis"] == axis and g["baseline"] == rule]
+            points = ", ".join(f"{g['value']:g}" for g in sel)
+            notes.append(f"{AXIS_LABELS[axis]} {points}: DSSRA vs {rule} "
+                         + ", ".join(f"{g['change_pct']:+.1f}% [{g['change_pct_lo']:+.1f}, {g['change_pct_hi']:+.1f}]"
+                                     for g in sel))
+    return {"claims": [], "findings": notes}
+
+
+register(Sweep("scaling", compute, plot, findings))
