@@ -32,8 +32,9 @@ SAME_LATENCY_REASON = (
     "on the edge server differ between tasks, but none of them is uploaded, so none is charged")
 V_REASON = (
     "while every queue Y_n is 0 the round objective V·τ(t) + Σ_n Y_n·Γ_n is V·τ(t), whose minimiser "
-    "does not depend on V > 0; the queues stay 0 while each Γ_n (Eq. 28) stays under Γ^max, which "
-    "DSSRA's plans achieve when N ≤ J (every cluster has a channel and uploads at its power cap)")
+    "does not depend on V > 0; the queues stay 0 while each Γ_n (Eq. 28) stays under Γ^max, as DSSRA's "
+    "plans keep it in Table II's settings when N ≤ J (every cluster has a channel and uploads at its "
+    "power cap, which keeps the noise term ε_n small)")
 
 
 def format_value(value) -> str:
@@ -175,11 +176,13 @@ def settings_section(claims: list[dict]) -> list[str]:
 
 def same_latency_finding(summaries: dict) -> str:
     """The training sweep's simulated latency, task by task: equal for the three tasks (and why)."""
-    final = summaries.get("training", {}).get("final")
+    training = summaries.get("training")
+    final = training.get("final") if isinstance(training, dict) else None
     rows = [r for r in final if isinstance(r, dict)] if isinstance(final, list) else []
     by_framework: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
-        if {"task", "framework", "total_latency_s"} <= set(r) and _is_number(r["total_latency_s"]):
+        if (isinstance(r.get("task"), str) and isinstance(r.get("framework"), str)
+                and _is_number(r.get("total_latency_s"))):
             by_framework[r["framework"]][r["task"]] = float(r["total_latency_s"])
     by_framework = {fw: t for fw, t in by_framework.items() if len(t) > 1}
     if not by_framework:
@@ -221,7 +224,7 @@ def v_effect_finding(policies_csv: pathlib.Path) -> str:
     values_v: set[float] = set()
     groups: dict[tuple, list[float]] = defaultdict(list)
     for r in _read_csv(policies_csv):
-        n, v, total, y = _float(r.get("N")), _float(r.get("V")), _float(r.get("total_latency_s")), _float(r.get("max_Y"))
+        n, v, total, y = (_float(r.get(key)) for key in ("N", "V", "total_latency_s", "max_Y"))
         if r.get("policy") != "dssra" or None in (n, v, total, y):
             continue
         groups[(r.get("setting"), int(n))].append(total)
