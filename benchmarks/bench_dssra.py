@@ -1,4 +1,4 @@
-"""DSSRA per-round solve time (DESIGN.md §7: ≤ 50 ms for N = 3, K = 6, J = 4, L = 12 on the CPU).
+"""DSSRA per-round solve time (docs/design.md §7: ≤ 50 ms for N = 3, K = 6, J = 4, L = 12 on the CPU).
 
 Settings: `paper-bert` (N = 3, K = 6, J = 4, L = 12) and a larger one (N = 16, K = 10, J = 8,
 L = 24). The presets' model-derived upload (θ^enc ≈ 2.7 Gbit for BERT-base) cannot meet

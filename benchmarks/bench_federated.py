@@ -1,4 +1,4 @@
-"""Federated round: vmapped over the clusters vs a Python loop over them (DESIGN §7).
+"""Federated round: vmapped over the clusters vs a Python loop over them (docs/design.md §7).
 
 One round of the tiny BERT sentence classifier (the model of the Toutiao task, unsegmented
 encoder, b = 8 samples of 32 tokens per cluster on the CPU, 32 on a GPU/TPU): one local SGD

@@ -1,4 +1,4 @@
-"""System-model throughput (DESIGN.md §7): latency + energy + Γ, and value + grad w.r.t. p_n.
+"""System-model throughput (docs/design.md §7): latency + energy + Γ, and value + grad w.r.t. p_n.
 
 K = 6, N = 3 (paper-bert). Scenario-decision pairs per second for the jitted, vmapped JAX
 model (one device, and sharded over the default backend's devices: one host device per CPU
@@ -123,7 +123,7 @@ def main() -> None:
         "ratio_jax_vs_numpy": t_numpy / min(t_fwd, t_sharded, t_minor, t_chunked),
         "ratio_jax_vs_python_loop": t_loop / min(t_fwd, t_sharded, t_minor, t_chunked),
         "ratio_grad_vs_numpy_forward": t_numpy / min(t_grad, t_chunked_grad),
-        # DESIGN.md §7 on the CPU; the accelerator issue's targets on one H100/H200
+        # docs/design.md §7: the 2-core CPU targets, or the one-H100/H200 targets on an accelerator
         "targets": ({"forward_per_s": 1.5e9, "grad_per_s": 2e9, "vs_numpy": 5, "vs_loop": 500} if on_accelerator()
                     else {"forward_per_s": 3e7, "grad_per_s": 1e7, "vs_numpy": 5, "vs_loop": 500}),
     }

@@ -2,7 +2,7 @@
 
 Orbax's CheckpointManager writes each step into a temporary directory and renames it when
 complete, so a killed run leaves either a whole checkpoint or none; one step per round, the
-last two kept. On top of that (DESIGN.md §8):
+last two kept. On top of that (docs/design.md §8):
 
 * integrity: each step's meta carries a SHA-256 of the saved state (`state_digest`); a restore
   recomputes it, so a step whose files were truncated or overwritten is detected, never loaded;

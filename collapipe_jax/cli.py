@@ -1,4 +1,4 @@
-"""The `collapipe` command (DESIGN.md §6); every command-line option of the package is here.
+"""The `collapipe` command (docs/design.md §6); every command-line option of the package is here.
 
 Subcommands print a readable table by default and one JSON object with `--json`. Bad input is
 one line on stderr and exit code 2, never a traceback. The options of `schedule`, `train` and
@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Host devices (DESIGN.md §8 size guard). Each XLA host device holds about 1.2 MB in a sharded
+# Host devices (docs/design.md §8 size guard). Each XLA host device holds about 1.2 MB in a sharded
 # computation (measured: one sharded sum at 1024 devices peaks 1.38 GB, at 2048 2.60 GB), and
 # start-up and compile times grow about quadratically with the count (the same sum took 43 s at
 # 1024 devices and 149 s at 2048 on 2 CPU cores), so the count is capped at 1024 as well.

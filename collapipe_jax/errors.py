@@ -19,7 +19,7 @@ class ValidationError(ValueError):
 
 
 class NonFiniteError(ValidationError):
-    """A computed number that is NaN or infinite (DESIGN.md §8: results are finite or an error
+    """A computed number that is NaN or infinite (docs/design.md §8: results are finite or an error
     naming the cause): `where` names the quantity, e.g. `tau_up_s[0]`."""
 
     def __init__(self, where: str, value: float):

@@ -5,7 +5,7 @@ frozen dataclasses; each field is declared with `option(...)`, and `cli.py` gene
 subcommand's options from the fields (flag `--name-with-dashes`, type from the annotation,
 default and choices from here). A default is written once, in the dataclass.
 
-The checks here are the boundary of DESIGN.md §8: one-line `ValidationError`s naming the field,
+The checks here are the boundary of docs/design.md §8: one-line `ValidationError`s naming the field,
 for values out of range and for numbers that JAX's int32/float32 cannot represent; and the
 memory budget that the size guards (scenario.py, tasks/batching.py, cli.py) share.
 """

@@ -6,12 +6,12 @@ converted once, here. Each round the channel state and device capabilities are d
 uniformly within the ranges with `jax.random` (`draw_state`), giving a `SystemState` pytree
 that the system model (`collapipe_jax.system`) evaluates together with a `Decision`.
 
-Readings of Table II (DESIGN.md §3): N0 = −174 dBm/Hz; h_dd = −30 dB; h_n ∈ [−0.12, −0.08] dB
+Readings of Table II (docs/design.md §3): N0 = −174 dBm/Hz; h_dd = −30 dB; h_n ∈ [−0.12, −0.08] dB
 (linear ≈ 0.97–0.98); f_k in GHz, ϕ_k in FLOPs per cycle; GB read as 1e9 bytes.
 The model-size inputs z^s, g^s, z^enc, θ^enc and γ_0 are not in Table II: they are computed
 from the model config (`collapipe_jax.models.cost`); o_l = o'_l = 2e6 FLOPs are Table II's.
 
-What a CU uploads is the segments' *tunable* parameters θ̂ (Alg. 1, line 23; DESIGN.md §3):
+What a CU uploads is the segments' *tunable* parameters θ̂ (Alg. 1, line 23; docs/design.md §3):
 `tunable = "full"` uploads the whole encoder (`theta_enc_bits`), `"lora:R"` only rank-R LoRA
 adapters on the query and value projections of every TEB in fp32, L · 2 · R (d + d) · 32 bits
 (BERT-base, R = 8: 9.44 Mbit). The state's θ^enc is the uploaded size (`uploaded_theta_bits`);
@@ -198,7 +198,7 @@ def _check_number(name: str, value, *, positive: bool = False, nonnegative: bool
         raise ValidationError(name, f"must be representable in float32: {problem}", value)
 
 
-# Size guard (DESIGN.md §8): the largest per-round host working sets, in bytes, as functions of
+# Size guard (docs/design.md §8): the largest per-round host working sets, in bytes, as functions of
 # the scenario's dimensions. A scenario must fit every command's round, so the estimate takes
 # the largest of each:
 #   devices   ~1 kB per device (N·K): the round's state, decision and result records as Python
@@ -424,7 +424,7 @@ def round_key(seed: int, round_index: int) -> jax.Array:
 
 @struct.dataclass
 class Decision:
-    """X(t) = [m, S, δ, order, I, p] for all clusters (DESIGN.md §1).
+    """X(t) = [m, S, δ, order, I, p] for all clusters (docs/design.md §1).
 
     delta[n, k]: TEBs on device k of cluster n (Σ_k = L); rank[n, k]: position of device k in
     cluster n's pipeline order (0 first), −1 where delta = 0; m[n]: micro-batches; channel[n]:

@@ -210,7 +210,7 @@ def needs_losses(policy: str) -> bool:
 
 
 def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
-    """Run (or resume) a training run; returns the result dict of DESIGN §6.
+    """Run (or resume) a training run; returns the result dict of docs/design.md §6.
 
     The host decides round t+1 (draw, policy, charge, queues) while the device runs round t:
     JAX dispatches the jitted round asynchronously, and nothing waits for its results until the

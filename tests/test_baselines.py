@@ -204,8 +204,8 @@ def test_every_policy_meets_the_constraints_or_the_round_names_the_breach(settin
 
 
 def test_fixed_rules_transmit_below_p_max_when_p_max_breaks_c11():
-    """The issue's case: at P_max = 0.5 W the fixed rules spent more than E_n^max per upload;
-    now they transmit at the largest power within it, as DSSRA does."""
+    """At P_max = 0.5 W a fixed rule transmitting at P_max would spend more than E_n^max per upload;
+    they transmit at the largest power within it, as DSSRA does."""
     s = scenario_from_model("small", theta_enc_bits=4e7, z_enc_bits=1e6, E_max_n_j=8.0)
     for policy in ("vanilla-fl", "titanic", "default"):
         hr = run_host_round(HostContext(s, policy), 0, np.zeros(s.N))

@@ -86,8 +86,8 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_latency_paper_variant_is_eq15_as_printed_on_the_issue_example(capsys):
-    """Issue 9's example: cluster 1 (δ = 2 on each of the 6 devices, m = 3) gives 2.833 s under
+def test_latency_paper_variant_is_eq15_as_printed_on_a_hand_example(capsys):
+    """A worked example: cluster 1 (δ = 2 on each of the 6 devices, m = 3) gives 2.833 s under
     Eq. 15 as printed (the GPipe makespan gave 2.735 s); every cluster equals the hand reading."""
     from system_by_hand import pipeline_by_hand
 

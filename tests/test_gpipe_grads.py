@@ -83,7 +83,7 @@ def test_pipelined_loss_and_grads_equal_unpipelined(case):
         assert abs(float(plain) - float(ref[0])) > 100 * RTOL * abs(float(ref[0]))
 
 
-# The full matrix of the issue: S = 1..6, m ∈ {1, 2, 3, 5}, one device and 8 host devices, dropout.
+# The full matrix: S = 1..6, m ∈ {1, 2, 3, 5}, one device and 8 host devices, dropout.
 @pytest.mark.slow
 @pytest.mark.parametrize("rate", [0.0, 0.2])
 @pytest.mark.parametrize("mesh_devices", [1, 8])

@@ -1,7 +1,7 @@
-"""Issue 14 (DESIGN.md §8): hostile input ends in one `collapipe: error:` line and exit code 2,
+"""Reliability (docs/design.md §8): hostile input ends in one `collapipe: error:` line and exit code 2,
 or in a correct, finite result; nothing half-written; checkpoints verified, locked, recovered.
 
-One test (or parametrized group) per class of the issue, then a hypothesis fuzz of the command
+One test (or parametrized group) per class of hostile input, then a hypothesis fuzz of the command
 line and of scenario JSON. Only one training run (the smallest settings, through the real
 command line in a subprocess) is made; the checkpoint tests work on copies of its directory.
 """

@@ -1,6 +1,7 @@
 """A clone is self-contained: no tracked output under results/, no path outside the checkout."""
 
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -32,3 +33,37 @@ def test_no_tracked_file_points_beside_the_checkout():
             if path.is_file() and needle in path.read_text(encoding="utf-8", errors="replace"):
                 hits.append(rel)
     assert hits == []
+
+
+# What a user can follow: the design is docs/design.md, in the repository; nothing points at a
+# spec or a tracker outside it. Split so that this file does not match itself.
+SPEC_NAME = "DES" + "IGN"
+TRACKER_WORD = re.compile(r"\b" + "iss" + r"ues?\b", re.IGNORECASE)
+CITATION = re.compile(r"docs/design\.md\W{0,3}§\s*(\d+)")
+TEXT_SUFFIXES = (".py", ".md", ".toml", ".json", ".ipynb", ".txt", ".cfg", ".yml", ".yaml", ".sh")
+
+
+def _texts():
+    for rel in _tracked("."):
+        path = ROOT / rel
+        if rel.startswith("data/") and path.suffix != ".md":
+            continue  # the data sets' own text (Toutiao titles may spell "Design")
+        if (path.suffix in TEXT_SUFFIXES or path.name == "Makefile") and path.is_file():
+            yield rel, path.read_text(encoding="utf-8", errors="replace")
+
+
+def test_no_tracked_file_cites_a_spec_or_a_tracker_outside_the_repository():
+    spec = [f"{rel}:{i}" for rel, text in _texts() if rel != "docs/design.md"
+            for i, line in enumerate(text.splitlines(), 1) if SPEC_NAME in line]
+    tracker = [f"{rel}:{i}" for rel, text in _texts()
+               for i, line in enumerate(text.splitlines(), 1) if TRACKER_WORD.search(line)]
+    assert spec == [] and tracker == []
+
+
+def test_every_cited_section_of_docs_design_md_exists():
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", design, flags=re.MULTILINE)}
+    assert sections == set(range(1, 10))
+    cited = {(rel, int(n)) for rel, text in _texts() for n in CITATION.findall(text)}
+    assert len(cited) > 20  # the docstrings do cite it
+    assert [(rel, n) for rel, n in sorted(cited) if n not in sections] == []

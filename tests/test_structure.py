@@ -1,4 +1,4 @@
-"""The package's layering: data flows one way (DESIGN.md §2), no module imports a higher layer,
+"""The package's layering: data flows one way (docs/design.md §2), no module imports a higher layer,
 there is no import circle, and command-line options are declared only in cli.py."""
 
 import ast

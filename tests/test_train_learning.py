@@ -1,4 +1,4 @@
-"""Training that learns (issue 10): local steps, optimizers, resume with adaptive state,
+"""Training that learns (docs/design.md §5): local steps, optimizers, resume with adaptive state,
 pre-train → fine-tune (--init-from), LoRA fine-tuning, recipes."""
 
 import json

@@ -19,8 +19,8 @@ Per TEB and per sample (sequence length s, width d, FFN width f, h heads):
   and value projections of each of the L TEBs, P_lora = L · 2 · R (d + d); what a CU uploads
   with lora:R is P_lora × bits per value instead of θ^enc (Alg. 1, line 23: the tunable θ̂).
 
-These are the "model config" path of DESIGN.md §3; `tests/test_cost.py` checks them by hand
-and (issue 4) the FLOPs against XLA's `cost_analysis()` of the compiled block.
+These are the "model config" path of docs/design.md §3; `tests/test_cost.py` checks them by hand
+and the FLOPs against XLA's `cost_analysis()` of the compiled block.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ gathers them per stage and gradients flow back onto [L, ...] with no extra code.
 Initialisation (Hu et al., §4.1): A ~ N(0, 1/d) (LeCun normal, as the base kernels), B = 0, so
 an adapted model computes exactly the base model until B is trained. Scale α/R with α =
 `LORA_ALPHA` = 8: Hu et al. set α to the first R they tried and do not tune it; α = 8 makes the
-scale 1 at R = 8 (the rank of the paper's Table II reading, DESIGN.md §3), and keeps the update's
+scale 1 at R = 8 (the rank of the paper's Table II reading, docs/design.md §3), and keeps the update's
 size roughly independent of R when R is changed, so a learning rate carries over.
 
 Adapters are fp32 like every parameter; under `dtype="bfloat16"` they are cast at use.

@@ -1,11 +1,11 @@
-"""The host part of one round (DESIGN.md §1), shared by `collapipe train` and `collapipe schedule`:
+"""The host part of one round (docs/design.md §1), shared by `collapipe train` and `collapipe schedule`:
 
   1. draw the channel state and device capabilities  (scenario.draw_state, seeded by (seed, t))
   2. decide X(t) = [m, S, δ, order, I, p]              (a policy of scheduling.policies)
   3. charge latency, energy, ε and Γ of X(t)           (system.evaluate: Eq. 10–16, 25–28, 33),
      split each cluster's time into computation, D2D   (system.report.time_split)
      and upload, and list the constraints it breaks    (C7, C9', C11'); a NaN or infinite charge
-     stops the run with one line naming it (DESIGN.md §8)
+     stops the run with one line naming it (docs/design.md §8)
   4. update the Lyapunov queues                        (Eq. 29: Y ← max(Y + Γ_n − Γ^max, 0))
 
 Everything is a pure function of (context, t, Y, losses), so a resumed run repeats it exactly.

@@ -6,7 +6,7 @@ The queue Y_n grows while cluster n's convergence gap Γ_n (Eq. 28) exceeds its 
 so minimising V·τ(t) + Σ_n Y_n·(…) each round keeps the long-run mean of Γ_n under Γ^max
 (queue stability) while trading latency against the bound with weight V.
 
-Two per-round objectives (DESIGN.md §3, "Lyapunov step"):
+Two per-round objectives (docs/design.md §3, "Lyapunov step"):
 
 * ``drift`` (default) — V·τ(t) + Σ_n Y_n·Γ_n^t(S_n, p_n): the true drift-plus-penalty bound;
   more stages raise Γ, more transmit power lowers it.

@@ -1,4 +1,4 @@
-"""`collapipe schedule`: run DSSRA or a baseline policy for T rounds (DESIGN.md §6).
+"""`collapipe schedule`: run DSSRA or a baseline policy for T rounds (docs/design.md §6).
 
 Each round is `host_round.run_host_round` (draw → policy → charge → queues). JSON keys (stable):
 `rounds[T]` each with `inputs` (that round's draws and decision, the keys of `latency`),

@@ -2,7 +2,7 @@
 
 Γ_n = (β η² ϕ / 2) · S_n + (β / 2) · ε_n(p_n), with ε_n = C / (p_n h_n + I_i) (Eq. 25, Lemma 2):
 more stages widen the bound, more transmit power shrinks the aggregation noise.
-β, η, ϕ, C are explicit parameters of the scenario (DESIGN.md §3).
+β, η, ϕ, C are explicit parameters of the scenario (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Eq. 12 charges the CU's upload of θ^enc only (as printed; τ^up of Eq. 11 carries z^enc + θ^enc).
 
 Eq. 16 multiplies CPU cycles by f_k², which needs the effective switched capacitance κ
-(DESIGN.md §3, κ = 1e−28 by default): the compute energy of `cycles` is κ f_k² · cycles.
+(docs/design.md §3, κ = 1e−28 by default): the compute energy of `cycles` is κ f_k² · cycles.
 
 Per device and round (the device's term of Eq. 16, what C9 bounds by E_k^max):
 

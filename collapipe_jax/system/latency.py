@@ -8,9 +8,9 @@ batch in the trailing (minor) axes lets XLA vectorise across configurations (the
 
 Conventions: b̂ = b / m is a real number (as in the paper); a device is *scheduled* when
 δ_k > 0; `rank` gives its position in the cluster's pipeline order, S is the number of
-scheduled devices and "last" is the scheduled device of rank S − 1 (DESIGN.md §3).
+scheduled devices and "last" is the scheduled device of rank S − 1 (docs/design.md §3).
 
-Two variants of the system model (DESIGN.md §3); τ^cmp_k and τ^dd_k are per micro-batch:
+Two variants of the system model (docs/design.md §3); τ^cmp_k and τ^dd_k are per micro-batch:
 
 * ``paper``      — the equations as printed. τ^cmp_k = δ_k (b̂ o_l + o'_l) / (ϕ_k f_k),
                     τ^dd_k = (z^s + g^s) / r^dd_k (constant per micro-batch), and Eq. 15

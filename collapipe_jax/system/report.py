@@ -1,6 +1,6 @@
 """Plain-Python views of a (scenario, state, decision, metrics) for CLI JSON and tables.
 
-The keys are the stable interface of DESIGN.md §6 (`latency`, `sensitivity`, `schedule`).
+The keys are the stable interface of docs/design.md §6 (`latency`, `sensitivity`, `schedule`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Raw corpora of the paper's three tasks, read from local files with the standard library.
 
-Data directory resolution (DESIGN §6, `train --data-dir`): the explicit argument, else the
+Data directory resolution (docs/design.md §6, `train --data-dir`): the explicit argument, else the
 `COLLAPIPE_DATA` environment variable, else the repository's own `data/` folder, found relative
 to this package, so any working directory works. Every file is checked before it is read; a
 missing one raises a `ValidationError` that names it, so a run never starts on half a corpus.
