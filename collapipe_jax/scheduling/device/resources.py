@@ -27,6 +27,7 @@ How the host's loops become static shapes:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -232,9 +233,12 @@ def _match_dp(cost, cost_none):
         options = [dp + c_none if allow_none else jnp.full(shape, inf)]
         for j in range(J):
             options.append(jnp.where(has[j], jnp.flip(dp, axis=j) + c[j], inf))
-        options = jnp.stack(options)  # [J + 1, 2, …, 2]
-        choice = jnp.argmin(options, axis=0).astype(jnp.int32) - 1  # −1 = none
-        return jnp.min(options, axis=0), choice
+        # min and first argmin elementwise (a variadic argmin reduce is slow on XLA's CPU)
+        best = functools.reduce(jnp.minimum, options)
+        choice = jnp.full(shape, J, jnp.int32)
+        for k in range(J, -1, -1):
+            choice = jnp.where(options[k] == best, k - 1, choice)  # −1 = none
+        return best, choice
 
     dp, choices = jax.lax.scan(forward, dp0, (cost, cost_none))
     flat = dp.reshape(-1)
