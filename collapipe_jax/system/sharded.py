@@ -86,16 +86,19 @@ def from_chunks(tree):
 SUMMARY_FIELDS = ("tau_pipe_s", "tau_up_s", "tau_round_s", "E_com_j", "E_pipe_j", "Gamma")
 
 
-def map_chunks(per_chunk, mesh: Mesh, n_shared: int = 0):
+def map_chunks(per_chunk, mesh: Mesh, n_shared: int = 0, check_vma: bool = True):
     """shard_map(lax.map(per_chunk)) over the leading (chunk) axis of the first argument, split
     over the mesh's devices; the next `n_shared` arguments reach every chunk whole. Not jitted:
-    the building block of `chunked_evaluator`, `chunked_power_grad` and `chunked_reduction`."""
+    the building block of `chunked_evaluator`, `chunked_power_grad` and `chunked_reduction`.
+    `check_vma=False` for a per_chunk whose loops start from constants (the device engine's
+    solvers): the chunks never communicate, so there is nothing for the check to protect."""
     spec = PartitionSpec(BATCH_AXIS)
 
     def local(chunks, *shared):
         return jax.lax.map(lambda c: per_chunk(c, *shared), chunks)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * n_shared, out_specs=spec)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * n_shared, out_specs=spec,
+                         check_vma=check_vma)
 
 
 @functools.lru_cache(maxsize=None)

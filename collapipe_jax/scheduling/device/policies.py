@@ -38,12 +38,6 @@ def front_of_plans(plan: segments.Plan, K: int) -> segments.Front:
                           tau=jnp.where(ok, wide(plan.tau), jnp.inf), ok=ok)
 
 
-def index_preference(selected, J: int):
-    """The selected clusters take channels 0, 1, … in cluster-index order (`default_uploads`)."""
-    rank = jnp.cumsum(selected) - 1
-    return jnp.where(selected[:, None] & (jnp.arange(J)[None, :] == rank[:, None]), 0.0, 1.0)
-
-
 def top_clusters(score, count: int):
     """Mask of the `count` clusters with the highest score, ties to the lower index."""
     order = jnp.argsort(-score, stable=True)
@@ -111,14 +105,14 @@ def loss_only(problem, Y, V, key, losses, config):
     score = Y if losses is None else jnp.asarray(losses, Y.dtype)
     plans, codes = _default_plans(problem, config)
     selected = top_clusters(score, min(config.N, config.J))
-    return _baseline(problem, Y, V, config, plans, codes, selected, index_preference(selected, config.J))
+    return _baseline(problem, Y, V, config, plans, codes, selected, resources.default_preference(selected, config.J))
 
 
 def delay_only(problem, Y, V, key, losses, config):
     """§VI Delay-only: the J CUs with the lowest local training delay (τ^pipe of the default plan)."""
     plans, codes = _default_plans(problem, config)
     selected = top_clusters(-plans.tau, min(config.N, config.J))
-    return _baseline(problem, Y, V, config, plans, codes, selected, index_preference(selected, config.J))
+    return _baseline(problem, Y, V, config, plans, codes, selected, resources.default_preference(selected, config.J))
 
 
 def _fixed(problem, Y, V, config, plans: segments.Plan) -> RoundDecision:

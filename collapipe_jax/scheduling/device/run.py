@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from collapipe_jax.errors import ValidationError
-from collapipe_jax.scenario import Decision, Scenario, draw_state, round_key
+from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, draw_state, round_key
 from collapipe_jax.scheduling.device import constraints
 from collapipe_jax.scheduling.device.dssra import RoundDecision
 from collapipe_jax.scheduling.device.policies import DEVICE_POLICIES
@@ -36,6 +37,25 @@ from collapipe_jax.system.latency import pipeline_compute_latency
 POLICY_STREAM = 0x5EED  # folded into the round's key: the rule's random choices, apart from the draw
 VIOLATIONS = ("C7", "C9'", "C11'")  # what a charged decision may break (the fixed rules only)
 DTYPES = ("float64", "float32")
+
+
+# the scenario's numbers a draw reads (`scenario.draw_state`); they travel as data, so that one
+# compiled program serves every scenario of the same shape (uploads, models, budgets)
+DRAWN_FIELDS = tuple(RANGE_FIELDS) + (
+    "gamma_max_k_bytes", "E_max_k_j", "E_max_n_j", "P_max_n_w", "h_dd", "I_dd_w", "B_dd_hz", "N0_w_per_hz",
+    "local_steps", "o_fwd_flops", "o_bwd_flops", "z_bits", "g_bits", "z_enc_bits", "uploaded_theta_bits",
+    "gamma0_bytes", "kappa", "beta", "eta", "phi_seg", "C_noise")
+
+
+def scenario_numbers(scenario: Scenario) -> dict[str, np.ndarray]:
+    """The numbers of a scenario that its draws read, as float64 arrays (ranges as [2])."""
+    return {name: np.asarray(getattr(scenario, name), np.float64) for name in DRAWN_FIELDS}
+
+
+def scenario_view(shape: "Shape", numbers: dict):
+    """What `draw_state` reads of a scenario: the static sizes and the traced numbers."""
+    return types.SimpleNamespace(N=shape.N, K=shape.K, J=shape.J, L=shape.L, b=shape.b, fading=shape.fading,
+                                 **numbers)
 
 
 def policy_key(seed, t):
@@ -72,8 +92,9 @@ def charge(state, decision: Decision, variant: str):
     return metrics, cmp, metrics.tau_pipe_s - cmp, broken
 
 
-def schedule_one(scenario: Scenario, policy: str, config: EngineConfig, rounds: int, seed, V, Gamma_max):
-    """One seed's schedule of `rounds` rounds: a pytree of per-round arrays [T, ...] and totals."""
+def schedule_one(scenario, policy: str, config: EngineConfig, rounds: int, seed, V, Gamma_max):
+    """One seed's schedule of `rounds` rounds: a pytree of per-round arrays [T, ...] and totals.
+    `scenario`: a `Scenario`, or what `scenario_view` makes of its numbers."""
     rule = DEVICE_POLICIES[policy]
     dt = jnp.asarray(V).dtype
 
@@ -103,7 +124,7 @@ def schedule_one(scenario: Scenario, policy: str, config: EngineConfig, rounds: 
 
     N = config.N
     init = (jnp.zeros(N, dt), jnp.bool_(True), jnp.int32(constraints.FEASIBLE), jnp.int32(-1), jnp.int32(-1))
-    (Y, _, code, code_round, code_cluster), per_round = jax.lax.scan(step, init, jnp.arange(rounds))
+    (Y, _, code, code_round, code_cluster), per_round = jax.lax.scan(step, init, jnp.arange(rounds, dtype=jnp.int32))
     f64 = lambda x: x.astype(dt)  # noqa: E731  the totals add float32 charges in the working dtype, as the host does in float
     totals = dict(total_latency_s=jnp.sum(f64(per_round["tau_round_s"])),
                   total_cmp_s=jnp.sum(f64(per_round["round_cmp_s"])), total_dd_s=jnp.sum(f64(per_round["round_dd_s"])),
@@ -116,10 +137,27 @@ def schedule_one(scenario: Scenario, policy: str, config: EngineConfig, rounds: 
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """What one compiled program runs: every seed of a batch shares it."""
+class Shape:
+    """A scenario's sizes: what its programs' shapes depend on."""
 
-    scenario: Scenario
+    N: int
+    K: int
+    J: int
+    L: int
+    b: int
+    fading: str
+
+    @classmethod
+    def of(cls, s: Scenario) -> "Shape":
+        return cls(s.N, s.K, s.J, s.L, s.b, s.fading)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What one compiled program runs: every seed of a batch shares it (and any scenario of
+    the same shape: the scenario's numbers are data)."""
+
+    shape: Shape
     policy: str
     config: EngineConfig
     rounds: int
@@ -129,15 +167,16 @@ class RunSpec:
 @functools.lru_cache(maxsize=32)
 def _program(spec: RunSpec, mesh, x64: bool):  # x64 keys the cache: a program traced in float64 is another program
     """jit(shard_map(lax.map(vmap over a chunk of seeds))) for one spec (cached per mesh)."""
-    def per_chunk(batch):  # (seeds, V, Γ^max), each [chunk]: the chunk axis last
-        seeds, V, Gamma_max = batch
+    def per_chunk(batch):  # (seeds, V, Γ^max, scenario numbers), each [chunk, ...]: the chunk axis last
+        seeds, V, Gamma_max, numbers = batch
 
-        def one(seed, v, g):
-            totals, per_round = schedule_one(spec.scenario, spec.policy, spec.config, spec.rounds, seed, v, g)
+        def one(seed, v, g, nums):
+            view = scenario_view(spec.shape, nums)
+            totals, per_round = schedule_one(view, spec.policy, spec.config, spec.rounds, seed, v, g)
             return totals, {key: per_round[key] for key in spec.keep}
-        return jax.vmap(one, out_axes=-1)(seeds, V, Gamma_max)
+        return jax.vmap(one, in_axes=-1, out_axes=-1)(seeds, V, Gamma_max, numbers)
 
-    return jax.jit(sharded.map_chunks(per_chunk, mesh))
+    return jax.jit(sharded.map_chunks(per_chunk, mesh, check_vma=False))
 
 
 def check_policy(policy: str) -> None:
@@ -172,13 +211,14 @@ def run_schedules(scenario: Scenario, policy: str, seeds, rounds: int, config: E
     keep = PER_ROUND if per_round is True else tuple(per_round or ())
     if not set(keep) <= set(PER_ROUND):
         raise ValidationError("per_round", f"must name arrays among {list(PER_ROUND)}", keep)
-    spec = RunSpec(scenario, policy, config, int(rounds), keep)
+    spec = RunSpec(Shape.of(scenario), policy, config, int(rounds), keep)
     x64 = dtype == "float64"
     mesh = sharded.batch_mesh() if mesh is None else mesh
     with jax.enable_x64(x64):
         fn = _program(spec, mesh, x64)
         float_t = np.float64 if x64 else np.float32
-        batch = (seeds.astype(np.int64 if x64 else np.uint32), V.astype(float_t), G.astype(float_t))
+        numbers = {k: np.broadcast_to(v.astype(float_t), (B,) + v.shape) for k, v in scenario_numbers(scenario).items()}
+        batch = (seeds.astype(np.int64 if x64 else np.uint32), V.astype(float_t), G.astype(float_t), numbers)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharded.BATCH_AXIS))
         totals, rounds_out = sharded.run_chunked(fn, sharding, mesh, batch, chunk)
         totals, rounds_out = jax.tree.map(np.asarray, (totals, rounds_out))
