@@ -107,6 +107,9 @@ def test_families_differ_as_built(swept):
         assert all(r["frac_C7"] == 1.0 for r in uniform)
         random = [r for r in rows if r["setting"] == label and r["family"] == "random"]
         assert all(r["frac_C7"] < 1.0 for r in random)  # S = 1 plans hold all L TEBs on one device
+        # DSSRA solved on every pair's own draw: each solved decision meets C7, C9' and C11'
+        solved = [r for r in rows if r["setting"] == label and r["family"] == "dssra"]
+        assert all(r["frac_feasible"] == 1.0 and r["pairs"] + r["unsolved"] == TINY.pairs for r in solved)
     refs = swept["tables"]["dssra-references"]
     assert len(refs) == len(dist.settings()) * len(VARIANTS) * TINY.references and all(r["feasible"] for r in refs)
 

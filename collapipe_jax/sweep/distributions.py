@@ -13,9 +13,11 @@ paper-bert with the LoRA upload on Table II as published, and with the full enco
   L into S positive parts, m uniform in 1..b, distinct random channels, p_n uniform in
   [P_n^max / 10, P_n^max]. It satisfies C1, C2, C6 and C8 by construction, not C7/C9'/C11'
   (their satisfaction is counted).
-* ``dssra``   — DSSRA (Alg. 4, queues Y = 0) solved on the host on R reference draws; each pair
-  takes one of the R decisions at random and applies it to its own draw. DSSRA per pair would
-  cost ~50 ms of host time each; this asks how well a decision carries over to other draws.
+* ``dssra``   — DSSRA (Alg. 4, queues Y = 0) solved for every pair on its own draw by the device
+  engine (`scheduling/device`, float32 inside the reduction), each variant its own decision; a
+  draw with no feasible decision is counted (`unsolved`) and left out of the statistics. For
+  comparison, the host solvers' DSSRA on R reference draws is listed with each decision's τ(t)
+  on its own draw (`dssra-references`).
 
 Pair i of a setting is drawn from counter-based random numbers: number w of pair i is the
 threefry hash of (i, w) under the setting's key (`pair_uniforms`), mapped to a state exactly as
@@ -60,6 +62,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from collapipe_jax.errors import InfeasibleError
 from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, SystemState, default_decision, mean_state
+from collapipe_jax.scheduling.device.dssra import dssra_round
+from collapipe_jax.scheduling.device.problem import EngineConfig
+from collapipe_jax.scheduling.device.problem import round_problem as device_problem
+from collapipe_jax.scheduling.device.run import to_decision
 from collapipe_jax.scheduling.dssra import round_problem
 from collapipe_jax.scheduling.policies import POLICIES, policy_rng
 from collapipe_jax.sweep.base import Sweep, register
@@ -290,6 +296,22 @@ def draw_states(space: PairSpace, base: SystemState, key, index) -> SystemState:
     return jax.vmap(lambda v: state_from_uniforms(space, base, v), in_axes=-1, out_axes=-1)(u)
 
 
+def solved_decisions(space: PairSpace, state: SystemState) -> tuple[dict, dict]:
+    """DSSRA (Y = 0) on every pair's own draw (batch in the trailing axis), under each variant:
+    ({variant: Decision}, {variant: solved [n] bool})."""
+    decisions, solved = {}, {}
+    for variant in VARIANTS:
+        config = EngineConfig(N=space.N, K=space.K, J=space.J, L=space.L, b=space.b, variant=variant,
+                              fading=state.fading)
+
+        def one(st, config=config):
+            dec = dssra_round(device_problem(st, config), jnp.zeros(space.N, jnp.float32), jnp.float32(1.0), config)
+            return to_decision(dec), dec.code == 0
+
+        decisions[variant], solved[variant] = jax.vmap(one, in_axes=-1, out_axes=-1)(state)
+    return decisions, solved
+
+
 def draw_pairs(space: PairSpace, base: SystemState, key, index, random, tables, rows):
     """The pairs `index` [n] of a setting, batch in the trailing axis: (state, {variant:
     decision}). `random` (a bool, or a traced one: both kinds then share one compiled program):
@@ -313,18 +335,27 @@ def draw_pairs(space: PairSpace, base: SystemState, key, index, random, tables, 
 
 
 @functools.lru_cache(maxsize=None)
-def group_reduction(space: PairSpace, chunk: int, mesh):
+def group_reduction(space: PairSpace, chunk: int, mesh, solve: bool = False):
     """jit(f(starts, key, n_pairs, base, tables, rows, random)): per variant, the statistics of
     the pairs with indices in [start, start + chunk) ∩ [0, n_pairs) for every start, drawn
-    (`draw_pairs`) and evaluated on the devices; both variants evaluate the same draws."""
+    (`draw_pairs`) and evaluated on the devices; both variants evaluate the same draws. `solve`:
+    each pair's decision is DSSRA on its own draw (`solved_decisions`)."""
     def per_chunk(start, key, n_pairs, base, tables, rows, random):
         index = start + jnp.arange(chunk, dtype=jnp.int32)
-        state, decisions = draw_pairs(space, base, key, index, random, tables, rows)
         valid = index < n_pairs
-        out = {v: pair_statistics(state, decisions[v], evaluate(state, decisions[v], v), valid) for v in VARIANTS}
+        if solve:
+            state = draw_states(space, base, key, index)
+            decisions, solved = solved_decisions(space, state)
+        else:
+            state, decisions = draw_pairs(space, base, key, index, random, tables, rows)
+            solved = {v: jnp.ones_like(valid) for v in VARIANTS}
+        out = {v: pair_statistics(state, decisions[v], evaluate(state, decisions[v], v), valid & solved[v])
+               for v in VARIANTS}
+        for v in VARIANTS:
+            out[v][0]["unsolved"] = jnp.sum(valid & ~solved[v], dtype=jnp.int32)
         return {v: o[0] for v, o in out.items()}, {v: o[1] for v, o in out.items()}
 
-    return chunked_reduction(per_chunk, mesh, n_shared=6)
+    return chunked_reduction(per_chunk, mesh, n_shared=6, check_vma=not solve)
 
 
 def run_group(fn, mesh, key, base, tables, rows, random: bool, pairs: int, chunk: int) -> tuple[dict, dict]:
@@ -410,7 +441,7 @@ def coarse_histogram(counts, vmin: float, vmax: float, bins: int = 60) -> list[d
 
 def summary_row(stats: dict) -> dict:
     n = int(stats["pairs"])
-    row = {"pairs": n, "nonfinite": int(stats["nonfinite"])}
+    row = {"pairs": n, "nonfinite": int(stats["nonfinite"]), "unsolved": int(stats["unsolved"])}
     for name in QUANTITIES:
         vmin, vmax = -stats[f"{name}_negmin"], stats[f"{name}_max"]
         row[f"{name}_mean"] = float(stats[f"{name}_sum"] / n)
@@ -447,15 +478,6 @@ def dssra_references(scenario: Scenario, states: list[SystemState], variant: str
 
 def tiled(decision: Decision, rows: int) -> Decision:
     return jax.tree.map(lambda x: jnp.repeat(x[None], rows, axis=0), decision)
-
-
-def padded(table: Decision | None, rows: int, fill: Decision) -> Decision:
-    """`table` with its rows repeated from the first up to `rows` (`fill` if there is none): the
-    reduction's argument shapes stay the same for every family, so it compiles once."""
-    if table is None:
-        return tiled(fill, rows)
-    index = np.arange(rows) % table.m.shape[0]
-    return jax.tree.map(lambda x: x[index], table)
 
 
 # --------------------------------------------------------------------------- the ∂τ/∂p_n map
@@ -495,16 +517,15 @@ def setting_inputs(config: DistributionConfig, s_index: int, scenario: Scenario)
     drawn = jax.jit(draw_states, static_argnums=0)(space, base, stream_key(config.seed, _REFERENCE_STREAM, s_index),
                                                    jnp.arange(config.references))
     ref_states = [jax.tree.map(lambda x: x[..., r], drawn) for r in range(config.references)]  # noqa: B023
-    dssra, counts, references = {}, {}, []
+    counts, references = {}, []
     for variant in VARIANTS:
-        table, rows = dssra_references(scenario, ref_states, variant, config.seed)
+        _, rows = dssra_references(scenario, ref_states, variant, config.seed)
         references += [{"variant": variant, **r} for r in rows]
         counts[variant] = sum(r["feasible"] for r in rows)
-        dssra[variant] = padded(table, config.references, default_decision(scenario))
     uniform = ({v: tiled(default_decision(scenario), config.references) for v in VARIANTS},
                {v: np.int32(1) for v in VARIANTS})
-    families = {"uniform": uniform, "random": uniform,  # random plans ignore the table
-                "dssra": (dssra, {v: np.int32(counts[v]) for v in VARIANTS})}
+    families = {"uniform": uniform, "random": uniform,  # random plans and DSSRA per draw ignore the table
+                "dssra": uniform}
     return {"key": stream_key(config.seed, _STATE_STREAM, s_index), "space": space, "base": base,
             "families": families, "counts": counts, "references": references}
 
@@ -522,10 +543,8 @@ def compute_tables(config: DistributionConfig, progress=lambda n=1: None, mesh=N
         key, space, base, families, counts = (inputs[k] for k in ("key", "space", "base", "families", "counts"))
         references += [{"setting": label, **r} for r in inputs["references"]]
         for family, (tables, used) in families.items():
-            if family == "dssra" and min(counts.values()) == 0:
-                continue  # no feasible reference draw for a variant
-            stats, timing = run_group(group_reduction(space, chunk, mesh), mesh, key, base, tables, used,
-                                      family == "random", config.pairs, chunk)
+            stats, timing = run_group(group_reduction(space, chunk, mesh, solve=family == "dssra"), mesh, key, base,
+                                      tables, used, family == "random", config.pairs, chunk)
             for variant in VARIANTS:
                 rows.append({"setting": label, "family": family, "variant": variant, **summary_row(stats[variant])})
                 for name in QUANTITIES:

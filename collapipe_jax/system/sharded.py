@@ -115,7 +115,7 @@ def chunked_evaluator(mesh: Mesh, variant: str, fields: tuple[str, ...] | None =
     return jax.jit(map_chunks(one_chunk, mesh)), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
 
 
-def chunked_reduction(per_chunk, mesh: Mesh, n_shared: int = 0):
+def chunked_reduction(per_chunk, mesh: Mesh, n_shared: int = 0, check_vma: bool = True):
     """jit: `per_chunk(chunk, *shared) -> (sums, maxima)` (two pytrees of arrays) on every chunk,
     the sums added and the maxima maximised over all chunks of all devices (a minimum is the
     maximum of −x).
@@ -133,7 +133,7 @@ def chunked_reduction(per_chunk, mesh: Mesh, n_shared: int = 0):
 
     spec = PartitionSpec(BATCH_AXIS)
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * n_shared,
-                                 out_specs=PartitionSpec()))
+                                 out_specs=PartitionSpec(), check_vma=check_vma))
 
 
 def global_array(x, sharding: NamedSharding) -> jax.Array:
