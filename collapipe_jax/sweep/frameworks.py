@@ -56,13 +56,10 @@ def framework_scenario(model: str, tunable: str):
     return s if tunable != "full" else s.replace(E_max_n_j=RELAXED_E_MAX_N_J)
 
 
-KEEP = ("S", "m", "charged", "broken")
-
-
 def run_framework(scenario, policy: str, uploads_model: bool, variant: str, rounds: int, seeds) -> dict:
     """T rounds of one framework's rule on every seed (device engine): per-seed accumulated times
     (computation, D2D, upload, Σ τ(t)), violations and the mean S and m of its decisions."""
-    result = run_seeds(scenario, policy, seeds, rounds, keep=KEEP, variant=variant, uploads_model=uploads_model)
+    result = run_seeds(scenario, policy, seeds, rounds, variant=variant, uploads_model=uploads_model)
     t, r = result["totals"], result["rounds"]
     charged = np.asarray(r["charged"], bool)[..., None]
     breaches = np.asarray(t["violation_rounds"]).sum(axis=0)

@@ -96,12 +96,11 @@ def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> d
 
 def run_policy(scenario, policy: str, variant: str, seeds, rounds: int, Vs, scale: str) -> dict:
     """One rule on every seed, for each V (the seeds tiled over the V values)."""
-    keep = ("tau_round_s", "charged", "Y_next", "Gamma", "round_cmp_s", "round_up_s")
     if policy in HOST_ONLY:
         return host_seeds(scenario, policy, variant, np.arange(HOST_SEEDS[scale]), rounds, Vs[0])
     tiled = np.tile(seeds, len(Vs))
     V = np.repeat(np.asarray(Vs, float), len(seeds))
-    return run_seeds(scenario, policy, tiled, rounds, V=V, keep=keep, variant=variant)
+    return run_seeds(scenario, policy, tiled, rounds, V=V, variant=variant)
 
 
 def host_seeds(scenario, policy: str, variant: str, seeds, rounds: int, V: float) -> dict:

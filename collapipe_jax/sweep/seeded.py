@@ -17,9 +17,12 @@ from collapipe_jax.stats import mean_ci95
 
 SEEDS = {"quick": 256, "paper": 10_000}
 DTYPE = "float64"  # the host solvers' precision: decisions equal the reference's
+# the per-round arrays every seeded sweep keeps: one set, so that sweeps running the same rule on
+# the same shape share its compiled program
+KEEP = ("charged", "tau_round_s", "round_cmp_s", "round_up_s", "Y_next", "Gamma", "S", "m", "broken")
 
 
-def run_seeds(scenario, policy: str, seeds, rounds: int, V=None, keep=(), **config) -> dict:
+def run_seeds(scenario, policy: str, seeds, rounds: int, V=None, keep=KEEP, **config) -> dict:
     """Every seed's schedule of one rule: `run_schedules` with the engine configured from the
     scenario and `config` (variant, lyapunov, uploads_model, …)."""
     engine = EngineConfig.of(scenario, **config)
