@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 import typing
@@ -67,7 +68,7 @@ def option_help(field: dataclasses.Field) -> str:
     meta, default = field.metadata, field.default
     choices = meta.get("choices")
     text = meta["help"] + (f" ({'|'.join(map(str, choices))})" if choices else "")
-    if default is None or "default" in meta["help"].lower():
+    if default is None or re.search(r"[\[(]default\b", meta["help"]):
         return text
     return f"{text} [default: {default}]"
 
@@ -327,9 +328,16 @@ def run_train_command(args):
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     shared = {"seed": args.seed if args.seed_given else None, "preset": args.preset, "scenario": args.scenario}
     cfg = config_with_recipe({**given, **{k: v for k, v in shared.items() if v is not None}})
+    made = None
     if cfg.log_dir is None and cfg.checkpoint_dir is None:  # every run from the command line leaves a record
-        cfg = dataclasses.replace(cfg, log_dir=str(new_run_dir(cfg.task, cfg.framework)))
-    result = train(cfg)
+        made = new_run_dir(cfg.task, cfg.framework)
+        cfg = dataclasses.replace(cfg, log_dir=str(made))
+    try:
+        result = train(cfg)
+    except BaseException:
+        if made is not None and not any(made.iterdir()):  # failed before its first round: no empty record
+            made.rmdir()
+        raise
     result["log_dir"] = cfg.log_dir or cfg.checkpoint_dir
     args.notes = [f"records of this run (result.json, rounds.csv): {result['log_dir']} "
                   f"(draw them with: collapipe plot {result['log_dir']})"]

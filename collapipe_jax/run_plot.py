@@ -20,6 +20,7 @@ import math
 import pathlib
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.io import atomic_write_bytes, read_json
@@ -138,6 +139,7 @@ def plot_runs(paths: list[str], out: str | None = None, metric: str | None = Non
     by_round.set(title=f"{name} by round", xlabel="round t", ylabel=name)
     by_latency.set(title=f"{name} by simulated latency", xlabel="simulated latency Σ τ(t) [s] (not wall time)",
                    ylabel=name)
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (by_round, by_latency):
         ax.grid(alpha=0.3)
     by_latency.legend(fontsize=8, loc="best")
