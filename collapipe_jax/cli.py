@@ -337,6 +337,8 @@ def run_train_command(args):
     except BaseException:
         if made is not None and not any(made.iterdir()):  # failed before its first round: no empty record
             made.rmdir()
+            with contextlib.suppress(OSError):  # runs/ too, when this run made it and nothing else is there
+                made.parent.rmdir()
         raise
     result["log_dir"] = cfg.log_dir or cfg.checkpoint_dir
     args.notes = [f"records of this run (result.json, rounds.csv): {result['log_dir']} "
@@ -371,9 +373,9 @@ def format_train(cfg, result: dict) -> str:
     return "\n".join([
         f"task {cfg.task}, framework {cfg.framework} (policy {cfg.resolved_policy}), model {result['model']}, "
         f"N={result['clusters']}, pipelined={result['pipelined']}", table,
-        "sim_latency, sim_energy: the simulated wireless-edge round latency τ(t) and energy the system model "
-        "charges for the round's decision (paper Eq. 26, 12, 14, 16), not wall time; wall: this process's time "
-        "for the round; '-': not evaluated that round",
+        "sim_latency, sim_energy: the simulated wireless-edge latency τ(t) and energy the system model charges for "
+        "the round's decision (Eq. 26; 12, 14, 16), not wall time",
+        "wall: the seconds this process took for the round (round 0 includes compiling); '-': not evaluated",
         "final: " + ", ".join(f"{k} = {v:.4g}" for k, v in result["final_metrics"].items())])
 
 

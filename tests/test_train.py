@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -236,6 +237,9 @@ def test_cli_train_json(tmp_path, capsys, monkeypatch):
     code = cli.main(["train", "--task", "ner", "--data-dir", str(tmp_path), "--no-progress"])
     assert code == 2 and "example_test.txt" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [run.name]  # the failed run left no empty record
+    shutil.rmtree(tmp_path / "runs")
+    assert cli.main(["train", "--task", "ner", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    assert not (tmp_path / "runs").exists()
 
 
 def test_force_overwrites_another_runs_records(tmp_path, toutiao_runs):
