@@ -159,8 +159,8 @@ class TrainConfig:
     def settings(self) -> dict:
         """What a resumed run must share with the run that wrote the checkpoint."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("rounds", "checkpoint_dir", "resume", "force", "log_dir", "progress", "cache_dir", "data_dir",
-                             "recipe")}
+                if k not in ("rounds", "checkpoint_dir", "resume", "force", "log_dir", "progress", "cache_dir",
+                             "data_dir", "recipe")}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]

@@ -277,7 +277,8 @@ def test_last_round_is_always_evaluated(tmp_path, toutiao_runs):
 def test_train_table_names_simulated_time():
     from collapipe_jax.cli import format_train
 
-    record = {"round": 0, "loss": 1.0, "tau_round_s": 2.5, "energy_j": 3.0, "wall_s": 0.25, "metrics": {"accuracy": 0.5}}
+    record = {"round": 0, "loss": 1.0, "tau_round_s": 2.5, "energy_j": 3.0, "wall_s": 0.25,
+              "metrics": {"accuracy": 0.5}}
     result = {"rounds": [record], "model": "tiny", "clusters": 2, "pipelined": True, "final_metrics": {"accuracy": 0.5}}
     text = format_train(TrainConfig(), result)
     header = text.splitlines()[1].split()
