@@ -74,8 +74,8 @@ def option_help(field: dataclasses.Field) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One option per `option` field of the config dataclass `cls` (defaults None: the
-    dataclass's own default applies, and is shown in the help)."""
+    """One option per `option` field of the config dataclass `cls` (parsed defaults None: the
+    dataclass's own default applies, stated once in the help by `option_help`)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         meta = field.metadata
