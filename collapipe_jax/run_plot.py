@@ -27,6 +27,8 @@ from collapipe_jax.io import atomic_write_bytes, read_json
 from collapipe_jax.options import require
 
 BASE_COLUMNS = ("round", "loss", "tau_round_s", "energy_j")  # rounds.csv's columns before the metrics
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v")
 METRIC_LABELS = {"loss": "training loss", "accuracy": "accuracy", "entity_f1": "entity F1", "bleu": "BLEU",
                  "bleu_lowercase": "BLEU (lowercased)"}
 
@@ -129,9 +131,12 @@ def plot_runs(paths: list[str], out: str | None = None, metric: str | None = Non
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     by_round, by_latency = fig.subplots(1, 2)
     drawn = []
-    for run, label in zip(runs, unique_labels(runs)):
+    for i, (run, label) in enumerate(zip(runs, unique_labels(runs))):
         rounds, latency, values = curve(run, metric)
-        style = dict(marker="o" if len(values) <= 30 else None, markersize=3, label=label)
+        # a line style and marker per run: runs whose curves coincide (the same losses under
+        # two frameworks) stay visible one over the other
+        style = dict(linestyle=LINE_STYLES[i % len(LINE_STYLES)], label=label, markersize=4,
+                     marker=MARKERS[i % len(MARKERS)] if len(values) <= 30 else None, fillstyle="none")
         by_round.plot(rounds, values, **style)
         by_latency.plot(latency, values, **style)
         drawn.append({"run": str(run.path), "label": label, "points": len(values),
