@@ -9,24 +9,26 @@ largest of each part `round_cmp_s, round_dd_s, round_up_s` (system.report.time_s
 `tau_round_s, Y` (the queues the decision was made with), `Y_next, Gamma, solve_ms`;
 and `total_latency_s`, `total_cmp_s` (Σ_t round_cmp_s: the accumulated on-device computation
 time of Fig. 7/8), `total_up_s` (Σ_t round_up_s) and `violating_rounds`.
+
+`ScheduleConfig` is read without JAX (`collapipe schedule --help` is built from it):
+`run_schedule` imports the scheduler.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from collapipe_jax.choices import (LYAPUNOV_VARIANTS, M_RULES, SCHEDULER_POLICIES, SEGMENT_SOLVERS, TUNABLE_HELP,
+                                   VARIANTS)
 from collapipe_jax.options import check_fields, check_float, check_int, check_seed, option
-from collapipe_jax.scenario import TUNABLE_HELP, Scenario, check_rounds, tunable_rank
-from collapipe_jax.scheduling.host_round import HostContext, run_host_round
-from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
-from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
-from collapipe_jax.scheduling.segments import M_RULES, SEGMENT_SOLVERS
-from collapipe_jax.system.latency import VARIANTS
-from collapipe_jax.system.report import inputs_dict
+
+if TYPE_CHECKING:
+    from collapipe_jax.scenario import Scenario
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +47,7 @@ class ScheduleConfig:
                          choices=M_RULES)
     tunable: str | None = option(None, TUNABLE_HELP)
     seed: int = option(0, "seed of the random draws", cli=False)
-    progress: bool = option(True, "progress bar on stderr")
+    progress: bool = option(True, "progress bar on stderr (shown from 20 rounds)", off_help="hide the progress bar")
     include_inputs: bool = option(True, "each round's resolved inputs in the result", cli=False)
 
     def __post_init__(self):
@@ -54,6 +56,8 @@ class ScheduleConfig:
         check_float("V", self.V, low=0.0, optional=True)
         check_seed("seed", self.seed)
         if self.tunable is not None:
+            from collapipe_jax.scenario import tunable_rank
+
             tunable_rank(self.tunable)
 
 
@@ -62,6 +66,10 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
 
     `losses`: fixed per-cluster losses handed to the policy every round (loss-only), else none.
     """
+    from collapipe_jax.scenario import check_rounds
+    from collapipe_jax.scheduling.host_round import HostContext, run_host_round
+    from collapipe_jax.system.report import inputs_dict
+
     check_rounds(scenario, cfg.rounds)
     if cfg.tunable is not None:
         scenario = scenario.replace(tunable=cfg.tunable)

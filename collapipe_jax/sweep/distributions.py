@@ -523,6 +523,7 @@ def compute_tables(config: DistributionConfig, progress=lambda n=1: None, mesh=N
         references += [{"setting": label, **r} for r in inputs["references"]]
         for family, (tables, used) in families.items():
             if family == "dssra" and min(counts.values()) == 0:
+                progress(1)
                 continue  # no feasible reference draw for a variant
             stats, timing = run_group(group_reduction(space, chunk, mesh), mesh, key, base, tables, used,
                                       family == "random", config.pairs, chunk)
@@ -555,6 +556,7 @@ def compute(scale: str, work_dir, progress) -> dict:
     if on_cpu:  # it still runs: two CPU cores take minutes, not hours
         print(f"sweep {NAME}: warning: --scale paper draws and evaluates 1e8 pairs and is meant for a GPU or "
               f"TPU, but JAX found only the CPU", file=sys.stderr)
+    progress.expect(len(settings()) * (len(FAMILIES) + 1))  # a family's groups, then the gradient map
     return compute_tables(SCALE_CONFIGS[scale], progress, estimate=on_cpu)
 
 

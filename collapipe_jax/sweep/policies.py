@@ -48,6 +48,8 @@ def setting_label(tunable: str, N: int, J: int, variant: str) -> str:
 
 def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> dict:
     rounds = 30 if scale == "quick" else 100
+    progress.expect(len(tunables(tunable)) * len(CLUSTERS) * len(VARIANTS)
+                    * sum(len(VS) if policy in V_POLICIES else 1 for policy in POLICIES))
     totals, per_round = [], []
     for upload in tunables(tunable):
         for N, J in CLUSTERS:
