@@ -7,6 +7,10 @@ help and choices are written once, in the dataclass), so a default is never type
 
 JAX reads XLA's flags when its backends start, not when it is imported: `main` sets the host
 device count (`--host-devices`) before any computation.
+
+The parser is built from modules that import no JAX (the config dataclasses and choices.py), so
+`collapipe --help` and `collapipe SUB --help` answer at once; each command's handler imports
+the simulator, scheduler or trainer it runs.
 """
 
 from __future__ import annotations
@@ -16,27 +20,20 @@ import contextlib
 import dataclasses
 import math
 import os
+import pathlib
+import re
 import sys
+import time
 import typing
 
-import jax
-import numpy as np
-from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
-
+from collapipe_jax.choices import DEFAULT_TUNABLE, PRESETS, SCALES, SWEEP_NAMES, TUNABLE_HELP, VARIANTS
 from collapipe_jax.distributed import initialize_from_env
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_json
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
 from collapipe_jax.options import memory_budget, option
-from collapipe_jax.report import write_report
-from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, default_decision, draw_state, load_scenario, make_decision
-from collapipe_jax.scenario import mean_state, orders_of, tunable_rank
-from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule, run_schedule_seeds
-from collapipe_jax.sweep import DEFAULT_TUNABLE, SCALES, SWEEPS, finished_summary, replot, run_sweep
-from collapipe_jax.system import evaluate, round_latency_of_power
-from collapipe_jax.system.latency import VARIANTS
-from collapipe_jax.system.report import constraint_violations, inputs_dict, metrics_dict
-from collapipe_jax.train import TrainConfig, config_with_recipe, train
+from collapipe_jax.scheduling.schedule import ScheduleConfig
+from collapipe_jax.train_config import TrainConfig, recipe_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,9 +62,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # --------------------------------------------------------------------------- options from dataclasses
 
 
+def option_help(field: dataclasses.Field) -> str:
+    """The help of a config field's option: its text, its choices, and its default unless the
+    default is None (the text says what applies then) or the text already states one."""
+    meta, default = field.metadata, field.default
+    choices = meta.get("choices")
+    text = meta["help"] + (f" ({'|'.join(map(str, choices))})" if choices else "")
+    if default is None or re.search(r"[\[(]default\b", meta["help"]):
+        return text
+    return f"{text} [default: {default}]"
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One option per `option` field of the config dataclass `cls` (defaults None: the
-    dataclass's own default applies, and is shown in the help)."""
+    """One option per `option` field of the config dataclass `cls` (parsed defaults None: the
+    dataclass's own default applies, stated once in the help by `option_help`)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         meta = field.metadata
@@ -75,16 +83,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, 
             continue
         kind = hints[field.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        choices = meta.get("choices")
         default = field.default
-        shown = f" ({'|'.join(map(str, choices))})" if choices else ""
-        help_text = f"{meta['help']}{shown} [default: {default}]"
-        if meta.get("positional"):
-            parser.add_argument(field.name, help=help_text)
-        elif base is bool:
+        help_text = option_help(field)
+        if meta.get("positional"):  # optional: the dataclass's default when left out
+            parser.add_argument(field.name, nargs="?", default=None, help=help_text)
+        elif base is bool:  # a switch; a True default is turned off by --no-NAME, with its own help
             flag = ("--no-" if default else "--") + flag_name(field)
             parser.add_argument(flag, dest=field.name, action="store_false" if default else "store_true",
-                                default=None, help=meta["help"])
+                                default=None, help=(meta.get("off_help") or meta["help"]) if default else meta["help"])
         else:
             parser.add_argument("--" + flag_name(field), dest=field.name, type=_typed(base, field), default=None,
                                 help=help_text)
@@ -144,6 +150,8 @@ class DecisionOptions:
     def __post_init__(self):
         check_fields(self)
         if self.tunable is not None:
+            from collapipe_jax.scenario import tunable_rank
+
             tunable_rank(self.tunable)
 
 
@@ -193,6 +201,10 @@ def parse_rows(field: str, text: str, n: int, parse) -> list[list]:
 
 def decision_from_options(scenario, opts: DecisionOptions):
     """The decision given on the command line, defaults from `default_decision`."""
+    import numpy as np
+
+    from collapipe_jax.scenario import default_decision, make_decision, orders_of
+
     s = scenario
     base = default_decision(s)
     delta = np.asarray(base.delta)
@@ -216,6 +228,10 @@ def decision_from_options(scenario, opts: DecisionOptions):
 
 def evaluated_decision(args):
     """(scenario, state, decision, options) of a `latency`/`sensitivity` command line."""
+    import jax
+
+    from collapipe_jax.scenario import draw_state, load_scenario, mean_state
+
     opts = config_from_args(DecisionOptions, args)
     scenario = load_scenario(args.preset, args.scenario, opts.tunable)
     state = mean_state(scenario) if opts.mean_state else draw_state(scenario, jax.random.PRNGKey(args.seed))
@@ -223,6 +239,9 @@ def evaluated_decision(args):
 
 
 def run_latency(args):
+    from collapipe_jax.system import evaluate
+    from collapipe_jax.system.report import constraint_violations, inputs_dict, metrics_dict
+
     scenario, state, decision, opts = evaluated_decision(args)
     metrics = evaluate(state, decision, opts.variant)
     violations = constraint_violations(state, decision, metrics)
@@ -243,6 +262,11 @@ def run_latency(args):
 
 
 def run_sensitivity(args):
+    import jax
+
+    from collapipe_jax.system import evaluate, round_latency_of_power
+    from collapipe_jax.system.report import inputs_dict
+
     check_float("temperature", args.temperature, low=0.0, strict_low=True, optional=True)
     scenario, state, decision, opts = evaluated_decision(args)
     metrics = evaluate(state, decision, opts.variant)
@@ -274,6 +298,9 @@ def run_sensitivity(args):
 
 
 def run_schedule_command(args):
+    from collapipe_jax.scenario import load_scenario
+    from collapipe_jax.scheduling.schedule import run_schedule, run_schedule_seeds
+
     scenario = load_scenario(args.preset, args.scenario)
     cfg = config_from_args(ScheduleConfig, args, seed=args.seed)
     if cfg.seeds is not None or cfg.engine == "device":
@@ -321,24 +348,66 @@ def format_schedule(result: dict) -> str:
 
 
 def run_train_command(args):
+    from collapipe_jax.train import config_with_recipe, train
+
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     shared = {"seed": args.seed if args.seed_given else None, "preset": args.preset, "scenario": args.scenario}
     cfg = config_with_recipe({**given, **{k: v for k, v in shared.items() if v is not None}})
-    result = train(cfg)
+    made = None
+    if cfg.log_dir is None and cfg.checkpoint_dir is None:  # every run from the command line leaves a record
+        made = new_run_dir(cfg.task, cfg.framework)
+        cfg = dataclasses.replace(cfg, log_dir=str(made))
+    try:
+        result = train(cfg)
+    except BaseException:
+        if made is not None and not any(made.iterdir()):  # failed before its first round: no empty record
+            made.rmdir()
+            with contextlib.suppress(OSError):  # runs/ too, when this run made it and nothing else is there
+                made.parent.rmdir()
+        raise
+    result["log_dir"] = cfg.log_dir or cfg.checkpoint_dir
+    args.notes = [f"records of this run (result.json, rounds.csv): {result['log_dir']} "
+                  f"(draw them with: collapipe plot {result['log_dir']})"]
+    return result, format_train(cfg, result)
+
+
+def new_run_dir(task: str, framework: str, root: str = "runs") -> pathlib.Path:
+    """A fresh `runs/<task>-<framework>-<UTC time>/` (a suffix -2, -3, ... when taken): made
+    here, so two runs started in the same second do not share it."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for suffix in ("", *(f"-{i}" for i in range(2, 1000))):
+        path = pathlib.Path(root) / f"{task}-{framework}-{stamp}{suffix}"
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise ValidationError("log-dir", f"the default {root}/ cannot be written ({err.strerror}): give "
+                                             "--log-dir", str(path)) from None
+    raise ValidationError("log-dir", "no free default name: give --log-dir", str(path))
+
+
+def format_train(cfg, result: dict) -> str:
+    """The train table: the simulated latency and energy of each round (the system model's
+    charge for the decision, not the time this process took) beside the wall time and metrics."""
     metric_names = sorted({k for r in result["rounds"] for k in r["metrics"]})
-    rows = [[r["round"], r["loss"], r["tau_round_s"], r["energy_j"], *[r["metrics"].get(n) for n in metric_names]]
-            for r in result["rounds"]]
-    table = format_table(["round", "loss", "tau_round[s]", "energy[J]", *metric_names], rows)
-    lines = [f"task {cfg.task}, framework {cfg.framework} (policy {cfg.resolved_policy}), model {result['model']}, "
-             f"N={result['clusters']}, pipelined={result['pipelined']}", table,
-             "final: " + ", ".join(f"{k} = {v:.4g}" for k, v in result["final_metrics"].items())]
-    return result, "\n".join(lines)
+    rows = [[r["round"], r["loss"], r["tau_round_s"], r["energy_j"], r["wall_s"],
+             *[r["metrics"].get(n) for n in metric_names]] for r in result["rounds"]]
+    table = format_table(["round", "loss", "sim_latency[s]", "sim_energy[J]", "wall[s]", *metric_names], rows)
+    return "\n".join([
+        f"task {cfg.task}, framework {cfg.framework} (policy {cfg.resolved_policy}), model {result['model']}, "
+        f"N={result['clusters']}, pipelined={result['pipelined']}", table,
+        "sim_latency, sim_energy: the simulated wireless-edge latency τ(t) and energy the system model charges for "
+        "the round's decision (Eq. 26; 12, 14, 16), not wall time",
+        "wall: the seconds this process took for the round (round 0 includes compiling); '-': not evaluated",
+        "final: " + ", ".join(f"{k} = {v:.4g}" for k, v in result["final_metrics"].items())])
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepOptions:
-    name: str = option("all", f"a sweep name or 'all' ({', '.join(SWEEPS)})", positional=True)
+    name: str = option("all", f"a sweep name or 'all' ({', '.join(SWEEP_NAMES)})", positional=True)
     scale: str = option("quick", "quick (minutes on 2 CPU cores) or paper", choices=SCALES)
     out: str = option("results", "output directory")
     force: bool = option(False, "recompute sweeps that already finished")
@@ -348,12 +417,18 @@ class SweepOptions:
 
     def __post_init__(self):
         check_fields(self)
+        from collapipe_jax.scenario import tunable_rank
+
         tunable_rank(self.tunable)
-        if self.name != "all" and self.name not in SWEEPS:
-            raise ValidationError("sweep", f"unknown sweep, choose 'all' or one of {list(SWEEPS)}", self.name)
+        if self.name != "all" and self.name not in SWEEP_NAMES:
+            raise ValidationError("sweep", f"unknown sweep, choose 'all' or one of {list(SWEEP_NAMES)}", self.name)
 
 
 def run_sweep_command(args):
+    from collapipe_jax.report import write_report
+    from collapipe_jax.sweep import SWEEPS, finished_summary, replot, run_sweep
+    from collapipe_jax.sweep.base import reusable_summary
+
     for name in ("preset", "scenario"):
         if getattr(args, name) is not None:
             raise ValidationError(name, "sweep runs the paper's own settings; it takes no --preset or --scenario",
@@ -361,17 +436,38 @@ def run_sweep_command(args):
     opts = config_from_args(SweepOptions, args)
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
     out = check_output_dir("out", opts.out)
+    reused = set() if opts.replot or opts.force else {
+        name for name in names if reusable_summary(SWEEPS[name], out, opts.tunable) is not None}
     summaries = {name: (replot(SWEEPS[name], out) if opts.replot else run_sweep(SWEEPS[name], opts.scale, out,
-                                                                              opts.force, opts.tunable))
-                 for name in names}
+                                                                              opts.force, opts.tunable,
+                                                                              f"{i} of {len(names)}"))
+                 for i, name in enumerate(names, 1)}
     for name in SWEEPS:  # the report covers every finished sweep in `out`, not only this call's
         if name not in summaries and (summary := finished_summary(out, name)) is not None:
             summaries[name] = summary
     summaries = {name: summaries[name] for name in SWEEPS if name in summaries}
     report = write_report(out, summaries)
-    lines = [f"{name}: {out / name}" for name in summaries] + [f"report: {report}",
+    lines = [f"{name}: {out / name}" + (" (reused: finished earlier)" if name in reused else "")
+             for name in summaries] + [f"report: {report}",
                                                                f"claims: {report.with_name('claims.json')}"]
     return {"sweeps": summaries, "report": str(report)}, "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotOptions:
+    out: str | None = option(None, "the PNG to write (default: curves.png in the first RUN_DIR)")
+    metric: str | None = option(None, "the rounds.csv column to draw: a task metric (accuracy, entity_f1, bleu) or "
+                                      "loss (default: the first task metric every run has, else loss)")
+
+
+def run_plot_command(args):
+    from collapipe_jax.run_plot import plot_runs
+
+    opts = config_from_args(PlotOptions, args)
+    result = plot_runs(args.runs, opts.out, opts.metric)
+    rows = [[r["label"], r["rounds"], r["points"], r["simulated_latency_s"], r["run"]] for r in result["runs"]]
+    table = format_table(["run", "rounds", "points", "sim_latency[s]", "directory"], rows)
+    return result, "\n".join([f"{result['metric']} by round and by simulated latency: {result['out']}", table])
 
 
 # --------------------------------------------------------------------------- tables and main
@@ -415,12 +511,18 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_argument("--host-devices", dest="host_devices", help="number of XLA host (CPU) devices, set before "
                                                                     "JAX starts")
     for name, help_text, handler, cls, skip in COMMANDS:
-        p = sub.add_parser(name, parents=[shared], help=help_text)
+        epilog = f"recipes for --config (sweeps/recipes/): {', '.join(recipe_names())}" if name == "train" else None
+        p = sub.add_parser(name, parents=[shared], help=help_text, epilog=epilog)
         add_config_arguments(p, cls, skip)
         if name == "sensitivity":
             p.add_argument("--temperature", type=_typed(float, "temperature"),
                            help="log-sum-exp temperature in s (default 1%% of τ)")
         p.set_defaults(handler=handler)
+    p = sub.add_parser("plot", help="draw the learning curves of train runs (their rounds.csv) to a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run's directory (the --log-dir of collapipe train)")
+    add_config_arguments(p, PlotOptions)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(handler=run_plot_command, seed=None)
     return parser
 
 
@@ -434,6 +536,13 @@ MAX_HOST_DEVICES = 1024
 
 def max_host_devices() -> int:
     return max(1, min(MAX_HOST_DEVICES, memory_budget() // HOST_DEVICE_BYTES))
+
+
+def jax_started() -> bool:
+    """Whether JAX's backends have started in this process (its XLA flags are then fixed)."""
+    from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
+
+    return xla_bridge.backends_are_initialized()
 
 
 def set_host_devices(argv: list[str]) -> None:
@@ -451,7 +560,9 @@ def set_host_devices(argv: list[str]) -> None:
             raise ValidationError("host-devices", f"must be an integer in [1, {limit}] (at most {MAX_HOST_DEVICES}, "
                                                   f"and {HOST_DEVICE_BYTES / 1e6:.2g} MB per device within "
                                                   f"1/{MEMORY_SHARE} of this machine's memory)", value)
-        if xla_bridge.backends_are_initialized():
+        if "jax" in sys.modules and jax_started():
+            import jax
+
             if jax.device_count() != int(value) and jax.default_backend() == "cpu":
                 raise ValidationError("host-devices", "JAX was already started in this process", value)
             return
@@ -491,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print("collapipe: error: stdout was closed before the whole result was written", file=sys.stderr)
         return 2
+    for note in getattr(args, "notes", ()):  # after the result: where a run's records are, ...
+        print(note, file=sys.stderr)
     return 0
 
 

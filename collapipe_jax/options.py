@@ -44,14 +44,15 @@ def memory_budget() -> int:
 
 
 def option(default: Any, help: str, *, choices=None, flag: str | None = None, cli: bool = True,
-           positional: bool = False):
+           positional: bool = False, off_help: str | None = None):
     """A dataclass field with its command-line description in `metadata`.
 
     `choices`: the allowed values (a module's constant, never retyped); `flag`: the option name
-    when it is not `--<field-with-dashes>`; `cli=False`: not a command-line option.
+    when it is not `--<field-with-dashes>`; `cli=False`: not a command-line option; `off_help`:
+    the help of the `--no-<name>` switch of a boolean that defaults to True.
     """
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "flag": flag,
-            "cli": cli, "positional": positional}
+            "cli": cli, "positional": positional, "off_help": off_help}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

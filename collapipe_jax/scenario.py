@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from collapipe_jax.choices import PRESETS, TUNABLE_HELP  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.io import atomic_write_json
 from collapipe_jax.models import cost
@@ -39,8 +40,6 @@ from collapipe_jax.options import FLOAT32_TINY, INT32_MAX, MEMORY_SHARE, as_fini
 
 RANGE_FIELDS = ("f_hz", "phi_flops_per_cycle", "p_k_w", "h_n", "I_i_w", "B_U_hz")
 FADING = ("mean", "rayleigh")
-TUNABLE_HELP = ("what a CU uploads: the whole encoder (full) or rank-R LoRA adapters on the query and value "
-                "projections, fp32 (lora:R) [default: the scenario's, full for the presets]")
 
 
 def db_to_linear(db: float) -> float:
@@ -308,9 +307,6 @@ def scenario_preset(name: str) -> Scenario:
     if name == "paper-transformer":
         return scenario_from_model("paper-transformer", name="paper-transformer")
     raise ValidationError("preset", "unknown preset, choose one of ['paper-bert', 'paper-transformer']", name)
-
-
-PRESETS = ("paper-bert", "paper-transformer")
 
 
 def load_scenario(preset: str | None = None, path: str | os.PathLike | None = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from collapipe_jax.errors import ValidationError
 
@@ -17,5 +16,7 @@ def mean_ci95(values) -> tuple[float, float, float]:
     mean = float(x.mean())
     if x.size == 1:
         return mean, mean, mean
+    from scipy import stats  # on use: the CLI's help is built without it
+
     half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
     return mean, mean - half, mean + half

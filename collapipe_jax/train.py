@@ -184,6 +184,25 @@ def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState) -> tuple[Tra
     return state, meta["records"], int(meta["next_round"])
 
 
+RECORD_FILES = ("result.json", "rounds.csv")
+
+
+def check_records(cfg: TrainConfig) -> None:
+    """A run's records never replace another run's without a word: a log directory holding
+    result.json or rounds.csv is refused unless the run resumes (the same run, continuing) or
+    `--force` is given (then the old records are removed now, so none are mixed with this run's)."""
+    directory = cfg.log_dir or cfg.checkpoint_dir
+    if not directory or cfg.resume:
+        return
+    found = [name for name in RECORD_FILES if (pathlib.Path(directory) / name).exists()]
+    if cfg.force:
+        for name in found:
+            (pathlib.Path(directory) / name).unlink()
+        return
+    require(not found, "log-dir", f"holds another run's records ({', '.join(found)}): pass --resume to continue "
+                                  "that run, --force to overwrite them, or choose another --log-dir", directory)
+
+
 def open_run_dirs(cfg: TrainConfig) -> Checkpoints | None:
     """Check the run's output places (one-line errors) and lock its checkpoint directory."""
     if cfg.resume:
@@ -192,6 +211,7 @@ def open_run_dirs(cfg: TrainConfig) -> Checkpoints | None:
     if cfg.log_dir:
         check_output_dir("log-dir", cfg.log_dir)
     if not cfg.checkpoint_dir:
+        check_records(cfg)
         return None
     check_output_dir("checkpoint-dir", cfg.checkpoint_dir)
     ckpt = Checkpoints(cfg.checkpoint_dir, exclusive=True)
@@ -201,6 +221,7 @@ def open_run_dirs(cfg: TrainConfig) -> Checkpoints | None:
     else:
         require(ckpt.latest() is None, "checkpoint-dir",
                 "holds a checkpoint: pass --resume to continue it, or use an empty directory", str(ckpt.path))
+    check_records(cfg)
     return ckpt
 
 

@@ -1,5 +1,9 @@
 """`collapipe train`'s settings: `TrainConfig` (every option of the command, checked on
-construction) and the recipes of sweeps/recipes/ that fill it."""
+construction) and the recipes of sweeps/recipes/ that fill it.
+
+This module imports no JAX (`collapipe train --help` is built from `TrainConfig`): the choices
+come from choices.py, and the checks that need the model code import it when a config is made.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,25 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import sys
 
+from collapipe_jax.choices import (CLIENT_OPTIMIZERS, CLIENT_STATES, COMPUTE_DTYPE_NAMES, FRAMEWORK_NAMES,
+                                   LR_SCHEDULES, LYAPUNOV_VARIANTS, NOISE_MODES, PRESETS, SCHEDULER_POLICIES,
+                                   SERVER_OPTIMIZERS, TUNABLE_HELP, VARIANTS)
 from collapipe_jax.errors import ValidationError
-from collapipe_jax.federated.optim import CLIENT_OPTIMIZERS, LR_SCHEDULES, SERVER_OPTIMIZERS
-from collapipe_jax.federated.rounds import CLIENT_STATES, NOISE_MODES
-from collapipe_jax.models.config import COMPUTE_DTYPES
 from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, option, require
-from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, tunable_rank
-from collapipe_jax.scheduling.frameworks import FRAMEWORKS
-from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
-from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
-from collapipe_jax.system.latency import VARIANTS
 
 MODEL_SIZES = ("tiny", "small", "paper")
 TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
 TASK_SCENARIO = {"multi30k": "paper-transformer", "ner": "paper-bert", "toutiao": "paper-bert"}
+
+
+def framework_of(name: str):
+    """The framework's entry of `scheduling.frameworks.FRAMEWORKS` (imported on use: the
+    scheduling code imports JAX)."""
+    from collapipe_jax.scheduling.frameworks import FRAMEWORKS
+
+    return FRAMEWORKS[name]
 
 
 class NonFiniteLossError(ValidationError):
@@ -31,7 +39,7 @@ class NonFiniteLossError(ValidationError):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     task: str = option("toutiao", "the paper's task", choices=tuple(TASK_MODEL))
-    framework: str = option("collapipe", "training framework (paper §VI)", choices=tuple(FRAMEWORKS))
+    framework: str = option("collapipe", "training framework (paper §VI)", choices=FRAMEWORK_NAMES)
     model: str = option("tiny", "model size (paper: paper-transformer for multi30k, paper-bert otherwise)",
                         choices=MODEL_SIZES)
     policy: str | None = option(None, "collapipe's scheduler (default dssra; uniform = w/o segment scheduling; "
@@ -66,7 +74,7 @@ class TrainConfig:
                                  "decoder); masks keyed by sample and layer, so pipelined == unpipelined")
     label_smoothing: float = option(0.0, "label smoothing of the translation targets (0.1 in the recipes)")
     dtype: str = option("float32", "compute dtype of matmuls and activations (parameters and optimizer state stay "
-                                   "float32)", choices=COMPUTE_DTYPES)
+                                   "float32)", choices=COMPUTE_DTYPE_NAMES)
     init_from: str | None = option(None, "start from the last checkpoint of a finished run (its --checkpoint-dir): "
                                          "embedding and encoder, and the head/decoder when the task matches")
     clusters: int | None = option(None, "N clusters (default: the scenario's)")
@@ -76,7 +84,8 @@ class TrainConfig:
                                    "m-independent)")
     max_examples: int | None = option(None, "use the first N training examples")
     max_eval_examples: int | None = option(200, "evaluate on the first N test examples")
-    eval_every: int = option(1, "evaluate every this many rounds (and after the last)")
+    eval_every: int = option(1, "evaluate every this many rounds, and after the last (a recipe's interval longer "
+                                "than --rounds becomes max(1, rounds // 5))")
     non_iid: bool = option(False, "Dirichlet label split over the clusters")
     dirichlet_alpha: float = option(0.5, "Dirichlet concentration of the non-IID split")
     variant: str = option("paper", "system model variant", choices=VARIANTS)
@@ -88,9 +97,11 @@ class TrainConfig:
     seq_len: int | None = option(None, "sequence length (default: the model's)")
     checkpoint_dir: str | None = option(None, "orbax checkpoints, one per round")
     resume: bool = option(False, "continue the run in --checkpoint-dir")
-    log_dir: str | None = option(None, "rounds.csv and result.json (default: --checkpoint-dir)")
+    log_dir: str | None = option(None, "rounds.csv and result.json (default: --checkpoint-dir, else a new "
+                                       "runs/<task>-<framework>-<UTC time>/)")
+    force: bool = option(False, "overwrite the records (result.json, rounds.csv) of another run in --log-dir")
     data_dir: str | None = option(None, "data sets (default: $COLLAPIPE_DATA, else the repository's data/)")
-    progress: bool = option(True, "progress bar on stderr")
+    progress: bool = option(True, "progress bar on stderr", off_help="hide the progress bar")
     recipe: str | None = option(None, "JSON recipe (sweeps/recipes/): its values replace the defaults, the flags "
                                       "given replace its values", flag="config")
     seed: int = option(0, "seed", cli=False)
@@ -119,7 +130,7 @@ class TrainConfig:
                 "plan-stages", "a fixed plan (--plan-stages/--plan-micro-batches) needs --policy default")
         require(self.local_steps is None or self.local_epochs is None, "local-epochs",
                 "give --local-steps or --local-epochs, not both", self.local_epochs)
-        require(FRAMEWORKS[self.framework].federated or self.server_optimizer == "avg", "server-optimizer",
+        require(framework_of(self.framework).federated or self.server_optimizer == "avg", "server-optimizer",
                 f"the {self.framework} framework has no federated aggregation", self.server_optimizer)
         check_float("V", self.V, low=0.0, optional=True)
         check_float("dirichlet-alpha", self.dirichlet_alpha, low=0.0, strict_low=True)
@@ -133,21 +144,23 @@ class TrainConfig:
         require(self.rounds * (self.local_steps or 1) <= INT32_MAX, "rounds",
                 f"rounds x local-steps must be <= {INT32_MAX} (the step count is an int32)", self.rounds)
         if self.tunable is not None:
+            from collapipe_jax.scenario import tunable_rank  # the model code (JAX): only once a config is made
+
             tunable_rank(self.tunable)
 
     @property
     def resolved_policy(self) -> str:
-        return FRAMEWORKS[self.framework].policy or self.policy or "dssra"
+        return framework_of(self.framework).policy or self.policy or "dssra"
 
     @property
     def pipelined(self) -> bool:
-        return FRAMEWORKS[self.framework].pipelined and not self.no_pipeline
+        return framework_of(self.framework).pipelined and not self.no_pipeline
 
     def settings(self) -> dict:
         """What a resumed run must share with the run that wrote the checkpoint."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("rounds", "checkpoint_dir", "resume", "log_dir", "progress", "cache_dir", "data_dir",
-                             "recipe")}
+                if k not in ("rounds", "checkpoint_dir", "resume", "force", "log_dir", "progress", "cache_dir",
+                             "data_dir", "recipe")}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
@@ -156,13 +169,19 @@ class TrainConfig:
 RECIPE_DIR = pathlib.Path(__file__).resolve().parents[1] / "sweeps" / "recipes"
 
 
+def recipe_names() -> list[str]:
+    """The recipes `--config NAME` finds in sweeps/recipes/."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
+
+
 def load_recipe(path: str) -> dict:
     """A recipe's settings: a JSON object of TrainConfig fields (a leading "about" string and
     "_"-prefixed keys are notes). A bare name is looked up in sweeps/recipes/."""
     file = pathlib.Path(path)
     if not file.is_file() and (RECIPE_DIR / f"{path}.json").is_file():
         file = RECIPE_DIR / f"{path}.json"
-    require(file.is_file(), "config", "must be a recipe JSON file (or the name of one in sweeps/recipes/)", path)
+    require(file.is_file(), "config", "must be a recipe JSON file or the name of one in sweeps/recipes/ "
+                                      f"({', '.join(recipe_names())})", path)
     try:
         values = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -176,6 +195,16 @@ def load_recipe(path: str) -> dict:
 
 
 def config_with_recipe(values: dict) -> TrainConfig:
-    """TrainConfig from explicit values over the recipe they name (values["recipe"])."""
+    """TrainConfig from explicit values over the recipe they name (values["recipe"]).
+
+    A recipe's evaluation interval longer than the rounds asked for (`--rounds 20` with a recipe
+    that evaluates every 50) would evaluate once, at the end: it becomes max(1, rounds // 5),
+    and the change is said on stderr. An `eval_every` given explicitly stands."""
     recipe = load_recipe(values["recipe"]) if values.get("recipe") else {}
-    return TrainConfig(**{**recipe, **values})
+    cfg = TrainConfig(**{**recipe, **values})
+    if "eval_every" in recipe and "eval_every" not in values and cfg.eval_every > cfg.rounds:
+        every = max(1, cfg.rounds // 5)
+        print(f"collapipe: note: the recipe evaluates every {cfg.eval_every} rounds, more than --rounds "
+              f"{cfg.rounds}: evaluating every {every} (and after the last round)", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, eval_every=every)
+    return cfg

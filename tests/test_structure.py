@@ -11,13 +11,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "collapipe_jax"
 # bottom up; a module may import its own package/module and anything in a lower layer
 LAYERS = [
     {"errors"},
-    {"io", "options", "distributed", "stats"},
+    {"io", "options", "distributed", "stats", "choices"},
     {"models", "tasks", "checkpoints"},
     {"pipeline", "scenario"},
     {"federated", "system"},
     {"scheduling"},
     {"train_config"},
-    {"train_records"},
+    {"train_records", "run_plot"},
     {"train"},
     {"sweep"},
     {"report"},

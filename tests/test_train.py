@@ -1,6 +1,8 @@
 """The training driver: tiny two-round runs per task, pipelined vs unsegmented, resume, errors."""
 
 import json
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -207,19 +209,82 @@ def test_titanic_decision_selects_fast_devices_in_speed_order():
     assert np.all(np.asarray(d.delta).sum(axis=1) == sc.L)
 
 
-def test_cli_train_json(tmp_path, capsys):
+def test_cli_train_json(tmp_path, capsys, monkeypatch):
     from collapipe_jax import cli
 
+    monkeypatch.chdir(tmp_path)  # the default records go to ./runs/
     # the settings of test_ner_run, so the compiled programs are reused
-    code = cli.main(["train", "--task", "ner", "--no-pipeline", "--policy", "default", "--rounds", "1", "--batch", "4",
-                     "--clusters", "2", "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8",
-                     "--seq-len", "16", "--data-dir", str(DATA), "--no-progress", "--json"])
+    argv = ["train", "--task", "ner", "--no-pipeline", "--policy", "default", "--rounds", "1", "--batch", "4",
+            "--clusters", "2", "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8",
+            "--seq-len", "16", "--data-dir", str(DATA), "--no-progress"]
+    code = cli.main(argv + ["--json"])
     assert code == 0
-    out = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    out = json.loads(out)
     assert set(out) >= {"rounds", "final_metrics"}
     assert set(out["rounds"][0]) >= {"round", "loss", "metrics", "tau_round_s", "energy_j"}
+    # no --log-dir: the run's records in a new runs/ner-collapipe-<UTC time>/, named at the end on stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("ner-collapipe-") and out["log_dir"] == str(pathlib.Path("runs") / run.name)
+    assert err.strip().splitlines()[-1].startswith("records of this run") and out["log_dir"] in err
+    assert json.loads((run / "result.json").read_text())["final_metrics"] == out["final_metrics"]
+    assert (run / "rounds.csv").read_text().splitlines()[0].startswith("round,loss,tau_round_s,energy_j")
+    # another run into those records: refused (one line) before any work, unless --force
+    code = cli.main(argv + ["--log-dir", str(run), "--rounds", "2"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "another run's records" in lines[0] and "--force" in lines[0]
+    assert json.loads((run / "result.json").read_text())["rounds"] == json.loads(json.dumps(out["rounds"]))
     code = cli.main(["train", "--task", "ner", "--data-dir", str(tmp_path), "--no-progress"])
     assert code == 2 and "example_test.txt" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run.name]  # the failed run left no empty record
+    shutil.rmtree(tmp_path / "runs")
+    assert cli.main(["train", "--task", "ner", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_force_overwrites_another_runs_records(tmp_path, toutiao_runs):
+    """The settings of the unsegmented run of `toutiao_runs` (compiled once)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rounds.csv").write_text("round,loss,tau_round_s,energy_j\n0,1,1,1\n")
+    with pytest.raises(ValidationError, match="another run's records"):
+        train(tiny(tmp_path, task="toutiao", rounds=3, no_pipeline=True, log_dir=str(logs)))
+    assert (logs / "rounds.csv").read_text().count("\n") == 2  # untouched
+    forced = train(tiny(tmp_path, task="toutiao", rounds=3, no_pipeline=True, log_dir=str(logs), force=True))
+    np.testing.assert_array_equal(losses(forced), losses(toutiao_runs[1]))
+    assert len((logs / "rounds.csv").read_text().strip().splitlines()) == 4
+    assert json.loads((logs / "result.json").read_text())["final_metrics"] == forced["final_metrics"]
+
+
+def test_recipe_interval_longer_than_the_rounds_is_shortened(capsys):
+    from collapipe_jax.train_config import config_with_recipe, load_recipe
+
+    every = load_recipe("toutiao-cpu")["eval_every"]
+    assert every > 20
+    assert config_with_recipe({"recipe": "toutiao-cpu", "rounds": 20}).eval_every == 20 // 5
+    assert f"every {every} rounds" in capsys.readouterr().err
+    assert config_with_recipe({"recipe": "toutiao-cpu", "rounds": 3}).eval_every == 1
+    assert config_with_recipe({"recipe": "toutiao-cpu", "rounds": every}).eval_every == every
+    assert config_with_recipe({"recipe": "toutiao-cpu", "rounds": 20, "eval_every": every}).eval_every == every
+
+
+def test_last_round_is_always_evaluated(tmp_path, toutiao_runs):
+    result = train(tiny(tmp_path, task="toutiao", rounds=3, no_pipeline=True, eval_every=2))
+    assert [bool(r["metrics"]) for r in result["rounds"]] == [False, True, True]
+    assert result["rounds"][2]["metrics"] == toutiao_runs[1]["rounds"][2]["metrics"]
+
+
+def test_train_table_names_simulated_time():
+    from collapipe_jax.cli import format_train
+
+    record = {"round": 0, "loss": 1.0, "tau_round_s": 2.5, "energy_j": 3.0, "wall_s": 0.25,
+              "metrics": {"accuracy": 0.5}}
+    result = {"rounds": [record], "model": "tiny", "clusters": 2, "pipelined": True, "final_metrics": {"accuracy": 0.5}}
+    text = format_train(TrainConfig(), result)
+    header = text.splitlines()[1].split()
+    assert header == ["round", "loss", "sim_latency[s]", "sim_energy[J]", "wall[s]", "accuracy"]
+    assert text.splitlines()[3].split() == ["0", "1", "2.5", "3", "0.25", "0.5"]
+    assert "not wall time" in text and "tau_round" not in text
 
 
 def test_scheduler_policies_in_the_loop(tmp_path, monkeypatch):

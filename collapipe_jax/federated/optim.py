@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-LR_SCHEDULES = ("constant", "warmup-cosine", "warmup-linear")
-SERVER_OPTIMIZERS = ("avg", "sgd", "adam", "yogi")
+from collapipe_jax.choices import CLIENT_OPTIMIZERS, LR_SCHEDULES, SERVER_OPTIMIZERS  # noqa: F401 (re-exported)
+
 NO_DECAY = ("bias", "scale")  # parameter names that weight decay skips
 
 

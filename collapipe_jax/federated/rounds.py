@@ -54,13 +54,12 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from collapipe_jax.choices import CLIENT_STATES, NOISE_MODES  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated.optim import apply_direction
 
 # loss_fn(client, server, batch, layout, key) -> (Σ weighted loss, Σ weights); key: dropout
 LossFn = Callable[[Any, Any, dict, Any, jax.Array], tuple[jax.Array, jax.Array]]
-NOISE_MODES = ("relative", "absolute", "none")  # "none": the noiseless ablation of Eq. 25
-CLIENT_STATES = ("reset", "keep")
 
 
 @struct.dataclass

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from collapipe_jax.choices import LYAPUNOV_VARIANTS  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
-
-LYAPUNOV_VARIANTS = ("drift", "paper")
 
 
 def check_lyapunov(variant: str) -> None:

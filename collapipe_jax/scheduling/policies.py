@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from collapipe_jax.choices import ABLATIONS, PAPER_BASELINES, SCHEDULER_POLICIES  # noqa: F401 (re-exported)
 from collapipe_jax.scheduling import baselines, dssra, frameworks
 
 Policy = Callable[..., dssra.RoundResult]
@@ -52,12 +53,6 @@ POLICIES: dict[str, Policy] = {
     "vanilla-fl": frameworks.vanilla_fl_policy,
     "titanic": frameworks.titanic_policy,
 }
-# the paper's baselines (§VI), each compared with DSSRA in Fig. 11
-PAPER_BASELINES = ("random", "loss-only", "delay-only")
-ABLATIONS = ("uniform", "dssra-no-queue", "dssra-loss-weighted", "random-feasible")
-# the rules a user picks for `schedule` and for the collapipe framework in `train`; the other
-# entries are the fixed rules of the vanilla-fl and titanic frameworks
-SCHEDULER_POLICIES = ("dssra",) + PAPER_BASELINES + ABLATIONS + ("default",)
 # the rules whose every decision satisfies C1–C11' (or that raise InfeasibleError); the fixed
 # rules (default, vanilla-fl, titanic) cap p_n by C11' too but keep their δ and m, and the host
 # round reports what they break (C7, C9', or C11' where no power meets the budget)

@@ -17,26 +17,28 @@ With `--seeds A:B` (or `--engine device`) one independent schedule runs per seed
 "infeasible"}], "engine", "device", "seconds", "summary"}`, each run's `rounds` with
 `--per-round`. A seed whose round has no feasible decision reports `infeasible` (constraint,
 cluster, round) and the others go on.
+
+`ScheduleConfig` is read without JAX (`collapipe schedule --help` is built from it):
+`run_schedule` imports the scheduler.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from collapipe_jax.choices import (LYAPUNOV_VARIANTS, M_RULES, SCHEDULER_POLICIES, SEGMENT_SOLVERS, TUNABLE_HELP,
+                                   VARIANTS)
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.options import SEED_MAX, check_fields, check_float, check_int, check_seed, option
-from collapipe_jax.scenario import TUNABLE_HELP, Scenario, check_rounds, tunable_rank
-from collapipe_jax.scheduling.host_round import HostContext, run_host_round
-from collapipe_jax.scheduling.lyapunov import LYAPUNOV_VARIANTS
-from collapipe_jax.scheduling.policies import SCHEDULER_POLICIES
-from collapipe_jax.scheduling.segments import M_RULES, SEGMENT_SOLVERS
 from collapipe_jax.stats import mean_ci95
-from collapipe_jax.system.latency import VARIANTS
-from collapipe_jax.system.report import inputs_dict
+
+if TYPE_CHECKING:
+    from collapipe_jax.scenario import Scenario
 
 
 ENGINES = ("host", "device")
@@ -79,7 +81,7 @@ class ScheduleConfig:
     per_round: bool = option(False, "with --seeds or --engine device: each run's rounds in the JSON")
     dtype: str = option("float64", "device engine precision: float64 equals the host solvers, float32 is "
                                    "what accelerators run fastest", choices=("float64", "float32"))
-    progress: bool = option(True, "progress bar on stderr")
+    progress: bool = option(True, "progress bar on stderr (shown from 20 rounds)", off_help="hide the progress bar")
     include_inputs: bool = option(True, "each round's resolved inputs in the result", cli=False)
 
     def __post_init__(self):
@@ -88,6 +90,8 @@ class ScheduleConfig:
         check_float("V", self.V, low=0.0, optional=True)
         check_seed("seed", self.seed)
         if self.tunable is not None:
+            from collapipe_jax.scenario import tunable_rank
+
             tunable_rank(self.tunable)
         if self.seeds is not None:
             parse_seeds(self.seeds)
@@ -101,6 +105,10 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
 
     `losses`: fixed per-cluster losses handed to the policy every round (loss-only), else none.
     """
+    from collapipe_jax.scenario import check_rounds
+    from collapipe_jax.scheduling.host_round import HostContext, run_host_round
+    from collapipe_jax.system.report import inputs_dict
+
     check_rounds(scenario, cfg.rounds)
     if cfg.tunable is not None:
         scenario = scenario.replace(tunable=cfg.tunable)
@@ -155,6 +163,8 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
 def run_schedule_seeds(scenario: Scenario, cfg: ScheduleConfig, device_label: str = "") -> dict:
     """One independent schedule per seed of `cfg.seed_range()` on `cfg.engine` (module docstring)."""
     import time
+
+    from collapipe_jax.scenario import check_rounds
 
     seeds = cfg.seed_range()
     check_rounds(scenario, cfg.rounds)

@@ -60,12 +60,11 @@ import math
 
 import numpy as np
 
+from collapipe_jax.choices import M_RULES, SEGMENT_SOLVERS  # noqa: F401 (re-exported)
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import redirect_fd
 from collapipe_jax.scenario import even_split
 
-SEGMENT_SOLVERS = ("exact", "milp")
-M_RULES = ("stationary", "exhaustive")
 NONLAST, LAST = 0, 1
 
 

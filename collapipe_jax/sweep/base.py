@@ -1,7 +1,9 @@
 """The sweep engine: each experiment is compute → tables, plot(tables), findings(tables).
 
 `compute(scale, work_dir, progress)` returns named tables (lists of flat dict rows) and may cache
-intermediate results under `work_dir` (the training sweep caches each run); a sweep whose
+intermediate results under `work_dir` (the training sweep caches each run); it reports its work
+through `progress` (a `Progress`: `progress.expect(n)` when n steps become known, `progress(1)`
+after each), which the progress bar turns into a total and an ETA; a sweep whose
 results depend on what the CUs upload (`takes_tunable`) gets `tunable=` as well and runs both the
 full upload and that LoRA setting (`tunables`). `plot(tables, out_dir)` draws the PNGs;
 `findings(tables)` returns the summary: `findings` (sentences), `claims` (the paper's claims next
@@ -25,14 +27,11 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from collapipe_jax.choices import DEFAULT_TUNABLE, SCALES  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.io import atomic_write_json, read_json, write_csv
 
-SCALES = ("quick", "paper")
 Tables = dict[str, list[dict]]
-
-
-DEFAULT_TUNABLE = "lora:8"  # the LoRA setting compared with the full upload (`sweep --tunable`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +41,21 @@ class Sweep:
     plot: Callable[[Tables, pathlib.Path], None]
     findings: Callable[[Tables], dict]
     takes_tunable: bool = False  # compute(scale, work_dir, progress, tunable=...)
+
+
+class Progress:
+    """A sweep's progress bar: `expect(n)` adds n steps to its total (so it shows "i/total" and an
+    ETA), `progress(n)` counts n steps done."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def expect(self, n: int) -> None:
+        self.bar.total = (self.bar.total or 0) + n
+        self.bar.refresh()
 
 
 def tunables(tunable: str) -> tuple[str, ...]:
@@ -77,17 +91,30 @@ def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str
     return summary
 
 
-def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False,
-              tunable: str = DEFAULT_TUNABLE) -> dict:
-    """Compute (or skip, when finished with the same `tunable`) one sweep; returns its summary."""
-    folder = out / sweep.name
-    summary = None if force else finished_summary(out, sweep.name)
+def reusable_summary(sweep: Sweep, out: pathlib.Path, tunable: str = DEFAULT_TUNABLE) -> dict | None:
+    """The summary of a finished run of `sweep` in `out` that a rerun reuses (for a sweep that
+    takes a tunable, one run with the same tunable), or None."""
+    summary = finished_summary(out, sweep.name)
     if summary is not None and (not sweep.takes_tunable or summary.get("tunable") == tunable):
+        return summary
+    return None
+
+
+def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False,
+              tunable: str = DEFAULT_TUNABLE, place: str = "") -> dict:
+    """Compute (or reuse, when finished with the same `tunable`) one sweep; returns its summary.
+    `place` ("3 of 9") says where the sweep stands in a run of several, on the progress bar."""
+    folder = out / sweep.name
+    label = f"sweep {place + ' ' if place else ''}{sweep.name}"
+    summary = None if force else reusable_summary(sweep, out, tunable)
+    if summary is not None:
+        print(f"{label}: reused, finished earlier in {folder} (--force recomputes it)", file=sys.stderr)
         return summary
     start = time.perf_counter()
     extra = {"tunable": tunable} if sweep.takes_tunable else {}
-    with tqdm(desc=f"sweep {sweep.name}", unit="step", file=sys.stderr) as bar:
-        tables = sweep.compute(scale, folder, bar.update, **extra)
+    with tqdm(desc=label, unit="step", file=sys.stderr) as bar:
+        tables = sweep.compute(scale, folder, Progress(bar), **extra)
+        bar.total = bar.n  # the work announced and the work done agree at the end
     atomic_write_json(folder / "tables.json", {"scale": scale, **extra, "tables": tables})
     return write_outputs(sweep, tables, folder, scale, time.perf_counter() - start, extra.get("tunable"))
 

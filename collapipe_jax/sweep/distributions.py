@@ -574,6 +574,7 @@ def compute(scale: str, work_dir, progress) -> dict:
     if on_cpu:  # it still runs: two CPU cores take minutes, not hours
         print(f"sweep {NAME}: warning: --scale paper draws and evaluates 1e8 pairs and is meant for a GPU or "
               f"TPU, but JAX found only the CPU", file=sys.stderr)
+    progress.expect(len(settings()) * (len(FAMILIES) + 1))  # a family's groups, then the gradient map
     return compute_tables(SCALE_CONFIGS[scale], progress, estimate=on_cpu)
 
 

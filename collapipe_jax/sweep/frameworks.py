@@ -74,6 +74,7 @@ def run_framework(scenario, policy: str, uploads_model: bool, variant: str, roun
 def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> dict:
     rounds = 30 if scale == "quick" else 100
     seeds = np.arange(SEEDS[scale])
+    progress.expect(len(FIGURES) * len(tunables(tunable)) * len(VARIANTS) * len(ENTRANTS))
     rows, changes = [], []
     for figure, model in FIGURES:
         for upload in tunables(tunable):

@@ -25,6 +25,7 @@ def compute(scale: str, work_dir, progress) -> dict:
         cfg = model_preset(preset)
         L = cfg.n_enc_layers
         deltas = sorted({1, 2, L // 3, L // 2, L} if scale == "quick" else set(range(1, L + 1)))
+        progress.expect(len(deltas))
         for delta in deltas:
             mem = segment_training_memory(cfg, delta, BATCH)
             rows.append({"preset": preset, "delta": delta, "L": L, "batch": BATCH,

@@ -63,6 +63,7 @@ def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> d
     DSSRA's paired change against every other rule."""
     rounds = 30 if scale == "quick" else 100
     seeds = np.arange(SEEDS[scale])
+    progress.expect(len(tunables(tunable)) * len(CLUSTERS) * len(VARIANTS) * len(POLICIES))
     totals, per_round, changes = [], [], []
     for upload in tunables(tunable):
         for N, J in CLUSTERS:

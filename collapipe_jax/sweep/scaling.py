@@ -35,6 +35,7 @@ def point_scenario(N: int, K: int, J: int):
 def compute(scale: str, work_dir, progress) -> dict:
     n_seeds, rounds = SCALES[scale]
     seeds = np.arange(n_seeds)
+    progress.expect(sum(len(values) for _, values in AXES) * len(RULES))
     rows, gains = [], []
     for axis, values in AXES:
         for value in values:

@@ -108,6 +108,7 @@ def _clusters(s, state, variant):
 
 def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> dict:
     draws, rounds = (8, 10) if scale == "quick" else (64, 50)
+    progress.expect(1 + len(tunables(tunable)) * len(FLOPS) * len(VARIANTS))
     fig4 = fig4_compute(draws)
     progress(1)
     return {"fig4": fig4, "fig5": fig5_compute(rounds, tunable, progress)}

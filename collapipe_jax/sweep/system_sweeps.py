@@ -24,6 +24,7 @@ def microbatch_compute(scale: str, work_dir, progress) -> dict:
     """τ^pipe against m (Eq. 15 / 33), uniform δ over all K devices, both variants, averaged
     over seeded draws; evaluated as one sharded batch."""
     draws = 8 if scale == "quick" else 64
+    progress.expect(len(PRESETS) * len(VARIANTS))
     rows = []
     for preset in PRESETS:
         s = scenario_preset(preset)
@@ -87,6 +88,7 @@ register(Sweep("latency-vs-microbatches", microbatch_compute, microbatch_plot, m
 def power_compute(scale: str, work_dir, progress) -> dict:
     """τ^up, E^com and ∂τ/∂p_n (jax.grad) against the CU transmit power p_n, mean state."""
     points = 12 if scale == "quick" else 48
+    progress.expect(len(PRESETS))
     rows = []
     for preset in PRESETS:
         s = scenario_preset(preset)

@@ -31,7 +31,7 @@ TASK_METRIC = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
 # NER and Multi30K only lower their loss at this size (their metrics need the recipes' small model).
 QUICK = dict(model="tiny", rounds=10, local_steps=5, batch=16, optimizer="adamw", lr=3e-3,
              lr_schedule="warmup-cosine", warmup_steps=10, clip_norm=1.0, max_eval_examples=200, eval_every=5,
-             progress=False)
+             progress=True)  # each run's bar (its rounds) under the sweep's (its runs)
 
 
 def on_accelerator() -> bool:
@@ -42,7 +42,7 @@ def framework_config(task: str, framework: str, scale: str) -> TrainConfig:
     if scale == "quick":
         return TrainConfig(task=task, framework=framework, **QUICK)
     recipe = f"{task}-{'gpu' if on_accelerator() else 'cpu'}"
-    return config_with_recipe({"recipe": recipe, "task": task, "framework": framework, "progress": False})
+    return config_with_recipe({"recipe": recipe, "task": task, "framework": framework, "progress": True})
 
 
 def cached_train(cache, cfg: TrainConfig) -> dict:
@@ -67,6 +67,7 @@ def curve_rows(result: dict, **labels) -> list[dict]:
 
 
 def compute(scale: str, work_dir, progress) -> dict:
+    progress.expect(len(TASKS) * len(FRAMEWORKS))  # runs (each run's own bar counts its rounds)
     rows, finals = [], []
     for task in TASKS:
         for framework in FRAMEWORKS:
@@ -152,12 +153,13 @@ def plans_of(rows: list[dict]) -> list[tuple[int, int]]:
 def sm_config(task: str, S: int, m: int, scale: str) -> TrainConfig:
     base = dict(QUICK, rounds=3) if scale == "quick" else dict(model="small", rounds=30, batch=32, local_steps=2,
                                                                optimizer="adamw", lr=1e-3, max_eval_examples=1000,
-                                                               eval_every=10, progress=False)
+                                                               eval_every=10, progress=True)
     return TrainConfig(task=task, policy="default", plan_stages=S, plan_micro_batches=m,
                        micro_batches=min(m, base["batch"]), **base)
 
 
 def sm_compute(scale: str, work_dir, progress) -> dict:
+    progress.expect(len(SM_TASKS) * len(SM_PLANS[scale]))  # runs (each run's own bar counts its rounds)
     rows = []
     for task in SM_TASKS:
         for S, m in SM_PLANS[scale]:

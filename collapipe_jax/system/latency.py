@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-VARIANTS = ("paper", "consistent")
+from collapipe_jax.choices import VARIANTS  # noqa: F401 (re-exported)
 
 # Gauss–Laguerre nodes for E_g[log2(1 + a g)], g ~ Exp(1) (Rayleigh fading power around the
 # mean gain): a deterministic, differentiable quadrature instead of Monte Carlo.
