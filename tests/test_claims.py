@@ -10,7 +10,7 @@ import pytest
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.report import write_report
 from collapipe_jax.sweep import frameworks, memory, policies, segments, training
-from collapipe_jax.sweep.claims import CLAIM_IDS, FIELDS, change_pct, claim, is_measurement, within_factor_two
+from collapipe_jax.sweep.claims import CLAIM_IDS, FIELDS, SEED_FIELDS, change_pct, claim, is_measurement, within_factor_two
 
 VARIANTS = ("paper", "consistent")
 
@@ -70,13 +70,28 @@ def framework_tables():
                                  "framework": name, "rounds": 5, "total_cmp_s": cmp[name], "total_dd_s": 1.0,
                                  "total_up_s": 10.0, "total_latency_s": latency,
                                  "violating_rounds": 5 if name == "vanilla-fl" else 0,
-                                 "violated": "C7" if name == "vanilla-fl" else "", "mean_S": 3.0, "mean_m": 2.0})
-    return {"frameworks": rows}
+                                 "violated": "C7" if name == "vanilla-fl" else "", "mean_S": 3.0, "mean_m": 2.0,
+                                 "n": 5})
+    return {"frameworks": rows, "frameworks-changes": paired_changes(rows)}
+
+
+def paired_changes(rows):
+    """The per-seed changes a seeded frameworks sweep reports, as if every seed gave the rows'
+    values (an interval of ±1 point around the change)."""
+    out = []
+    for key, g in frameworks.groups(rows).items():
+        for a, b in frameworks.PAIRS:
+            for quantity in ("total_cmp_s", "total_latency_s"):
+                change = change_pct(g[a][quantity], g[b][quantity])
+                out.append(dict(zip(("figure", "model", "tunable", "variant"), key), framework=a, reference=b,
+                                quantity=quantity, n=5, change_pct=change, change_pct_lo=change - 1.0,
+                                change_pct_hi=change + 1.0))
+    return out
 
 
 def policy_tables():
     latency = {"dssra": 53.56, "loss-only": 100.0, "delay-only": 100.0, "random": 100.0}
-    totals, per_round = [], []
+    totals, per_round, changes = [], [], []
     for N, J in policies.CLUSTERS:
         for tunable in ("full", "lora:8"):
             for variant in VARIANTS:
@@ -87,10 +102,14 @@ def policy_tables():
                                        "V": V, "policy": p, "uses_V": p in policies.V_POLICIES, "rounds": 4,
                                        "total_latency_s": latency.get(p, 70.0), "total_cmp_s": 1.0, "total_up_s": 30.0,
                                        "mean_solve_ms": 1.0, "max_Y": 0.0, "mean_Gamma": 0.03,
-                                       "violating_rounds": 0})
+                                       "violating_rounds": 0, "n": 5})
                         per_round += [{"setting": label, "V": V, "policy": p, "round": t, "tau_round_s": 1.0,
                                        "max_Y": 0.0, "mean_Gamma": 0.03, "solve_ms": 1.0} for t in range(4)]
-    return {"policies": totals, "policies-per-round": per_round}
+                    for p in policies.POLICIES[1:]:
+                        change = change_pct(latency["dssra"], latency.get(p, 70.0))
+                        changes.append({"setting": label, "V": V, "baseline": p, "n": 5, "change_pct": change,
+                                        "change_pct_lo": change - 1.0, "change_pct_hi": change + 1.0})
+    return {"policies": totals, "policies-per-round": per_round, "policies-changes": changes}
 
 
 def memory_tables(vanilla_bytes=5.5e9, segment_bytes=2.0e9):
@@ -157,7 +176,11 @@ def test_every_listed_id_is_computed_by_a_sweep_with_a_number():
     found = [c for claims in all_claims().values() for c in claims]
     assert {c["id"] for c in found} == set(CLAIM_IDS)
     for c in found:
-        assert list(c) == list(FIELDS) and is_measurement(c["measured"])
+        assert list(c) in (list(FIELDS), list(FIELDS) + list(SEED_FIELDS)) and is_measurement(c["measured"])
+        if "n" in c:  # measured over seeds: the mean lies in its interval
+            lo, hi = c["ci95"]
+            mean = c["measured"] if not isinstance(c["measured"], dict) else c["measured"]["least_reduction_pct"]
+            assert c["n"] >= 1 and lo <= mean <= hi
         assert c["reproduced"] or c["why"], c  # an unreproduced claim says why
         json.dumps(c, allow_nan=False)
 
