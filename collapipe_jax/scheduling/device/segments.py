@@ -244,49 +244,65 @@ def _candidates(terms: Terms):
     return stage, jnp.sort(stage[:, 1:, :].reshape(-1))
 
 
-def _row(stage, T):
-    """Caps under the bound T (host `_caps_under`) and the greedy's order of them."""
-    U = jnp.sum(stage[:, 1:, :] <= T, axis=1).astype(jnp.int32)  # [K, 2]
-    cap, cap_last = U[:, NONLAST], U[:, LAST]
-    by_cap = jnp.argsort(-cap, stable=True)  # devices by decreasing cap, ties by index
-    top = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(cap[by_cap])])
-    rank = jnp.zeros_like(by_cap).at[by_cap].set(jnp.arange(cap.shape[0], dtype=by_cap.dtype))
-    usable = (cap >= 1).astype(jnp.int32)
-    return cap, cap_last, by_cap, top, rank, jnp.sum(usable) - usable
+def _caps(stage, T):
+    """U[..., k, role]: the most TEBs device k may hold in that role with its chunk time ≤ T
+    (host `_caps_under`) for bounds T of any shape. The chunk time δ c_k + d_k is increasing in
+    δ and the allowed δ are a prefix (inf beyond it in `stage`), so U is one division clamped to
+    the prefix, corrected against the chunk-time table itself (the floats the candidate bounds
+    come from) — no count over δ."""
+    K, L1, _ = stage.shape
+    allowed = jnp.sum(jnp.isfinite(stage[:, 1:, :]), axis=1)  # [K, 2]: the prefix length
+    if L1 > 2:
+        c = stage[:, 2, :] - stage[:, 1, :]  # per-TEB time, where δ = 2 is allowed
+    else:
+        c = jnp.full((K, 2), jnp.inf, stage.dtype)
+    usable = jnp.isfinite(c) & (c > 0)
+    base = jnp.where(usable, stage[:, 1, :] - c, 0.0)  # d_k s_role
+    T = jnp.asarray(T)[..., None, None]
+    guess = jnp.floor(jnp.where(usable, (T - base) / jnp.where(usable, c, 1.0), 0.0))
+    q = jnp.clip(guess, 0, allowed).astype(jnp.int32)  # [..., K, 2]
+    k_idx = jnp.arange(K)[:, None]
+    r_idx = jnp.arange(2)[None, :]
+    up = jnp.minimum(q + 1, L1 - 1)
+    q = jnp.where((q < allowed) & (stage[k_idx, up, r_idx] <= T), up, q)  # the division fell short by one
+    q = jnp.where((q >= 1) & ~(stage[k_idx, q, r_idx] <= T), q - 1, q)  # it overshot by one
+    return q
 
 
-def _holds(row, s, last, L):
-    """Whether ℓ = last and the s − 1 other devices with the largest caps hold L TEBs (every
-    cap ≥ 1): the host greedy's feasibility of (T, S, ℓ), monotone in T."""
-    cap, cap_last, _, top, rank, others_usable = row
-    others = jnp.where(rank[last] < s - 1, top[s] - cap[last], top[s - 1])
-    return (cap_last[last] >= 1) & (others_usable[last] >= s - 1) & (others + cap_last[last] >= L) & (s <= L)
+def _row_at(cap):
+    """The greedy's order of the non-last caps [..., K]: by decreasing cap (ties by index), the
+    prefix sums of the sorted caps, each device's rank, and per device the usable others."""
+    K = cap.shape[-1]
+    by_cap = jnp.argsort(-cap, axis=-1, stable=True)
+    top = jnp.concatenate([jnp.zeros(cap.shape[:-1] + (1,), cap.dtype),
+                           jnp.cumsum(jnp.take_along_axis(cap, by_cap, -1), axis=-1)], axis=-1)
+    rank = jnp.argsort(by_cap, axis=-1)
+    usable = (cap >= 1).astype(cap.dtype)
+    return by_cap, top, rank, jnp.sum(usable, axis=-1, keepdims=True) - usable
 
 
 def _first_holding(stage, cand, L: int, K: int):
-    """[S, ℓ]: index of the first candidate bound under which (S, ℓ) is feasible (len(cand)
-    if none), by binary search (feasibility is monotone in the bound)."""
+    """[S, ℓ]: index of the first candidate bound under which the greedy's (S, ℓ) holds L TEBs
+    (len(cand) if none): every bound at once, as the host's `front_greedy`."""
     nT = cand.shape[0]
-    s_grid = jnp.broadcast_to(jnp.arange(1, K + 1, dtype=jnp.int32)[:, None], (K, K))
-    l_grid = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32)[None, :], (K, K))
+    U = _caps(stage, cand)  # [nT, K, 2]
+    cap, cap_last = U[..., NONLAST], U[..., LAST]
+    _, top, rank, others_usable = _row_at(cap)
+    s = jnp.arange(1, K + 1)[None, :, None]  # [1, S, 1]
+    top_s = jnp.take_along_axis(top, jnp.broadcast_to(s[:, :, 0], (nT, K)), 1)[:, :, None]  # Σ of the s largest
+    top_s1 = jnp.take_along_axis(top, jnp.broadcast_to(s[:, :, 0] - 1, (nT, K)), 1)[:, :, None]
+    others = jnp.where(rank[:, None, :] < s - 1, top_s - cap[:, None, :], top_s1)  # [nT, S, ℓ]
+    holds = ((cap_last[:, None, :] >= 1) & (others_usable[:, None, :] >= s - 1)
+             & (others + cap_last[:, None, :] >= L) & (s <= L) & jnp.isfinite(cand)[:, None, None])
+    return jnp.where(jnp.any(holds, axis=0), jnp.argmax(holds, axis=0), nT).astype(jnp.int32)
 
-    # the predicate "holds or the bound is inf (past the feasible chunk times)" is monotone
-    def ok_at(i, s, last):
-        return _holds(_row(stage, cand[i]), s, last, L) | ~jnp.isfinite(cand[i])
 
-    ok_grid = jax.vmap(jax.vmap(ok_at))
-
-    def step(_, bounds):
-        lo, hi = bounds
-        active = lo < hi
-        mid = (lo + hi) // 2
-        ok = ok_grid(jnp.minimum(mid, nT - 1), s_grid, l_grid)
-        return jnp.where(active & ok, lo, jnp.where(active, mid + 1, lo)), jnp.where(active & ok, mid, hi)
-
-    lo0 = jnp.zeros((K, K), jnp.int32)
-    hi0 = jnp.full((K, K), nT, jnp.int32)
-    lo, _ = lax.fori_loop(0, int(math.ceil(math.log2(nT + 1))) + 1, step, (lo0, hi0))
-    return jnp.where(jnp.isfinite(cand[jnp.minimum(lo, nT - 1)]), lo, nT)
+def _row(stage, T):
+    """Caps under one bound T and the greedy's order of them (for the fill of a plan)."""
+    U = _caps(stage, T)
+    cap, cap_last = U[:, NONLAST], U[:, LAST]
+    by_cap, top, rank, others_usable = _row_at(cap)
+    return cap, cap_last, by_cap, top, rank, others_usable
 
 
 def _front_from_plans(cl, m, delta, last, found, L, b, variant) -> Front:
