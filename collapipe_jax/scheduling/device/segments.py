@@ -270,13 +270,17 @@ def _caps(stage, T):
 
 
 def _row_at(cap):
-    """The greedy's order of the non-last caps [..., K]: by decreasing cap (ties by index), the
-    prefix sums of the sorted caps, each device's rank, and per device the usable others."""
+    """The greedy's order of the non-last caps [..., K]: by decreasing cap, ties by index (the
+    host's stable argsort), as comparisons rather than a sort (sorts are slow under vmap on
+    CPUs): each device's rank, the devices by rank, the sums of the s largest caps (s = 0..K),
+    and per device the usable others."""
     K = cap.shape[-1]
-    by_cap = jnp.argsort(-cap, axis=-1, stable=True)
-    top = jnp.concatenate([jnp.zeros(cap.shape[:-1] + (1,), cap.dtype),
-                           jnp.cumsum(jnp.take_along_axis(cap, by_cap, -1), axis=-1)], axis=-1)
-    rank = jnp.argsort(by_cap, axis=-1)
+    a, b = cap[..., :, None], cap[..., None, :]  # [..., k, j]
+    before = (b > a) | ((b == a) & (jnp.arange(K)[None, :] < jnp.arange(K)[:, None]))
+    rank = jnp.sum(before, axis=-1).astype(jnp.int32)  # how many devices come before k
+    by_cap = jnp.argmax(rank[..., None, :] == jnp.arange(K)[:, None], axis=-1).astype(jnp.int32)
+    s = jnp.arange(K + 1)[:, None]
+    top = jnp.sum(jnp.where(rank[..., None, :] < s, cap[..., None, :], 0), axis=-1)  # [..., K + 1]
     usable = (cap >= 1).astype(cap.dtype)
     return by_cap, top, rank, jnp.sum(usable, axis=-1, keepdims=True) - usable
 
