@@ -251,9 +251,13 @@ def _row(stage, T):
     """Caps under the bound T (host `_caps_under`) and the greedy's order of them."""
     U = jnp.sum(stage[:, 1:, :] <= T, axis=1).astype(jnp.int32)  # [K, 2]
     cap, cap_last = U[:, NONLAST], U[:, LAST]
-    by_cap = jnp.argsort(-cap, stable=True)  # devices by decreasing cap, ties by index
-    top = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(cap[by_cap])])
-    rank = jnp.zeros_like(by_cap).at[by_cap].set(jnp.arange(cap.shape[0], dtype=by_cap.dtype))
+    # rank in decreasing cap, ties by index (a stable argsort of −cap), by K² comparisons
+    K = cap.shape[0]
+    k = jnp.arange(K)
+    ahead = (cap[None, :] > cap[:, None]) | ((cap[None, :] == cap[:, None]) & (k[None, :] < k[:, None]))
+    rank = jnp.sum(ahead, axis=1).astype(jnp.int32)
+    by_cap = jnp.zeros(K, jnp.int32).at[rank].set(k.astype(jnp.int32))  # devices by decreasing cap
+    top = jnp.sum(jnp.where(rank[None, :] < jnp.arange(K + 1)[:, None], cap[None, :], 0), axis=1)  # [K+1]
     usable = (cap >= 1).astype(jnp.int32)
     return cap, cap_last, by_cap, top, rank, jnp.sum(usable) - usable
 
@@ -416,9 +420,11 @@ def _front_dp(cl: Cluster, m, L: int, b: int, variant: str, with_steps: bool = F
     state, value_top = visit((inf, inf, jnp.zeros((K, K), jnp.int32), jnp.full((K,), -1, jnp.int32), jnp.int32(0)),
                              top)
 
+    slack = 1e-9 if dt == jnp.float64 else 1e-5  # rounding: visit a bound that ties, never skip one
+
     def useful(best, after):
         lower = value_top[None, :] + weight[None, :] * cand[:, None]  # [T, S]
-        improves = (index[:, None] >= t_min[None, :]) & (lower <= best[None, :] + 1e-9 * jnp.abs(best[None, :]))
+        improves = (index[:, None] >= t_min[None, :]) & (lower <= best[None, :] + slack * jnp.abs(best[None, :]))
         keep = jnp.any(feasible[None, :] & improves, axis=1) & ~one_bound & finite & (index > after) & (index != top)
         return jnp.where(jnp.any(keep), jnp.argmax(keep), nT).astype(jnp.int32)
 
