@@ -344,22 +344,31 @@ def _dp_at(stage, cost, T, L: int, K: int):
     V = jnp.full((L + 1, K + 1, 2), jnp.inf, dt).at[0, 0, 0].set(0.0)
     P = jnp.zeros((L + 1, K + 1, 2, K), jnp.int8)  # δ of the arg-min plan of each state
     Lam = jnp.full((L + 1, K + 1, 2), -1, jnp.int32)  # its last device
-    source = jnp.arange(L + 1)[:, None] - jnp.arange(1, L + 1)[None, :]  # l − δ for δ = 1..L
-    valid = source >= 0
-    source = jnp.where(valid, source, 0)
+    l_all = jnp.arange(L + 1)
     inf_s = jnp.full((L + 1, 1), jnp.inf, dt)
-    l_tgt = jnp.arange(L + 1)[:, None, None]
+    l_tgt = l_all[:, None, None]
     s_tgt = jnp.arange(K + 1)[None, :, None]
     f_tgt = jnp.arange(2)[None, None, :]
 
     def step(carry, k):
         V, P, Lam = carry
-        add = jnp.where(stage[k, 1:, :] <= T, cost[k, 1:, :], jnp.inf)  # [L, 2]
-        src = jnp.where(valid[:, :, None, None], V[source], jnp.inf)  # [L+1, δ, K+1, 2]
-        nonlast = src + add[None, :, None, None, NONLAST]
-        last = src[..., 0] + add[None, :, None, LAST]
-        nl_min, nl_arg = jnp.min(nonlast, axis=1), jnp.argmin(nonlast, axis=1)  # [L+1, K+1, 2]
-        la_min, la_arg = jnp.min(last, axis=1), jnp.argmin(last, axis=1)  # [L+1, K+1]
+        add = jnp.where(stage[k, 1:, :] <= T, cost[k, 1:, :], jnp.inf)  # [L, 2] for δ = 1..L
+        # δ = 1..D only, D the most TEBs device k may hold under T (the allowed δ are a prefix):
+        # a loop of [L+1, K+1, 2] steps rather than one [L+1, L, K+1, 2] table
+        D = jnp.max(jnp.sum(jnp.isfinite(add), axis=0))
+
+        def over_delta(j, acc):
+            nl_min, nl_arg, la_min, la_arg = acc
+            src = jnp.where((l_all >= j)[:, None, None], V[jnp.maximum(l_all - j, 0)], jnp.inf)  # V[l − δ]
+            nonlast = src + add[j - 1, NONLAST]
+            last = src[..., 0] + add[j - 1, LAST]
+            nl_arg = jnp.where(nonlast < nl_min, j, nl_arg)  # the smallest δ among ties
+            la_arg = jnp.where(last < la_min, j, la_arg)
+            return jnp.minimum(nl_min, nonlast), nl_arg, jnp.minimum(la_min, last), la_arg
+
+        init = (jnp.full((L + 1, K + 1, 2), jnp.inf, dt), jnp.ones((L + 1, K + 1, 2), jnp.int32),
+                jnp.full((L + 1, K + 1), jnp.inf, dt), jnp.ones((L + 1, K + 1), jnp.int32))
+        nl_min, nl_arg, la_min, la_arg = lax.fori_loop(1, D + 1, over_delta, init)
         # target s + 1 from source s
         nl_min = jnp.concatenate([jnp.full((L + 1, 1, 2), jnp.inf, dt), nl_min[:, :K, :]], axis=1)
         nl_arg = jnp.concatenate([jnp.zeros((L + 1, 1, 2), nl_arg.dtype), nl_arg[:, :K, :]], axis=1)
@@ -371,7 +380,7 @@ def _dp_at(stage, cost, T, L: int, K: int):
         value = jnp.minimum(V, nl_min)
         choice = jnp.where(la_min < value, 2, choice)
         value = jnp.minimum(value, la_min)
-        d = jnp.where(choice == 1, nl_arg, la_arg).astype(jnp.int32) + 1
+        d = jnp.where(choice == 1, nl_arg, la_arg).astype(jnp.int32)
         l_src = jnp.where(choice == 0, l_tgt, jnp.maximum(l_tgt - d, 0))
         s_src = jnp.where(choice == 0, s_tgt, jnp.maximum(s_tgt - 1, 0))
         f_src = jnp.where(choice == 2, 0, f_tgt)
