@@ -21,10 +21,13 @@ Exact fronts at fixed m (the best plan per stage count S = 1..K):
   grows with T, so each (S, ℓ) takes its smallest feasible candidate bound, found by a binary
   search over the sorted chunk times (the host's argmin over (T, ℓ) with its tie-breaking).
 * consistent: a DP over the devices (state: TEBs placed, devices used, last chosen), one bound T
-  at a time in increasing order, the arg-min plan carried through the DP. Only bounds that can
-  still improve some S are visited (`lax.while_loop`): T ≥ the least bound under which S devices
-  hold L TEBs, and m T ≤ the best τ found for S so far (τ = Σ t + (m − 1) T ≥ m T); at m = 1
-  the largest bound alone (τ = Σ t falls as the bound rises).
+  at a time, the arg-min plan carried through the DP (no backtrack). The largest bound first:
+  its least Σ cost per S lower-bounds Σ cost under every bound, so a bound T can improve S only
+  if T ≥ the least bound under which S devices hold L TEBs and Σcost_top(S) + w_S T ≤ the best
+  τ found for S; those bounds are visited in increasing order (`lax.while_loop`, a data-dependent
+  trip count: 5–8 DP passes on the drawn paper-bert instances at m = 8..64, of K·L·2 bounds).
+  At m = 1 (consistent) the largest bound alone is optimal (τ = Σ t falls as the bound rises).
+  `method="dp"` runs the same DP under paper (a check of the greedy).
 """
 
 from __future__ import annotations
@@ -357,22 +360,31 @@ def _dp_at(stage, cost, T, L: int, K: int):
     V = jnp.full((L + 1, K + 1, 2), jnp.inf, dt).at[0, 0, 0].set(0.0)
     P = jnp.zeros((L + 1, K + 1, 2, K), jnp.int8)  # δ of the arg-min plan of each state
     Lam = jnp.full((L + 1, K + 1, 2), -1, jnp.int32)  # its last device
-    source = jnp.arange(L + 1)[:, None] - jnp.arange(1, L + 1)[None, :]  # l − δ for δ = 1..L
-    valid = source >= 0
-    source = jnp.where(valid, source, 0)
+    l_all = jnp.arange(L + 1)
     inf_s = jnp.full((L + 1, 1), jnp.inf, dt)
-    l_tgt = jnp.arange(L + 1)[:, None, None]
+    l_tgt = l_all[:, None, None]
     s_tgt = jnp.arange(K + 1)[None, :, None]
     f_tgt = jnp.arange(2)[None, None, :]
 
     def step(carry, k):
         V, P, Lam = carry
-        add = jnp.where(stage[k, 1:, :] <= T, cost[k, 1:, :], jnp.inf)  # [L, 2]
-        src = jnp.where(valid[:, :, None, None], V[source], jnp.inf)  # [L+1, δ, K+1, 2]
-        nonlast = src + add[None, :, None, None, NONLAST]
-        last = src[..., 0] + add[None, :, None, LAST]
-        nl_min, nl_arg = jnp.min(nonlast, axis=1), jnp.argmin(nonlast, axis=1)  # [L+1, K+1, 2]
-        la_min, la_arg = jnp.min(last, axis=1), jnp.argmin(last, axis=1)  # [L+1, K+1]
+        add = jnp.where(stage[k, 1:, :] <= T, cost[k, 1:, :], jnp.inf)  # [L, 2] for δ = 1..L
+        # δ = 1..D only, D the most TEBs device k may hold under T (the allowed δ are a prefix):
+        # a loop of [L+1, K+1, 2] steps rather than one [L+1, L, K+1, 2] table
+        D = jnp.max(jnp.sum(jnp.isfinite(add), axis=0))
+
+        def over_delta(j, acc):
+            nl_min, nl_arg, la_min, la_arg = acc
+            src = jnp.where((l_all >= j)[:, None, None], V[jnp.maximum(l_all - j, 0)], jnp.inf)  # V[l − δ]
+            nonlast = src + add[j - 1, NONLAST]
+            last = src[..., 0] + add[j - 1, LAST]
+            nl_arg = jnp.where(nonlast < nl_min, j, nl_arg)  # the smallest δ among ties
+            la_arg = jnp.where(last < la_min, j, la_arg)
+            return jnp.minimum(nl_min, nonlast), nl_arg, jnp.minimum(la_min, last), la_arg
+
+        init = (jnp.full((L + 1, K + 1, 2), jnp.inf, dt), jnp.ones((L + 1, K + 1, 2), jnp.int32),
+                jnp.full((L + 1, K + 1), jnp.inf, dt), jnp.ones((L + 1, K + 1), jnp.int32))
+        nl_min, nl_arg, la_min, la_arg = lax.fori_loop(1, D + 1, over_delta, init)
         # target s + 1 from source s
         nl_min = jnp.concatenate([jnp.full((L + 1, 1, 2), jnp.inf, dt), nl_min[:, :K, :]], axis=1)
         nl_arg = jnp.concatenate([jnp.zeros((L + 1, 1, 2), nl_arg.dtype), nl_arg[:, :K, :]], axis=1)
@@ -384,7 +396,7 @@ def _dp_at(stage, cost, T, L: int, K: int):
         value = jnp.minimum(V, nl_min)
         choice = jnp.where(la_min < value, 2, choice)
         value = jnp.minimum(value, la_min)
-        d = jnp.where(choice == 1, nl_arg, la_arg).astype(jnp.int32) + 1
+        d = jnp.where(choice == 1, nl_arg, la_arg).astype(jnp.int32)
         l_src = jnp.where(choice == 0, l_tgt, jnp.maximum(l_tgt - d, 0))
         s_src = jnp.where(choice == 0, s_tgt, jnp.maximum(s_tgt - 1, 0))
         f_src = jnp.where(choice == 2, 0, f_tgt)
@@ -397,7 +409,7 @@ def _dp_at(stage, cost, T, L: int, K: int):
     return V[L, 1:, 1], P[L, 1:, 1].astype(jnp.int32), Lam[L, 1:, 1]
 
 
-def _front_dp(cl: Cluster, m, L: int, b: int, variant: str) -> Front:
+def _front_dp(cl: Cluster, m, L: int, b: int, variant: str, with_steps: bool = False):
     """Exact front by the DP over every candidate bound that can still improve a stage count
     (module docstring), in increasing order with `lax.while_loop`."""
     K = cl.f_hz.shape[0]
@@ -413,37 +425,42 @@ def _front_dp(cl: Cluster, m, L: int, b: int, variant: str) -> Front:
     feasible = t_min < nT
     finite = jnp.isfinite(cand)
     index = jnp.arange(nT)
-    top = jnp.sum(finite) - 1
-    d_max = jnp.max(terms.d) if variant == "paper" else jnp.zeros((), dt)
+    top = jnp.maximum(jnp.sum(finite) - 1, 0)
     one_bound = (terms.m == 1) & (variant == "consistent")  # τ = Σ t falls as the bound rises
 
-    def useful(best, after):
-        # an S can still improve at bound T iff T ≥ its least bound and, its bottleneck being T,
-        # the least τ it could have (consistent m T, paper w_S T − max d) is ≤ its best so far
-        reach = jnp.where(jnp.isfinite(best), (best + d_max) / jnp.where(weight > 0, weight, 1.0), jnp.inf)
-        if variant == "consistent":
-            reach = jnp.where(jnp.isfinite(best), best / terms.m.astype(dt), jnp.inf)
-        general = jnp.any(feasible[None, :] & (index[:, None] >= t_min[None, :])
-                          & (cand[:, None] <= reach[None, :] * (1 + 1e-9)), axis=1)
-        keep = jnp.where(one_bound, index == top, general) & finite & (index > after)
-        return jnp.where(jnp.any(keep), jnp.argmax(keep), nT).astype(jnp.int32)
-
-    best0 = jnp.full((K,), jnp.inf, dt)
-    state = (useful(best0, -1), best0, jnp.zeros((K, K), jnp.int32), jnp.full((K,), -1, jnp.int32))
-
-    def body(state):
-        i, best, delta, last = state
+    def visit(state, i):
+        """The DP at bound cand[i]; per S the new plan where it is faster (on ties, the smaller
+        bound, as the host's argmin over increasing bounds)."""
+        best, at, delta, last, steps = state
         T = cand[i]
         value, plan, plan_last = _dp_at(stage, cost, T, L, K)
         total = value + weight * T
-        better = total < best  # the first bound among ties, as the host's argmin
-        best = jnp.where(better, total, best)
-        delta = jnp.where(better[:, None], plan, delta)
-        last = jnp.where(better, plan_last, last)
-        return useful(best, i), best, delta, last
+        better = (total < best) | ((total == best) & (T < at))
+        return (jnp.where(better, total, best), jnp.where(better, T, at), jnp.where(better[:, None], plan, delta),
+                jnp.where(better, plan_last, last), steps + 1), value
 
-    _, best, delta, last = lax.while_loop(lambda st: st[0] < nT, body, state)
-    return _front_from_plans(cl, m, delta, last, jnp.isfinite(best), L, b, variant)
+    # the largest bound first: its Σ cost is the least any bound allows (every cap is largest),
+    # so Σcost_top + w_S T lower-bounds τ of every plan with bottleneck T
+    inf = jnp.full((K,), jnp.inf, dt)
+    state, value_top = visit((inf, inf, jnp.zeros((K, K), jnp.int32), jnp.full((K,), -1, jnp.int32), jnp.int32(0)),
+                             top)
+
+    slack = 1e-9 if dt == jnp.float64 else 1e-5  # rounding: visit a bound that ties, never skip one
+
+    def useful(best, after):
+        lower = value_top[None, :] + weight[None, :] * cand[:, None]  # [T, S]
+        improves = (index[:, None] >= t_min[None, :]) & (lower <= best[None, :] + slack * jnp.abs(best[None, :]))
+        keep = jnp.any(feasible[None, :] & improves, axis=1) & ~one_bound & finite & (index > after) & (index != top)
+        return jnp.where(jnp.any(keep), jnp.argmax(keep), nT).astype(jnp.int32)
+
+    def body(carry):
+        i, state = carry
+        state, _ = visit(state, i)
+        return useful(state[0], i), state
+
+    _, (best, _, delta, last, steps) = lax.while_loop(lambda c: c[0] < nT, body, (useful(state[0], -1), state))
+    front = _front_from_plans(cl, m, delta, last, jnp.isfinite(best), L, b, variant)
+    return (front, steps) if with_steps else front
 
 
 def front_at_m(cl: Cluster, m, L: int, b: int, variant: str, method: str = "auto") -> Front:
