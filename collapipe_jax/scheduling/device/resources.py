@@ -205,10 +205,14 @@ def check_method(method: str, J: int) -> None:
         raise ValueError(f"method 'dp' keeps 2^J states: J={J} > {DP_MAX_CHANNELS}, use 'hungarian'")
 
 
+DP_FASTER_UP_TO = 6
+
+
 def default_method(J: int) -> str:
-    """The subset DP where it is small (measured faster, benchmarks/bench_matching.py), else
-    the Hungarian method."""
-    return "dp" if J <= 8 else "hungarian"
+    """The subset DP for few channels, else the Hungarian method. Measured on a 2-core CPU
+    (benchmarks/bench_matching.py, batch 4,096): the DP is 2–8× faster at J = 4 (N = 3, 6), the
+    Hungarian method 2.4× faster at (N, J) = (16, 8); the cut at J ≤ 6 lies between."""
+    return "dp" if J <= DP_FASTER_UP_TO else "hungarian"
 
 
 def _matching_total(cost, cost_none, channel):
