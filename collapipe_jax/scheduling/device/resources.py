@@ -344,7 +344,11 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         span = jnp.maximum(jnp.maximum(T_top - T_lo, T_lo), 1e-9)
         grid = T_lo + span * jnp.asarray(np.geomspace(1e-4, 4.0, paper_grid), dtype)
         candidates = jnp.concatenate([candidates, grid])
-    candidates = jnp.sort(candidates)
+    # below T_feas no matching fits (every cluster finishes by T, and min(N, J) of them upload):
+    # skipping those bounds changes nothing but the number of chunks walked
+    fastest = jnp.sort(jnp.min(lat, axis=1))
+    T_feas = jnp.maximum(jnp.max(tau_pipe), fastest[min(N, J) - 1])
+    candidates = jnp.sort(jnp.where(candidates >= T_feas, candidates, jnp.inf))
     n_chunks = -(-candidates.shape[0] // chunk)
     candidates = jnp.concatenate([candidates, jnp.full(n_chunks * chunk - candidates.shape[0], jnp.inf, dtype)])
     candidates = candidates.reshape(n_chunks, chunk)
