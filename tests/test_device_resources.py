@@ -224,11 +224,21 @@ def compare_solve(problems, lyapunov, V=10.0, method=None):
         feasible += 1
         assert got.ok[b]
         ch, p = got.channel[b], got.p_n_w[b]
-        assert got.objective[b] == pytest.approx(want.objective, rel=1e-7)
+        if lyapunov == "paper" and up.fading == "rayleigh":
+            # the paper objective's bound grid is a search, not an exact method: where a pair's
+            # latency bound is a rounding tie the device may refine another matching; its
+            # objective is then the better one (checked feasible below)
+            assert got.objective[b] <= want.objective * (1 + 1e-7)
+            exact = got.objective[b] >= want.objective * (1 - 1e-7)
+        else:
+            assert got.objective[b] == pytest.approx(want.objective, rel=1e-7)
+            exact = True
         # the decision is what it claims, and feasible (C6, C8, C11')
         assert host_objective(up, lyapunov, V, tau[b], S[b], w[b], ch, p) == pytest.approx(got.objective[b], rel=1e-9)
         check_c6(ch, np.where(np.isnan(p_ub[b]), np.inf, 1.0), np.zeros(N))
         check_powers(up, p_ub[b], ch, p)
+        if not exact:
+            continue
         np.testing.assert_array_equal(ch, want.channel)  # random continuous inputs: a unique optimum
         np.testing.assert_allclose(p, want.p_n_w, rtol=1e-9 if lyapunov == "drift" else 1e-5)
         np.testing.assert_allclose(got.tau_up_s[b], want.tau_up_s, rtol=1e-9 if lyapunov == "drift" else 1e-5)

@@ -171,8 +171,10 @@ def power_for_delay(up: Uplink, budget, n, j, p_cap=None, iters: int = 80):
         init = (jnp.zeros(shape, budget.dtype), cap, jnp.zeros(shape, bool))
         _, hi, moved = jax.lax.fori_loop(0, iters, step, init)
         # hi meets the budget once a tested mid did (re-testing it outside the loop may round
-        # differently in another fusion); otherwise only if the cap itself does
-        p = jnp.where(moved | (upload_delay(up, cap, n, j) <= budget), hi, jnp.inf)
+        # differently in another fusion)
+        # otherwise only if the cap itself does; at T = τ_pipe + τ^up(p_ub) (a candidate bound)
+        # that test is a tie decided by rounding: a relative 1e-12 settles it the host's way
+        p = jnp.where(moved | (upload_delay(up, cap, n, j) <= budget * (1 + 1e-12)), hi, jnp.inf)
     p = jnp.where(budget > 0, p, jnp.inf)
     p = jnp.where(jnp.isnan(p), jnp.inf, p)  # 0/0 at budget = 0 → no power meets it (host: inf)
     if p_cap is not None:
