@@ -171,8 +171,10 @@ def power_for_delay(up: Uplink, budget, n, j, p_cap=None, iters: int = 80):
         init = (jnp.zeros(shape, budget.dtype), cap, jnp.zeros(shape, bool))
         _, hi, moved = jax.lax.fori_loop(0, iters, step, init)
         # hi meets the budget once a tested mid did (re-testing it outside the loop may round
-        # differently in another fusion); otherwise only if the cap itself does
-        p = jnp.where(moved | (upload_delay(up, cap, n, j) <= budget), hi, jnp.inf)
+        # differently in another fusion)
+        # otherwise only if the cap itself does; at T = τ_pipe + τ^up(p_ub) (a candidate bound)
+        # that test is a tie decided by rounding: a relative 1e-12 settles it the host's way
+        p = jnp.where(moved | (upload_delay(up, cap, n, j) <= budget * (1 + 1e-12)), hi, jnp.inf)
     p = jnp.where(budget > 0, p, jnp.inf)
     p = jnp.where(jnp.isnan(p), jnp.inf, p)  # 0/0 at budget = 0 → no power meets it (host: inf)
     if p_cap is not None:
@@ -205,10 +207,14 @@ def check_method(method: str, J: int) -> None:
         raise ValueError(f"method 'dp' keeps 2^J states: J={J} > {DP_MAX_CHANNELS}, use 'hungarian'")
 
 
+DP_FASTER_UP_TO = 6
+
+
 def default_method(J: int) -> str:
-    """The subset DP where it is small (measured faster, benchmarks/bench_matching.py), else
-    the Hungarian method."""
-    return "dp" if J <= 8 else "hungarian"
+    """The subset DP for few channels, else the Hungarian method. Measured on a 2-core CPU
+    (benchmarks/bench_matching.py, batch 4,096): the DP is 2–8× faster at J = 4 (N = 3, 6), the
+    Hungarian method 2.4× faster at (N, J) = (16, 8); the cut at J ≤ 6 lies between."""
+    return "dp" if J <= DP_FASTER_UP_TO else "hungarian"
 
 
 def _matching_total(cost, cost_none, channel):
@@ -329,7 +335,10 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         cost_pair = jnp.where(ok, w[:, None] * half_beta * up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :]),
                               jnp.inf)
         cost_none = w * half_beta * up.C_noise / jnp.mean(up.I_i_w)
-        floor = jnp.sum(jnp.minimum(jnp.min(cost_pair, axis=1), cost_none))
+        # the pair costs do not depend on T: the best matching with every latency allowed bounds
+        # the cost part of every bound's objective from below (tighter than the host's
+        # per-cluster floor, so the walk over bounds stops sooner at the same optimum)
+        floor = match_channels(cost_pair, cost_none, method)[1]
     else:
         cost_none = jnp.zeros(N, dtype)
         floor = jnp.zeros((), dtype)
@@ -340,7 +349,11 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         span = jnp.maximum(jnp.maximum(T_top - T_lo, T_lo), 1e-9)
         grid = T_lo + span * jnp.asarray(np.geomspace(1e-4, 4.0, paper_grid), dtype)
         candidates = jnp.concatenate([candidates, grid])
-    candidates = jnp.sort(candidates)
+    # below T_feas no matching fits (every cluster finishes by T, and min(N, J) of them upload):
+    # skipping those bounds changes nothing but the number of chunks walked
+    fastest = jnp.sort(jnp.min(lat, axis=1))
+    T_feas = jnp.maximum(jnp.max(tau_pipe), fastest[min(N, J) - 1])
+    candidates = jnp.sort(jnp.where(candidates >= T_feas, candidates, jnp.inf))
     n_chunks = -(-candidates.shape[0] // chunk)
     candidates = jnp.concatenate([candidates, jnp.full(n_chunks * chunk - candidates.shape[0], jnp.inf, dtype)])
     candidates = candidates.reshape(n_chunks, chunk)
