@@ -206,3 +206,16 @@ def log2_ticks(ax, values) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
+
+
+def dodge(i: int, n: int, step: float) -> float:
+    """The x shift of curve i of n: curves that coincide on a discrete axis (rounds) sit side by
+    side instead of hiding one another."""
+    return (i - (n - 1) / 2) * step
+
+
+def integer_ticks(axis) -> None:
+    """Ticks on whole numbers only (rounds, counts)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
