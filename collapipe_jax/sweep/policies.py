@@ -186,6 +186,7 @@ def plot_queues(tables: dict, out) -> None:
     setting = next((s for s in settings if s.startswith("N=6") and "lora" in s), settings[0])
     V = 10.0 if any(r["V"] == 10.0 for r in per_round) else per_round[0]["V"]
     fig, axes = plots.figure(1, 3)
+    dssra = accumulated(per_round, setting, V, "dssra").get("mean")
     for i, policy in enumerate(QUEUE_POLICIES):
         sel = sorted((r for r in per_round if r["setting"] == setting and r["policy"] == policy and r["V"] == V),
                      key=lambda r: r["round"])
@@ -195,10 +196,13 @@ def plot_queues(tables: dict, out) -> None:
         kw = dict(label=policy, markevery=plots.markevery(i, len(t)), **plots.style(i))
         axes[0, 0].plot(t, [r["max_Y"] for r in sel], **kw)
         axes[0, 1].plot(t, [r["mean_Gamma"] for r in sel], **kw)
-        axes[0, 2].plot(t, accumulated(per_round, setting, V, policy)["mean"], **kw)
+        if dssra is not None:
+            mine = accumulated(per_round, setting, V, policy)["mean"]
+            axes[0, 2].plot(t, [100 * (a / b - 1) for a, b in zip(mine, dssra)], **kw)
     plots.label(axes[0, 0], "largest virtual queue max_n Y_n(t)", "round t [count]", "max_n Y_n(t) [unitless]")
     plots.label(axes[0, 1], "mean convergence bound Γ_n(t) (Eq. 28)", "round t [count]", "mean Γ_n(t) [unitless]")
-    plots.label(axes[0, 2], "accumulated latency", "round t [count]", "Σ τ(t) [s]")
+    plots.label(axes[0, 2], "accumulated latency against dssra's", "round t [count]",
+                "Σ τ(t) above dssra's [%]")
     plots.figure_legend(fig, axes, title=f"Queues and latency, paper-bert, {short_setting(setting)}, V = {V:g}")
     plots.note(fig, "Curves that coincide are told apart by their markers and dashes (each marker series starts "
                "one round later than the previous policy's).")

@@ -126,6 +126,7 @@ def power_plot(tables: dict, out) -> None:
     # log axes: τ^up and E^com span decades over p_n, and E_n^max lies far below E^com
     for ax in (ax_up, ax_e, ax_g):
         ax.set_yscale("log")
+        plots.log_ticks(ax.yaxis)
     plots.label(ax_up, "upload delay of a CU against its power", "CU transmit power p_n [W]",
                 "upload delay τ^up [s]")
     plots.label(ax_e, "upload energy against the budget E_n^max", "CU transmit power p_n [W]",
