@@ -46,14 +46,6 @@ def figure(nrows: int = 1, ncols: int = 1, panel=PANEL, **kwargs):
     return fig, axes
 
 
-def subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kwargs):
-    """`figure` for callers that give the whole figure's size (kept for notebooks)."""
-    panel = PANEL if figsize is None else (figsize[0] / ncols, figsize[1] / nrows)
-    squeeze = kwargs.pop("squeeze", True)
-    fig, axes = figure(nrows, ncols, panel, **kwargs)
-    return fig, (axes.squeeze() if squeeze and axes.size > 1 else axes[0, 0] if squeeze else axes)
-
-
 def wrap(text: str, width_in: float, size: float) -> str:
     """Break `text` into lines that fit `width_in` inches at font `size` (≈ 0.5 em a glyph)."""
     chars = max(int(width_in * 72 / (0.5 * size)), 12)
@@ -101,7 +93,8 @@ def markevery(i: int, points: int, marks: int = 8) -> tuple[int, int]:
 
 def figure_legend(fig, axes, ncols: int | None = None, title: str | None = None) -> None:
     """One legend for the whole figure, above the panels (the note goes under them); `title`, the
-    figure's title, heads it (a suptitle and an outside legend would share one place) (the handles of every panel, once)."""
+    figure's title, heads it (a suptitle and an outside legend would share one place). Each label
+    once, with the handle of the first panel that has it."""
     handles, labels = {}, []
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):

@@ -131,7 +131,8 @@ def plot_fig4(fig4: list[dict], out) -> None:
             for k, S in enumerate(stages):
                 sel = [r for r in fig4 if r["flops"] == flops and r["variant"] == variant and r["S"] == S]
                 if sel:
-                    ax.plot([r["m"] for r in sel], [r["tau_pipe_s"] for r in sel], label=f"S = {S} device" + ("s" if S > 1 else ""),
+                    name = f"S = {S} device" + ("s" if S > 1 else "")
+                    ax.plot([r["m"] for r in sel], [r["tau_pipe_s"] for r in sel], label=name,
                             markevery=plots.markevery(k, len(sel)), **plots.style(k))
             plots.log2_ticks(ax, [r["m"] for r in fig4])
             ax.set_yscale("log")

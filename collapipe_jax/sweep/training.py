@@ -265,8 +265,8 @@ def sm_plot(tables: dict, out) -> None:
                     "cross-entropy loss [nats]")
     plots.figure_legend(fig, axes, title="Fig. 9/10: learning with fixed plans of S stages and m micro-batches")
     plots.note(fig, "Synchronous GPipe computes the same gradient whatever S and m are, so the loss curves per "
-               "round lie on one another (told apart by markers and dashes, shifted side by side on the round axis); S and "
-               "m move the simulated latency.")
+               "round lie on one another (told apart by markers and dashes, shifted side by side on the round "
+               "axis); S and m move the simulated latency.")
     plots.save_figure(fig, out / "learning-vs-s-m.png")
 
 
