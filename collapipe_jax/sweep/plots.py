@@ -9,9 +9,11 @@ What the style guarantees (tests/test_figures.py checks it on every sweep's figu
 * every panel has a title and both axes a label with its unit in brackets (`[s]`, `[J]`;
   `[count]`, `[fraction]` or `[unitless]` for pure numbers); a categorical axis (names as
   ticks) needs no unit;
-* legends outside the data: above the panels for the whole figure (`figure_legend`), or
-  beside one panel (`side_legend`);
-* panels with nothing to show are left out and named in a note under the figure (`note`).
+* one legend per figure, above the panels and outside the data (`figure_legend`);
+* curves that may coincide differ in colour, marker and dash (`style`), their markers start at
+  different points (`markevery`) or the curves sit side by side on a discrete axis (`dodge`);
+* panels with nothing to show (`at_floor`) are left out and named in a note under the figure
+  (`note`, `left_out_note`).
 """
 
 from __future__ import annotations
@@ -52,14 +54,9 @@ def wrap(text: str, width_in: float, size: float) -> str:
     return "\n".join(textwrap.wrap(text, chars, break_on_hyphens=False, break_long_words=False)) or text
 
 
-def panel_width(ax) -> float:
-    return ax.get_position().width * ax.get_figure().get_figwidth()
-
-
 def label(ax, title: str, xlabel: str | None, ylabel: str | None) -> None:
     """Title and axis labels of one panel in the figure style, the title wrapped to the panel."""
-    ax.set_title(wrap(title, 0.95 * PANEL[0] if ax.get_subplotspec() is None else _span_width(ax), FONT["title"]),
-                 fontsize=FONT["title"])
+    ax.set_title(wrap(title, _span_width(ax), FONT["title"]), fontsize=FONT["title"])
     if xlabel is not None:
         ax.set_xlabel(xlabel, fontsize=FONT["label"])
     if ylabel is not None:
@@ -78,8 +75,8 @@ def _span_width(ax) -> float:
 
 
 def style(i: int) -> dict:
-    """Line style i of a set of curves that may lie on one another: colour, marker, dash, and the
-    first marker shifted by i so that coinciding curves still show every marker."""
+    """Line style i of a set of curves that may lie on one another: colour, marker and dash all
+    differ, and every other marker is hollow so that one drawn over another still shows."""
     return {"color": COLORS[i % len(COLORS)], "marker": MARKERS[i % len(MARKERS)],
             "linestyle": LINESTYLES[i % len(LINESTYLES)], "markersize": 5, "linewidth": 1.4,
             "markerfacecolor": "none" if i % 2 else COLORS[i % len(COLORS)]}
@@ -111,12 +108,6 @@ def figure_legend(fig, axes, ncols: int | None = None, title: str | None = None)
                title=title and wrap(title, 0.95 * width, FONT["suptitle"]), title_fontsize=FONT["suptitle"])
 
 
-def side_legend(ax, **kwargs) -> None:
-    """A legend beside the panel (right of its data), for a legend that belongs to one panel."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=FONT["legend"],
-              frameon=False, **kwargs)
-
-
 def note(fig, lines) -> None:
     """A note under the figure (what was left out, what a band means); constrained layout keeps
     it clear of the panels."""
@@ -131,13 +122,8 @@ def suptitle(fig, text: str) -> None:
     fig.suptitle(wrap(text, 0.95 * fig.get_figwidth(), FONT["suptitle"]), fontsize=FONT["suptitle"])
 
 
-def drawable(panels: dict, has_data) -> tuple[dict, list[str]]:
-    """The panels with something to show, and the names of those left out (for `note`)."""
-    kept = {k: v for k, v in panels.items() if has_data(v)}
-    return kept, [str(k) for k in panels if k not in kept]
-
-
 def left_out_note(names: list[str], why: str) -> str:
+    """The note's sentence naming the panels left out, or nothing when none was."""
     return f"Left out ({why}): {', '.join(names)}." if names else ""
 
 
