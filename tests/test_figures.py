@@ -439,3 +439,44 @@ def test_wrap_fits_the_width_and_at_floor():
     assert len(lines) > 1 and " ".join(lines) == text
     assert plots.at_floor([0.0, None, 0.0]) and plots.at_floor([]) and not plots.at_floor([0.0, 0.2])
     assert plots.at_floor([float("nan")])
+
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def csv_tables(folder: pathlib.Path) -> dict:
+    """A sweep's tables read back from its CSVs (numbers, booleans and empty cells restored)."""
+    import csv
+
+    def value(text: str):
+        if text == "":
+            return None
+        if text in ("True", "False"):
+            return text == "True"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    return {p.stem: [{k: value(v) for k, v in row.items()} for row in csv.DictReader(p.open())]
+            for p in sorted(folder.glob("*.csv"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_the_committed_results_draw_cleanly(name):
+    """The same checks on the figures of the committed snapshot's tables (real numbers)."""
+    folder = RESULTS / name
+    if not any(folder.glob("*.csv")):
+        pytest.skip(f"no committed tables for {name}")
+    saved = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "save_figure", lambda fig, path: saved.__setitem__(path.name, fig))
+        SWEEPS[name].plot(csv_tables(folder), pathlib.Path("unused"))
+    for png, fig in saved.items():
+        FigureCanvasAgg(fig)
+        fig.canvas.draw()
+        assert overlaps(fig) == [], png
+        assert unlabelled(fig) == [], png
