@@ -480,3 +480,11 @@ def test_the_committed_results_draw_cleanly(name):
         fig.canvas.draw()
         assert overlaps(fig) == [], png
         assert unlabelled(fig) == [], png
+
+
+@pytest.mark.parametrize("lo, hi, at_least", [(30.0, 100.0, 3), (0.9, 8.0, 4), (1.0, 1e6, 6)])
+def test_log_axes_get_enough_labelled_ticks(lo, hi, at_least):
+    """Fig. 4's complaint: a log axis over less than a decade showed one labelled tick."""
+    ticks = [t for t in plots.FewDecadesLogLocator(base=10).tick_values(lo, hi) if lo <= t <= hi]
+    assert len(ticks) >= at_least
+    assert len(ticks) <= 12  # and not so many that they collide

@@ -25,6 +25,7 @@ import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
 
 from collapipe_jax.io import atomic_write_bytes
 
@@ -151,29 +152,21 @@ def save_figure(fig: Figure, path: pathlib.Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-class _LogTicks:
+class FewDecadesLogLocator(LogLocator):
     """Ticks at 1, 2 and 5 times each power of ten, or more of them when the axis spans less than
     about a decade (which would otherwise show one labelled tick)."""
 
-    def __new__(cls):
-        from matplotlib.ticker import LogLocator
-
-        class Locator(LogLocator):
-            def tick_values(self, vmin, vmax):
-                lo, hi = sorted((max(vmin, 1e-300), max(vmax, 1e-300)))
-                decades = math.log10(hi / lo) if hi > lo else 0.0
-                self._subs = np.array((1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1.2 else
-                                      (1.0, 2.0, 5.0) if decades < 3 else (1.0,))
-                return super().tick_values(vmin, vmax)
-
-        return Locator(base=10)
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((max(vmin, 1e-300), max(vmax, 1e-300)))
+        decades = math.log10(hi / lo) if hi > lo else 0.0
+        self._subs = np.array((1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1.2 else
+                              (1.0, 2.0, 5.0) if decades < 3 else (1.0,))
+        return super().tick_values(vmin, vmax)
 
 
 def log_ticks(axis) -> None:
-    """Enough labelled ticks on a log axis, written plainly (0.5, 20, 1e+04)."""
-    from matplotlib.ticker import NullFormatter, StrMethodFormatter
-
-    axis.set_major_locator(_LogTicks())
+    """Enough labelled ticks on a log axis, written plainly (0.5, 20, 1e+06)."""
+    axis.set_major_locator(FewDecadesLogLocator(base=10))
     axis.set_major_formatter(StrMethodFormatter("{x:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -195,6 +188,4 @@ def dodge(i: int, n: int, step: float) -> float:
 
 def integer_ticks(axis) -> None:
     """Ticks on whole numbers only (rounds, counts)."""
-    from matplotlib.ticker import MaxNLocator
-
     axis.set_major_locator(MaxNLocator(integer=True))
