@@ -30,6 +30,7 @@ from flax import serialization, struct
 from tqdm import tqdm
 
 from collapipe_jax.checkpoints import Checkpoints, same_settings
+from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated import program
 from collapipe_jax.federated.rounds import LocalWork, ServerState, Uploads, init_server_state
 from collapipe_jax.io import check_output_dir
@@ -299,11 +300,15 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         metrics = evaluate_model(setup, eval_client, new_server.server) if evaluated else {}
         records.append(round_record(t, loss, losses, metrics, hr, setup, step_ms,
                                     1e3 * (time.perf_counter() - t_eval), t0))
-        if ckpt is not None:
-            ckpt.save(t, serialization.to_state_dict(state),
-                      {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "records": records,
-                       "next_round": t + 1, "vocab_id": task.vocab_id})
-        write_logs(cfg, records)
+        try:
+            if ckpt is not None:
+                ckpt.save(t, serialization.to_state_dict(state),
+                          {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "records": records,
+                           "next_round": t + 1, "vocab_id": task.vocab_id})
+            write_logs(cfg, records)
+        except (ValidationError, OSError):  # disk full: the bar cleared before the error line
+            bar.close()
+            raise
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if t + 1 < cfg.rounds:
