@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -90,6 +92,30 @@ def state_digest(state) -> str | None:
         h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
         h.update(arr.tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_orbax_threads():
+    """Orbax's writer threads log a failure (a full disk) with its traceback through absl before
+    `save` raises it; the error line names the cause instead."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _cause(err: Exception) -> str:
+    """The operating system's reason inside a tensorstore/Orbax error, else its first line."""
+    text = str(err)
+    found = re.search(r":\s*([^:\[]+?)\s*\[os_error_code", text)
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if found:
+        return found.group(1)
+    return (text.strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def file_list(directory: pathlib.Path) -> dict[str, list]:
@@ -184,15 +210,15 @@ class Checkpoints:
         no trace of the step and is one ValidationError naming the directory."""
         meta = {**meta, DIGEST_KEY: state_digest(state)}
         try:
-            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            meta=ocp.args.JsonSave(meta)))
-            self.manager.wait_until_finished()
+            with _quiet_orbax_threads():
+                self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                meta=ocp.args.JsonSave(meta)))
+                self.manager.wait_until_finished()
             if jax.process_index() == 0:
                 atomic_write_json(self.path / str(step) / FILES_NAME, file_list(self.path / str(step)))
         except Exception as err:  # noqa: BLE001 - OSError, or tensorstore's ValueError around it
             self.abandon(step)
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValidationError("checkpoint-dir", f"saving round {step}'s checkpoint failed ({first[:200]}); the "
+            raise ValidationError("checkpoint-dir", f"saving round {step}'s checkpoint failed ({_cause(err)}); the "
                                                     f"step was removed, earlier steps are kept", str(self.path)) from None
 
     def abandon(self, step: int) -> None:
