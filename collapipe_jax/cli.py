@@ -480,10 +480,10 @@ def _is_open(stream) -> bool:
     """Whether `stream` can be written: its descriptor, where it has one, is open."""
     try:
         os.fstat(stream.fileno())
+    except io.UnsupportedOperation:  # an in-memory stream (tests, notebooks); before OSError, its base
+        return True
     except (OSError, ValueError):
         return False
-    except io.UnsupportedOperation:  # an in-memory stream (tests, notebooks)
-        return True
     return True
 
 
