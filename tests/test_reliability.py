@@ -626,13 +626,22 @@ def test_disk_full_during_a_checkpoint_save(tmp_path, monkeypatch):
         raise ValueError(f"RESOURCE_EXHAUSTED: Error writing in OCDBT database: Failed writing: \"{self.directory}/x\": "
                          "Failed to write 439602 bytes to file 11: No space left on device [os_error_code='28']")
 
-    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
     directory = tmp_path / "ck"
-    line = assert_one_line_error(*run("train", *TRAIN_ARGS, "--rounds", "1", "--checkpoint-dir", directory),
-                                 "invalid checkpoint-dir", "No space left on device", "round 0")
-    assert "earlier steps are kept" in line
-    assert sorted(p.name for p in directory.iterdir()) == []  # no temporary, no lock file, no rounds.csv yet
+    ck = Checkpoints(str(directory), exclusive=True)
+    state = {"w": np.arange(4.0, dtype=np.float32)}
+    ck.save(0, state, {"next_round": 1})  # one good step first: a failure keeps it
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(ValidationError, match="round 1's checkpoint failed \\(No space left on device\\)") as err:
+        ck.save(1, state, {"next_round": 2})
+    assert "\n" not in str(err.value) and "earlier steps are kept" in str(err.value)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(["0", LOCK_NAME])  # no temporary, step 0 kept
     Checkpoints(str(directory), exclusive=True).close()  # the lock was released
+    monkeypatch.undo()
+    empty = Checkpoints(str(tmp_path / "empty"), exclusive=True)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(ValidationError, match="No space left"):
+        empty.save(0, state, {"next_round": 1})
+    assert list((tmp_path / "empty").iterdir()) == []  # nothing left, the lock file included
 
 
 @pytest.mark.slow
