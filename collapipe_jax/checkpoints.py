@@ -6,6 +6,12 @@ last two kept. On top of that (docs/design.md §8):
 
 * integrity: each step's meta carries a SHA-256 of the saved state (`state_digest`); a restore
   recomputes it, so a step whose files were truncated or overwritten is detected, never loaded;
+  and each step holds a list of its files with their sizes and SHA-256 (`FILES_NAME`, written
+  after Orbax has finished the step), checked before anything is read: an edited meta (its
+  records, its next round), a deleted `_METADATA` or a truncated file that Orbax would still
+  read (its result happening to be right) is detected too;
+* failure while saving (disk full): one error line, the step's temporaries removed, the lock
+  released, the previous steps kept;
 * fallback: `restore_newest_intact` walks the steps newest first, moves a damaged one aside
   (`damaged-<step>-<time>`, which Orbax ignores) saying so on one line of stderr, and restores the
   newest intact one; the caller's settings check runs on the meta alone, before any array is read;
@@ -16,9 +22,12 @@ last two kept. On top of that (docs/design.md §8):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -29,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.io import atomic_write_json, read_json
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -36,6 +46,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 LOCK_NAME = ".collapipe.lock"
+FILES_NAME = "collapipe_files.json"  # in each step's directory: {relative path: [size, sha256]}
 TMP_MARK = ".orbax-checkpoint-tmp"
 DIGEST_KEY = "state_sha256"
 
@@ -81,6 +92,42 @@ def state_digest(state) -> str | None:
         h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
         h.update(arr.tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_orbax_threads():
+    """Orbax's writer threads log a failure (a full disk) with its traceback through absl before
+    `save` raises it; the error line names the cause instead."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _cause(err: Exception) -> str:
+    """The operating system's reason inside a tensorstore/Orbax error, else its first line."""
+    text = str(err)
+    found = re.search(r":\s*([^:\[]+?)\s*\[os_error_code", text)
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if found:
+        return found.group(1)
+    return (text.strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def file_list(directory: pathlib.Path) -> dict[str, list]:
+    """{path relative to `directory`: [size, SHA-256]} of every file below it but the list itself."""
+    listed = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != FILES_NAME):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        listed[path.relative_to(directory).as_posix()] = [path.stat().st_size, h.hexdigest()]
+    return listed
 
 
 def lock_directory(path: pathlib.Path) -> None:
@@ -159,13 +206,51 @@ class Checkpoints:
         return sorted(self.manager.all_steps(), reverse=True)
 
     def save(self, step: int, state, meta: dict) -> None:
+        """Save one step, then its file list; a failure (disk full, quota, permissions) leaves
+        no trace of the step and is one ValidationError naming the directory."""
         meta = {**meta, DIGEST_KEY: state_digest(state)}
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)))
-        self.manager.wait_until_finished()
+        try:
+            with _quiet_orbax_threads():
+                self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                meta=ocp.args.JsonSave(meta)))
+                self.manager.wait_until_finished()
+            if jax.process_index() == 0:
+                atomic_write_json(self.path / str(step) / FILES_NAME, file_list(self.path / str(step)))
+        except Exception as err:  # noqa: BLE001 - OSError, or tensorstore's ValueError around it
+            self.abandon(step)
+            raise ValidationError("checkpoint-dir", f"saving round {step}'s checkpoint failed ({_cause(err)}); the "
+                                                    f"step was removed, earlier steps are kept", str(self.path)) from None
+
+    def abandon(self, step: int) -> None:
+        """After a failed save: remove the step and the temporaries, and release the directory
+        (its lock file too when no checkpoint is left in it)."""
+        with contextlib.suppress(Exception):
+            self.manager.close()  # Orbax's threads, before the interpreter shuts down under them
+        shutil.rmtree(self.path / str(step), ignore_errors=True)
+        remove_stale_temporaries(self.path)
+        if self.exclusive:
+            unlock_directory(self.path)
+            if not any(p.name.isdigit() for p in self.path.iterdir()):
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+
+    def check_files(self, step: int) -> None:
+        """The step's files against its file list; DamagedCheckpoint naming the first that is
+        missing or differs (a step without its list was not finished, or was tampered with)."""
+        directory = self.path / str(step)
+        listed = read_json(directory / FILES_NAME)
+        if not isinstance(listed, dict):
+            raise DamagedCheckpoint(f"its file list {FILES_NAME} is missing or unreadable", step, self.path)
+        found = file_list(directory)
+        for name, entry in listed.items():
+            if name not in found:
+                raise DamagedCheckpoint(f"its file {name} is missing", step, self.path)
+            if found[name] != entry:
+                raise DamagedCheckpoint(f"its file {name} was changed or truncated (size or SHA-256 differs)", step,
+                                        self.path)
 
     def read_meta(self, step: int) -> dict:
-        """The step's JSON meta alone (no array is read)."""
+        """The step's JSON meta alone (no array is read), after its files are checked."""
+        self.check_files(step)
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as err:  # noqa: BLE001 - Orbax raises many kinds for damaged files

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import pathlib
@@ -351,8 +352,8 @@ def run_train_command(args):
     from collapipe_jax.train import config_with_recipe, train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     shared = {"seed": args.seed if args.seed_given else None, "preset": args.preset, "scenario": args.scenario}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None and k not in shared}
     cfg = config_with_recipe({**given, **{k: v for k, v in shared.items() if v is not None}})
     made = None
     if cfg.log_dir is None and cfg.checkpoint_dir is None:  # every run from the command line leaves a record
@@ -579,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     before anything is printed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None or not _is_open(sys.stdout):  # `>&-`: the result could go nowhere
+        print("collapipe: error: stdout is closed: the result would be lost (redirect it to a file or /dev/null)",
+              file=sys.stderr)
+        return 2
     try:
         set_host_devices(argv)
         initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
@@ -598,13 +603,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         print(out, flush=True)
-    except BrokenPipeError:  # the reader left (`| head`): say so once, and keep Python's exit quiet
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("collapipe: error: stdout was closed before the whole result was written", file=sys.stderr)
+    except OSError as err:  # the reader left (`| head`), or the disk is full (`> /dev/full`)
+        with contextlib.suppress(OSError, ValueError):  # keep Python's own flush at exit quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        why = ("stdout was closed before the whole result was written" if isinstance(err, BrokenPipeError)
+               else f"the result could not be written to stdout ({err.strerror or err})")
+        print(f"collapipe: error: {why}", file=sys.stderr)
         return 2
     for note in getattr(args, "notes", ()):  # after the result: where a run's records are, ...
         print(note, file=sys.stderr)
     return 0
+
+
+def _is_open(stream) -> bool:
+    """Whether `stream` can be written: its descriptor, where it has one, is open."""
+    try:
+        os.fstat(stream.fileno())
+    except io.UnsupportedOperation:  # an in-memory stream (tests, notebooks); before OSError, its base
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -40,5 +40,8 @@ class InfeasibleError(RuntimeError):
 
 
 def _short(value, limit: int = 80) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's 4,300-digit conversion limit
+        return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,6 +17,7 @@ import functools
 import math
 import numbers
 import os
+import typing
 from typing import Any
 
 from collapipe_jax.errors import ValidationError
@@ -63,10 +64,48 @@ def flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or field.name.replace("_", "-")
 
 
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+@functools.lru_cache(maxsize=None)
+def field_types(cls) -> dict[str, tuple[Any, bool]]:
+    """{field name: (base type, whether None is allowed)} from a config dataclass's annotations."""
+    hints = typing.get_type_hints(cls)
+    types = {}
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        args = typing.get_args(kind)
+        base = next((t for t in args if t is not type(None)), kind) if args else kind
+        types[field.name] = (base, type(None) in args)
+    return types
+
+
+def check_type(name: str, base, optional: bool, value) -> None:
+    """`value` of the annotated type: what argparse's converters guarantee for a flag, checked
+    for values that come from elsewhere (a recipe's JSON: numbers for paths, strings for
+    booleans, null for a choice)."""
+    if base not in TYPE_WORDS:
+        return
+    if value is None:
+        ok = optional
+    elif base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = is_int(value)
+    elif base is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    require(ok, name, f"must be {TYPE_WORDS[base]}" + (" or null" if optional else ", not null" if value is None else ""),
+            value)
+
+
 def check_fields(config) -> None:
     """Choices and basic types of every `option` field of a config dataclass (one-line errors)."""
+    types = field_types(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
+        check_type(flag_name(field), *types[field.name], value)
         choices = field.metadata.get("choices")
         if choices is not None and value is not None and value not in choices:
             raise ValidationError(flag_name(field), f"must be one of {list(choices)}", value)

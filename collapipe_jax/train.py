@@ -30,13 +30,14 @@ from flax import serialization, struct
 from tqdm import tqdm
 
 from collapipe_jax.checkpoints import Checkpoints, same_settings
+from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated import program
 from collapipe_jax.federated.rounds import LocalWork, ServerState, Uploads, init_server_state
 from collapipe_jax.io import check_output_dir
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
 from collapipe_jax.models.lora import add_lora
-from collapipe_jax.options import require
+from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, memory_budget, require
 from collapipe_jax.scenario import Scenario, load_scenario, orders_of, tunable_rank
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
@@ -85,9 +86,37 @@ def model_config_for(task_name: str, size: str, vocab_size: int, seq_len: int | 
     return cfg.replace(vocab_size=int(vocab_size), seq_len=int(seq_len or cfg.seq_len))
 
 
+EVAL_BATCH = 256  # test examples per chunk of the jitted evaluation
+
+
+def check_attention_memory(seq_len: int, batch: int, n_heads: int) -> None:
+    """Size guard of --seq-len: one layer's attention scores (float32, [batch, heads, seq_len,
+    seq_len]) for the larger of a training batch and an evaluation chunk must fit the memory
+    budget; checked before the data are padded to seq_len."""
+    rows = max(batch, EVAL_BATCH)
+    need = 4 * rows * n_heads * seq_len * seq_len
+    require(need <= memory_budget(), "seq-len",
+            f"attention over {rows} sequences x {n_heads} heads x {seq_len}^2 positions needs {need / 1e9:.3g} GB, "
+            f"more than the limit of {memory_budget() / 1e9:.3g} GB (1/{MEMORY_SHARE} of this machine's memory)",
+            seq_len)
+
+
+def local_steps_of(cfg: TrainConfig, sizes: np.ndarray) -> np.ndarray:
+    """E_n: --local-steps, or ceil(X D_n / b) for --local-epochs X (computed in float64 and
+    checked, so that 1e19 epochs is an error naming --local-epochs, not an int64 overflow)."""
+    if cfg.local_epochs is None:
+        return np.full(len(sizes), cfg.local_steps or 1)
+    steps = np.maximum(np.ceil(cfg.local_epochs * sizes.astype(np.float64) / cfg.batch), 1.0)
+    require(float(steps.max()) * cfg.rounds <= INT32_MAX, "local-epochs",
+            f"rounds x ceil(X D_n / b) local steps must be <= {INT32_MAX} (the step count is an int32); the largest "
+            f"cluster holds D_n = {int(sizes.max())} examples, b = {cfg.batch}", cfg.local_epochs)
+    return steps.astype(int)
+
+
 def build_setup(cfg: TrainConfig) -> Setup:
     base_model = model_preset(cfg.model if cfg.model != "paper" else TASK_SCENARIO[cfg.task])
     seq_len = cfg.seq_len or base_model.seq_len
+    check_attention_memory(seq_len, cfg.batch, base_model.n_heads)
     task = load_task(cfg.task, seq_len=seq_len, data_dir=cfg.data_dir, vocab_size=base_model.vocab_size,
                      max_examples=cfg.max_examples, max_eval_examples=cfg.max_eval_examples, seed=cfg.seed,
                      cache_dir=cfg.cache_dir)
@@ -106,11 +135,7 @@ def build_setup(cfg: TrainConfig) -> Setup:
     clusters = split_clusters(task.n_train, scenario.N, seed=cfg.seed, labels=task.partition_labels,
                               non_iid=cfg.non_iid, alpha=cfg.dirichlet_alpha)
     sizes = np.array([len(c) for c in clusters])
-    if cfg.local_epochs is not None:
-        steps = np.maximum(np.ceil(cfg.local_epochs * sizes / cfg.batch), 1).astype(int)
-    else:
-        steps = np.full(scenario.N, cfg.local_steps or 1)
-    return Setup(cfg, task, model_cfg, scenario, clusters, sizes.astype(np.float32), steps)
+    return Setup(cfg, task, model_cfg, scenario, clusters, sizes.astype(np.float32), local_steps_of(cfg, sizes))
 
 
 def initial_state(setup: Setup) -> TrainState:
@@ -167,7 +192,7 @@ def match_shapes(name: str, fresh, saved):
     return jax.tree_util.tree_map_with_path(take, fresh)
 
 
-def evaluate_model(setup: Setup, client, server, eval_batch: int = 256) -> dict[str, float]:
+def evaluate_model(setup: Setup, client, server, eval_batch: int = EVAL_BATCH) -> dict[str, float]:
     """The task metric of the (unsegmented) model on the test split: one jitted program over the
     whole split (chunks of `eval_batch`), one transfer of the predictions to the host."""
     predict = program.predict_fn(setup.task.seq_len, eval_batch, setup.cfg.dtype)
@@ -285,6 +310,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         loss = float(np.sum(setup.weights * losses) / np.sum(setup.weights))
         if not (np.isfinite(losses).all() and bool(out.params_finite)):
             kept = f"last good checkpoint (round {t - 1}) kept in {ckpt.path}" if ckpt and t > 0 else "no checkpoint written"
+            bar.close()  # cleared first: the error line must not follow the bar on its line
             raise NonFiniteLossError("loss", f"non-finite training loss at round {t} (cluster losses {losses.tolist()}); "
                                              f"training stopped, {kept}")
         state = TrainState(new_server, hr.Y_next, losses)
@@ -295,11 +321,15 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         metrics = evaluate_model(setup, eval_client, new_server.server) if evaluated else {}
         records.append(round_record(t, loss, losses, metrics, hr, setup, step_ms,
                                     1e3 * (time.perf_counter() - t_eval), t0))
-        if ckpt is not None:
-            ckpt.save(t, serialization.to_state_dict(state),
-                      {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "records": records,
-                       "next_round": t + 1, "vocab_id": task.vocab_id})
-        write_logs(cfg, records)
+        try:
+            if ckpt is not None:
+                ckpt.save(t, serialization.to_state_dict(state),
+                          {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "records": records,
+                           "next_round": t + 1, "vocab_id": task.vocab_id})
+            write_logs(cfg, records)
+        except (ValidationError, OSError):  # disk full: the bar cleared before the error line
+            bar.close()
+            raise
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if t + 1 < cfg.rounds:

@@ -17,7 +17,8 @@ from collapipe_jax.choices import (CLIENT_OPTIMIZERS, CLIENT_STATES, COMPUTE_DTY
                                    LR_SCHEDULES, LYAPUNOV_VARIANTS, NOISE_MODES, PRESETS, SCHEDULER_POLICIES,
                                    SERVER_OPTIMIZERS, TUNABLE_HELP, VARIANTS)
 from collapipe_jax.errors import ValidationError
-from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, option, require
+from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, check_type, field_types
+from collapipe_jax.options import option, require
 
 MODEL_SIZES = ("tiny", "small", "paper")
 TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
@@ -184,13 +185,18 @@ def load_recipe(path: str) -> dict:
                                       f"({', '.join(recipe_names())})", path)
     try:
         values = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValidationError("config", f"{file} is not valid UTF-8 JSON ({err})") from None
+    except RecursionError:
+        raise ValidationError("config", f"{file} is nested too deeply to be a recipe") from None
+    except ValueError as err:  # not UTF-8, not JSON, or an integer past Python's 4,300-digit limit
+        raise ValidationError("config", f"{file} is not valid UTF-8 JSON ({str(err)[:160]})") from None
     require(isinstance(values, dict), "config", "a recipe must be a JSON object", str(file))
     values = {k: v for k, v in values.items() if k != "about" and not k.startswith("_")}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - fields)
     require(not unknown, "config", f"{file}: unknown setting(s) {unknown}")
+    types = field_types(TrainConfig)
+    for key, value in values.items():  # named as the recipe names them, before any default is filled in
+        check_type(f"{key} (recipe {file})", *types[key], value)
     return values
 
 

@@ -15,6 +15,7 @@ import os
 import pathlib
 import random
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -577,3 +578,287 @@ def test_fuzz_scenario_accepts_good_files(tmp_path):
     result = assert_finite_json(*run("latency", "--json", "--scenario", path))
     assert result["inputs"]["N"] == 2 and result["inputs"]["f_hz"] == [[3e8] * 3] * 2
     assert Scenario.from_json(path).f_hz == (3e8, 3e8)
+
+
+# ----------------------------------------------------------------- 11. hostile inputs found by a later probe
+
+
+def _edit_meta(step_dir: pathlib.Path, change) -> None:
+    path = step_dir / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _truncate_largest_state_file(step_dir: pathlib.Path) -> None:
+    biggest = max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: _edit_meta(d, lambda m: m["records"][0].update(loss=m["records"][0]["loss"] + 1.0)), "meta/metadata"),
+    (lambda d: _edit_meta(d, lambda m: m.update(next_round=7)), "meta/metadata"),
+    (lambda d: (d / "state" / "_METADATA").unlink(), "state/_METADATA is missing"),
+    (_truncate_largest_state_file, "changed or truncated"),
+    (lambda d: (d / ckpt_mod.FILES_NAME).unlink(), "file list"),
+], ids=["records-edited", "next-round-edited", "metadata-deleted", "state-truncated", "file-list-deleted"])
+def test_edited_or_incomplete_step_is_set_aside(base_run, tmp_path, capsys, edit, says):
+    """Edits Orbax would load without complaint (the result might even be right) are detected by
+    the step's file list: the step is set aside with one warning, the run resumes from step 0."""
+    directory = copy_run(base_run, tmp_path)
+    edit(directory / "1")
+    resumed = train(tiny_config(checkpoint_dir=str(directory), resume=True, rounds=2))
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("collapipe: warning:")]
+    assert len(notes) == 1 and "step 1 is damaged" in notes[0] and says in notes[0], notes
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1]  # round 1 rerun, not the edited records
+    assert [r["loss"] for r in resumed["rounds"]] == [r["loss"] for r in base_run[1]["rounds"]]
+    rows = (directory / "rounds.csv").read_text().splitlines()
+    assert len(rows) == 3 and any(p.name.startswith("damaged-1-") for p in directory.iterdir())
+
+
+def test_disk_full_during_a_checkpoint_save(tmp_path, monkeypatch):
+    """Orbax fails inside its writer (tensorstore's error around ENOSPC): one line naming the
+    cause, the step's temporary and the lock file gone, the directory free for the next run."""
+    import orbax.checkpoint as ocp
+
+    def full(self, step, *args, **kwargs):
+        (self.directory / f"{step}.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+        raise ValueError(f"RESOURCE_EXHAUSTED: Error writing in OCDBT database: Failed writing: \"{self.directory}/x\": "
+                         "Failed to write 439602 bytes to file 11: No space left on device [os_error_code='28']")
+
+    directory = tmp_path / "ck"
+    ck = Checkpoints(str(directory), exclusive=True)
+    state = {"w": np.arange(4.0, dtype=np.float32)}
+    ck.save(0, state, {"next_round": 1})  # one good step first: a failure keeps it
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(ValidationError, match="round 1's checkpoint failed \\(No space left on device\\)") as err:
+        ck.save(1, state, {"next_round": 2})
+    assert "\n" not in str(err.value) and "earlier steps are kept" in str(err.value)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(["0", LOCK_NAME])  # no temporary, step 0 kept
+    Checkpoints(str(directory), exclusive=True).close()  # the lock was released
+    monkeypatch.undo()
+    empty = Checkpoints(str(tmp_path / "empty"), exclusive=True)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(ValidationError, match="No space left"):
+        empty.save(0, state, {"next_round": 1})
+    assert list((tmp_path / "empty").iterdir()) == []  # nothing left, the lock file included
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounts a small tmpfs (root)")
+def test_disk_full_during_a_checkpoint_save_on_a_real_tmpfs(tmp_path):
+    """The same on a 300 kB tmpfs that the first save fills (a real ENOSPC from the kernel)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "collapipe_jax.cli", "train", *TRAIN_ARGS, "--rounds", "1",
+                               "--checkpoint-dir", str(mnt / "ck")], capture_output=True, text=True)
+        assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "No space left on device")
+        assert list((mnt / "ck").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_stdout_full_or_closed_is_one_error():
+    """`> /dev/full` and `>&-`: never exit 0 with nothing written, never a traceback."""
+    command = [sys.executable, "-m", "collapipe_jax.cli", "latency", "--json", "--mean-state"]
+    procs = []
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            procs.append(("No space left", subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)))
+    shell = " ".join(f"'{a}'" for a in command) + " >&-"
+    procs.append(("stdout is closed", subprocess.run(["sh", "-c", shell], stderr=subprocess.PIPE, text=True)))
+    for says, proc in procs:
+        assert_one_line_error(proc.returncode, "", proc.stderr, says)
+
+
+def _recipe(tmp_path, text) -> str:
+    path = tmp_path / "recipe.json"
+    path.write_text(text if isinstance(text, str) else json.dumps(text))
+    return str(path)
+
+
+@pytest.mark.parametrize("recipe, field", [
+    ({"checkpoint_dir": 5}, "checkpoint_dir (recipe"),
+    ({"scenario": 5}, "scenario (recipe"),
+    ({"data_dir": 5}, "data_dir (recipe"),
+    ({"init_from": 5}, "init_from (recipe"),
+    ({"cache_dir": 5}, "cache_dir (recipe"),
+    ({"framework": None}, "framework (recipe"),
+    ({"optimizer": None}, "optimizer (recipe"),
+    ({"log_dir": ["runs"]}, "log_dir (recipe"),
+    ({"non_iid": "false"}, "non_iid (recipe"),
+    ({"no_pipeline": "yes"}, "no_pipeline (recipe"),
+    ({"seed": 1.5}, "seed (recipe"),
+    ({"seed": -1}, "invalid seed"),
+    ({"local_epochs": 1e30}, "invalid local-epochs"),
+    ('{"rounds": 1' + "0" * 5000 + "}", "invalid config"),  # past Python's int conversion limit
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "invalid config"),  # RecursionError in json
+], ids=lambda v: str(v)[:24])
+def test_recipe_values_are_checked_as_flags_are(tmp_path, recipe, field):
+    line = assert_one_line_error(*run("train", *TRAIN_ARGS, "--config", _recipe(tmp_path, recipe)), field)
+    assert len(line) < 600
+
+
+def test_a_recipe_seed_stands_unless_seed_is_given(tmp_path, monkeypatch):
+    from collapipe_jax import cli
+
+    seen = []
+
+    def record(cfg):
+        seen.append(cfg.seed)
+        raise ValidationError("stub", "stops the run once its config is known")
+
+    monkeypatch.setattr(cli, "train", record)
+    path = _recipe(tmp_path, {"seed": 3})
+    for argv, seed in [([], 3), (["--seed", "5"], 5)]:
+        run("train", *TRAIN_ARGS, "--config", path, *argv)
+        assert seen.pop() == seed
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--local-epochs", "1e19"], "invalid local-epochs"),
+    (["--local-epochs", "1e30"], "invalid local-epochs"),
+    (["--seq-len", "2147483647"], "invalid seq-len"),
+    (["--tunable", "lora:" + "9" * 5000], "invalid tunable"),
+])
+def test_numbers_that_overflowed_inside_train(argv, field):
+    line = assert_one_line_error(*run("train", *TRAIN_ARGS, *argv), field)
+    assert "local_steps" not in line and len(line) < 600
+
+
+def test_training_size_guards_by_hand():
+    budget = memory_budget()
+    heads = 2
+    longest = math.isqrt(budget // (4 * train_mod.EVAL_BATCH * heads))  # 4 B x 256 x heads x L^2 <= budget
+    train_mod.check_attention_memory(longest, 8, heads)
+    with pytest.raises(ValidationError, match="seq-len"):
+        train_mod.check_attention_memory(longest + 1, 8, heads)
+    cfg = tiny_config(local_epochs=2.5, batch=4, rounds=3)
+    assert train_mod.local_steps_of(cfg, np.array([12, 13])).tolist() == [8, 9]  # ceil(30/4), ceil(32.5/4)
+    with pytest.raises(ValidationError, match="local-epochs"):  # 3 rounds x ceil(X 13 / 4) steps > int32
+        train_mod.local_steps_of(tiny_config(local_epochs=2 * 2**31 / 13, batch=4, rounds=3), np.array([12, 13]))
+
+
+def test_divergence_error_starts_on_its_own_line():
+    """With the progress bar on, the bar is cleared before the error line (not `…it/s]collapipe:`)."""
+    args = [a for a in TRAIN_ARGS if a != "--no-progress"]
+    code, out, err = run("train", *args, "--lr", "1e30", "--rounds", "2")
+    assert code == 2 and out == ""
+    last = err.rstrip("\n").split("\n")[-1].split("\r")
+    assert last[-1].startswith("collapipe: error: invalid loss: non-finite"), repr(err[-300:])
+    assert len(last) == 1 or last[-2].strip() == "", repr(err[-300:])  # the bar's line was cleared first
+
+
+@pytest.fixture(scope="module")
+def power_sweep(tmp_path_factory):
+    """One finished `latency-vs-power` sweep (the quickest), copied by the tests that damage it."""
+    out = tmp_path_factory.mktemp("power")
+    assert_finite_json(*run("sweep", "latency-vs-power", "--out", out, "--json"))
+    return out
+
+
+def _folder_bytes(folder: pathlib.Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("tables", ["{}", "[]", '"x"', "null", '{"scale": "quick", "tables": {}}',
+                                    '{"scale": "quick", "tables": {"latency-vs-power": [{"preset": "paper-bert"}]}}',
+                                    '{"scale": "quick", "tables": {"segments": [{"S": 1, "m": 2}]}}',
+                                    "NaN"], ids=["object", "list", "string", "null", "no-tables", "missing-keys",
+                                                 "another-sweep", "nan-value"])
+def test_replot_of_a_malformed_tables_json(power_sweep, tmp_path, tables):
+    out = tmp_path / "out"
+    shutil.copytree(power_sweep, out)
+    folder = out / "latency-vs-power"
+    if tables == "NaN":
+        saved = json.loads((folder / "tables.json").read_text())
+        saved["tables"]["latency-vs-power"][0]["tau_up_s"] = float("nan")
+        tables = json.dumps(saved)  # Python writes NaN, and reads it back
+    (folder / "tables.json").write_text(tables)
+    before = _folder_bytes(folder)
+    assert_one_line_error(*run("sweep", "latency-vs-power", "--out", out, "--replot"), "invalid replot", "tables.json")
+    assert _folder_bytes(folder) == before  # nothing replaced, nothing half-written
+    assert not any(p.name.startswith(".replot-") for p in folder.iterdir())
+
+
+def test_summary_of_the_wrong_types_is_recomputed_or_left_out(power_sweep, tmp_path):
+    from collapipe_jax.sweep.base import summary_problem
+
+    good = json.loads((power_sweep / "latency-vs-power" / "summary.json").read_text())
+    assert summary_problem(good, "latency-vs-power") is None
+    for change in ({"claims": 3}, {"seconds": "x"}, {"findings": 3}, {"sweep": "policies"}, {"claims": [{"id": 1}]},
+                   {"seconds": float("nan")}):
+        assert summary_problem({**good, **change}, "latency-vs-power") is not None, change
+    out = tmp_path / "out"
+    shutil.copytree(power_sweep, out)
+    (out / "latency-vs-power" / "summary.json").write_text(json.dumps({**good, "claims": 3}))
+    (out / "policies").mkdir()  # another sweep's summary, valid JSON of the wrong types: left out of the report
+    (out / "policies" / "summary.json").write_text(json.dumps({"sweep": "policies", "scale": "quick", "seconds": "x"}))
+    code, stdout, err = run("sweep", "latency-vs-power", "--out", out, "--json")
+    result = assert_finite_json(code, stdout, err)
+    warnings = [line for line in err.splitlines() if line.startswith("collapipe: warning:")]
+    assert len(warnings) == 2 and "recomputing" in warnings[0] and "policies" in warnings[1], warnings
+    assert list(result["sweeps"]) == ["latency-vs-power"]
+    assert summary_problem(json.loads((out / "latency-vs-power" / "summary.json").read_text()), "latency-vs-power") is None
+
+
+@pytest.mark.parametrize("command", ["sweep", "train"])
+@pytest.mark.parametrize("env, field", [
+    ({"COLLAPIPE_NUM_PROCESSES": "²"}, "COLLAPIPE_NUM_PROCESSES"),
+    ({"COLLAPIPE_NUM_PROCESSES": "２"}, "COLLAPIPE_NUM_PROCESSES"),
+    ({"COLLAPIPE_NUM_PROCESSES": "9" * 5000}, "COLLAPIPE_NUM_PROCESSES"),
+    ({"COLLAPIPE_COORDINATOR": "localhost:１２３４"}, "COLLAPIPE_COORDINATOR"),
+    ({"COLLAPIPE_COORDINATOR": "localhost:" + "1" * 5000}, "COLLAPIPE_COORDINATOR"),
+    ({"COLLAPIPE_PROCESS_ID": "١"}, "COLLAPIPE_PROCESS_ID"),
+], ids=["superscript", "fullwidth", "5000-digits", "port-fullwidth", "port-5000-digits", "arabic-indic-id"])
+def test_multihost_variables_are_one_error(monkeypatch, command, env, field):
+    """Refused before JAX starts; train refuses the variables before reading them."""
+    base = {"COLLAPIPE_COORDINATOR": "localhost:1234", "COLLAPIPE_NUM_PROCESSES": "2", "COLLAPIPE_PROCESS_ID": "1"}
+    for name, value in {**base, **env}.items():
+        monkeypatch.setenv(name, value)
+    line = assert_one_line_error(*run(command, "--out" if command == "sweep" else "--no-progress",
+                                      *(["/nonexistent-out"] if command == "sweep" else [])))
+    assert (field if command == "sweep" else "multi-host runs support only") in line and len(line) < 400
+
+
+def test_unreachable_coordinator_is_one_error_naming_it(monkeypatch):
+    from collapipe_jax import distributed
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    for name, value in {"COLLAPIPE_COORDINATOR": f"localhost:{port}", "COLLAPIPE_NUM_PROCESSES": "2",
+                        "COLLAPIPE_PROCESS_ID": "1", "COLLAPIPE_INIT_TIMEOUT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert_one_line_error(*run("sweep", "latency-vs-power"), "invalid COLLAPIPE_COORDINATOR",
+                          f"no coordinator reached at localhost:{port} within 1 s")
+    monkeypatch.setenv("COLLAPIPE_COORDINATOR", "nosuch.invalid:1234")
+    assert_one_line_error(*run("sweep", "latency-vs-power"), "'nosuch.invalid' does not resolve")
+    monkeypatch.setenv("COLLAPIPE_INIT_TIMEOUT", "0")
+    assert_one_line_error(*run("sweep", "latency-vs-power"), "invalid COLLAPIPE_INIT_TIMEOUT")
+    with socket.socket() as listener:  # the other outcome: a coordinator that listens is reached at once
+        listener.bind(("localhost", 0))
+        listener.listen()
+        left = distributed.wait_for_coordinator(f"localhost:{listener.getsockname()[1]}", 30, "process 1 of 2")
+        assert 1 <= left <= 30
+
+
+def test_damaged_cached_tokenizer_is_rebuilt(tmp_path, capsys):
+    from collapipe_jax.tasks import vocab
+
+    texts = [de for de, _ in data.load_multi30k(DATA, "train", 50)]
+    fresh = vocab.train_bpe(texts, 300, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("bpe-*.json")
+    good = cached.read_text()
+    for damaged in (good[: len(good) // 2], '{"version": "1.0", "model": {"type": "BPE", "vocab": {"1": "x"}}}',
+                    json.dumps({**json.loads(good), "added_tokens": []}).replace('"[PAD]"', '"[XX]"')):
+        cached.write_text(damaged)
+        rebuilt = vocab.train_bpe(texts, 300, cache_dir=tmp_path)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("collapipe: warning: the cached tokenizer") and "rebuilding" in err[0]
+        assert rebuilt.get_vocab() == fresh.get_vocab() and cached.read_text() == good
+    vocab.train_bpe(texts, 300, cache_dir=tmp_path)  # an intact cache is read without a word
+    assert capsys.readouterr().err == ""

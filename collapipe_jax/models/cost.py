@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.models.config import ModelConfig
+from collapipe_jax.options import INT32_MAX
 
 
 def teb_param_count(cfg: ModelConfig) -> int:
@@ -76,9 +77,10 @@ def parse_tunable(tunable: str) -> int | None:
     if tunable == "full":
         return None
     rank = tunable[5:] if isinstance(tunable, str) and tunable.startswith("lora:") else ""
-    if rank.isascii() and rank.isdigit() and int(rank) >= 1:
-        return int(tunable[5:])
-    raise ValidationError("tunable", "must be 'full' or 'lora:R' with R a positive integer", tunable)
+    # 10 digits at most before int() reads them (Python refuses to convert 4,300 and more)
+    if rank.isascii() and rank.isdigit() and len(rank) <= 10 and 1 <= int(rank) <= INT32_MAX:
+        return int(rank)
+    raise ValidationError("tunable", f"must be 'full' or 'lora:R' with R an integer in [1, {INT32_MAX}]", tunable)
 
 
 def tunable_param_bits(cfg: ModelConfig, tunable: str = "full") -> float:

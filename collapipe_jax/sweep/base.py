@@ -20,8 +20,11 @@ resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import pathlib
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -29,7 +32,8 @@ from tqdm import tqdm
 
 from collapipe_jax.choices import DEFAULT_TUNABLE, SCALES  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
-from collapipe_jax.io import atomic_write_json, read_json, write_csv
+from collapipe_jax.io import atomic_write_json, check_finite, first_non_finite, read_json, write_csv
+from collapipe_jax.sweep.claims import check_claim
 
 Tables = dict[str, list[dict]]
 
@@ -71,18 +75,74 @@ def register(sweep: Sweep) -> Sweep:
     return sweep
 
 
-def finished_summary(out: pathlib.Path, name: str) -> dict | None:
-    """The summary of a finished sweep in `out`, or None (not run, or its summary is damaged)."""
-    summary = read_json(out / name / "summary.json")
-    return summary if isinstance(summary, dict) and summary.get("sweep") == name else None
+def summary_problem(summary, name: str) -> str | None:
+    """What makes `summary` unusable as sweep `name`'s summary (the report reads every field
+    below), or None: a damaged file, another sweep's, or valid JSON of the wrong types."""
+    if not isinstance(summary, dict):
+        return "is not a readable JSON object"
+    if summary.get("sweep") != name:
+        return f"is the summary of {summary.get('sweep')!r}, not of {name!r}"
+    if not isinstance(summary.get("scale"), str):
+        return "has no scale string"
+    seconds = summary.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return f"has seconds {seconds!r}, not a finite number"
+    if not isinstance(summary.get("findings", []), list) or not all(isinstance(f, str) for f in summary.get("findings", [])):
+        return "has findings that are not a list of sentences"
+    if not isinstance(summary.get("tunable", ""), (str, type(None))):
+        return "has a tunable that is not a string"
+    claims = summary.get("claims", [])
+    if not isinstance(claims, list):
+        return "has claims that are not a list"
+    for c in claims:
+        try:
+            check_claim(c)
+        except ValidationError as err:
+            return f"has a malformed claim ({err})"
+    if (hit := first_non_finite(summary)) is not None:
+        return f"holds the non-finite number {hit[0]} = {hit[1]}"
+    return None
+
+
+def finished_summary(out: pathlib.Path, name: str, action: str = "") -> dict | None:
+    """The summary of a finished sweep in `out`, or None (not run, or its summary is damaged or
+    of the wrong types: then one warning line on stderr says so and what happens, `action`)."""
+    path = out / name / "summary.json"
+    if not path.exists():
+        return None
+    summary = read_json(path)
+    problem = summary_problem(summary, name)
+    if problem is None:
+        return summary
+    action = action or f"left out (`collapipe sweep {name}` recomputes it)"
+    print(f"collapipe: warning: {path} {problem}: {action}", file=sys.stderr)
+    return None
+
+
+def tables_problem(saved) -> str | None:
+    """What makes a tables.json unusable for --replot, or None: `{"scale", "tables": {name:
+    [flat rows of finite numbers, strings, booleans, null]}}`."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("tables"), dict) or not saved["tables"]:
+        return "is missing, damaged, or holds no tables"
+    if not isinstance(saved.get("scale", ""), str) or not isinstance(saved.get("tunable", ""), (str, type(None))):
+        return "has a scale or tunable that is not a string"
+    for table, rows in saved["tables"].items():
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            return f"has a table {table!r} that is not a non-empty list of rows"
+        if any(isinstance(v, (dict, list)) for r in rows for v in r.values()):
+            return f"has a table {table!r} whose rows are not flat"
+    if (hit := first_non_finite(saved["tables"])) is not None:
+        return f"holds the non-finite number {hit[0]} = {hit[1]}"
+    return None
 
 
 def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str, seconds: float,
-                  tunable: str | None = None) -> dict:
+                  tunable: str | None = None, plot: bool = True) -> dict:
     """CSVs, plots and the summary of computed tables (the summary last: it marks completion)."""
     for table, rows in tables.items():
         write_csv(folder / f"{table}.csv", rows)
-    sweep.plot(tables, folder)
+    if plot:
+        sweep.plot(tables, folder)
     summary = {"sweep": sweep.name, "scale": scale, "seconds": seconds}
     if sweep.takes_tunable:
         summary["tunable"] = tunable
@@ -94,7 +154,7 @@ def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str
 def reusable_summary(sweep: Sweep, out: pathlib.Path, tunable: str = DEFAULT_TUNABLE) -> dict | None:
     """The summary of a finished run of `sweep` in `out` that a rerun reuses (for a sweep that
     takes a tunable, one run with the same tunable), or None."""
-    summary = finished_summary(out, sweep.name)
+    summary = finished_summary(out, sweep.name, "recomputing the sweep")
     if summary is not None and (not sweep.takes_tunable or summary.get("tunable") == tunable):
         return summary
     return None
@@ -122,9 +182,24 @@ def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False,
 def replot(sweep: Sweep, out: pathlib.Path) -> dict:
     """Redraw the figures and the summary of a computed sweep from its tables.json."""
     folder = out / sweep.name
-    saved = read_json(folder / "tables.json")
-    if not isinstance(saved, dict) or "tables" not in saved:
-        raise ValidationError("replot", f"no readable tables.json in {folder}: run the sweep first", sweep.name)
-    old = finished_summary(out, sweep.name) or {}
-    return write_outputs(sweep, saved["tables"], folder, saved.get("scale", "?"), old.get("seconds", 0.0),
-                         saved.get("tunable"))
+    path = folder / "tables.json"
+    saved = read_json(path)
+    if (problem := tables_problem(saved)) is not None:
+        raise ValidationError("replot", f"{path} {problem}: run the sweep (with --force) first", sweep.name)
+    tables = saved["tables"]
+    # findings and figures first, the figures into a temporary folder: tables of another shape
+    # (rows missing keys, another sweep's tables) fail here, before any file is replaced
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".replot-") as tmp:
+        try:
+            check_finite(sweep.findings(tables))
+            sweep.plot(tables, pathlib.Path(tmp))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as err:
+            if isinstance(err, ValidationError):
+                raise
+            raise ValidationError("replot", f"{path} does not hold the tables of this sweep ({type(err).__name__}: "
+                                            f"{str(err)[:120]}): run the sweep (with --force) first", sweep.name) from None
+        for figure in pathlib.Path(tmp).iterdir():
+            os.replace(figure, folder / figure.name)
+    old = finished_summary(out, sweep.name, "its seconds are left at 0") or {}
+    return write_outputs(sweep, tables, folder, saved.get("scale", "?"), old.get("seconds", 0.0),
+                         saved.get("tunable"), plot=False)

@@ -69,7 +69,7 @@ from collapipe_jax.scheduling.device.run import to_decision
 from collapipe_jax.scheduling.dssra import round_problem
 from collapipe_jax.scheduling.policies import POLICIES, policy_rng
 from collapipe_jax.sweep.base import Sweep, register
-from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep import plots
 from collapipe_jax.sweep.policies import policy_scenario
 from collapipe_jax.system import evaluate
 from collapipe_jax.system.latency import VARIANTS
@@ -588,8 +588,8 @@ LABELS = {"tau_round_s": "round latency τ(t) [s]", "energy_j": "round energy Σ
 def plot(tables: dict, out) -> None:
     hists = tables["histograms"]
     labels = list(dict.fromkeys(r["setting"] for r in tables["distributions"]))
-    fig, axes = subplots(len(labels), 2, figsize=(13, 4.5 * len(labels)), squeeze=False)
-    fig.set_layout_engine("constrained")
+    pairs = {r["setting"]: r["pairs"] for r in tables["distributions"]}
+    fig, axes = plots.figure(len(labels), len(QUANTITIES), panel=(5.2, 3.4))
     for row_axes, label in zip(axes, labels):
         for ax, name in zip(row_axes, QUANTITIES):
             for family in FAMILIES:
@@ -601,19 +601,23 @@ def plot(tables: dict, out) -> None:
                     x = [h["low"] for h in sel] + [sel[-1]["high"]]
                     y = [h["density_per_decade"] for h in sel]
                     ax.stairs(y, x, color=FAMILY_COLORS[family], linestyle=VARIANT_STYLES[variant],
-                              label=f"{family}, {variant}")
+                              linewidth=1.3, label=f"{family} decisions, {variant} variant")
             ax.set_xscale("log")
-            ax.set_xlabel(LABELS[name])
-            ax.set_ylabel("density per decade")
-            ax.set_title(label)
-            ax.legend(fontsize=7)
-    save_figure(fig, out / "distributions.png")
+            plots.log_ticks(ax.xaxis)
+            what = "round latency τ(t)" if name == "tau_round_s" else "round energy"
+            plots.label(ax, f"{what}: {label}, {pairs.get(label, '?'):,} draws", LABELS[name],
+                        "share of draws [per decade]")
+    plots.figure_legend(fig, axes, ncols=len(FAMILIES),
+                        title="Distributions of τ(t) and energy over random (state, decision) pairs")
+    plots.note(fig, "Histograms on log-spaced bins, normalised to density per decade of the quantity; uniform: "
+               "the default plan on every draw; random: a random plan per draw; dssra: one of DSSRA's decisions for "
+               "a few reference draws, applied to each draw.")
+    plots.save_figure(fig, out / "distributions.png")
 
     from matplotlib.colors import LogNorm
 
     grad = tables["power-gradient-map"]
-    fig, axes = subplots(len(labels), len(VARIANTS), figsize=(12, 4.5 * len(labels)), squeeze=False)
-    fig.set_layout_engine("constrained")
+    fig, axes = plots.figure(len(labels), len(VARIANTS), panel=(4.8, 3.4))
     for row_axes, label in zip(axes, labels):
         for ax, variant in zip(row_axes, VARIANTS):
             sel = [r for r in grad if r["setting"] == label and r["variant"] == variant]
@@ -622,12 +626,14 @@ def plot(tables: dict, out) -> None:
             # rows are p-major (gradient_grid's meshgrid, indexing="ij")
             z = -np.array([r["dtau_dp_n"] for r in sel]).reshape(len(p), len(i)).T
             mesh = ax.pcolormesh(p, i, np.maximum(z, 1e-30), norm=LogNorm(), shading="auto")
-            fig.colorbar(mesh, ax=ax, label="−Σ_n ∂τ/∂p_n [s/W]")
+            bar = fig.colorbar(mesh, ax=ax)
+            bar.set_label("−Σ_n ∂τ/∂p_n [s/W]", fontsize=plots.FONT["label"])
+            bar.ax.tick_params(labelsize=plots.FONT["tick"])
             ax.set_yscale("log")
-            ax.set_xlabel("p_n (every CU) [W]")
-            ax.set_ylabel("I_i (every channel) [W]")
-            ax.set_title(f"{label}, {variant}")
-    save_figure(fig, out / "power-gradient-map.png")
+            plots.label(ax, f"{label}, {variant} variant", "p_n (every CU) [W]", "I_i (every channel) [W]")
+    plots.suptitle(fig, "Sensitivity of the round latency to the CUs' power, over power and interference "
+                   "(mean state, default decision)")
+    plots.save_figure(fig, out / "power-gradient-map.png")
 
 
 def findings(tables: dict) -> dict:

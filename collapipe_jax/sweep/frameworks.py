@@ -26,9 +26,9 @@ from collapipe_jax.scenario import scenario_preset
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
 from collapipe_jax.scheduling.device.run import VIOLATIONS
 from collapipe_jax.sweep.base import DEFAULT_TUNABLE, Sweep, register, tunables
+from collapipe_jax.sweep import plots
 from collapipe_jax.sweep.claims import change_reproduced, claim
 from collapipe_jax.sweep.seeded import SEEDS, interval, paired_change, run_seeds
-from collapipe_jax.sweep.plots import save_figure, subplots
 from collapipe_jax.system.latency import VARIANTS
 
 RELAXED_E_MAX_N_J = 1000.0
@@ -117,26 +117,78 @@ def breach_note(*rows) -> str:
     return f" [{'; '.join(bad)}]" if bad else ""
 
 
+PARTS = (("total_cmp_s", "computation", "tab:blue"), ("total_dd_s", "D2D transfers", "tab:orange"),
+         ("total_up_s", "upload", "tab:gray"))
+
+
+def error(rows: list[dict], field: str):
+    """Asymmetric error bars from `<field>_lo/_hi` (an interval over seeds), or None without them."""
+    stem = field[:-2] if field.endswith("_s") else field
+    lo, hi = [r.get(f"{stem}_lo") for r in rows], [r.get(f"{stem}_hi") for r in rows]
+    if any(v is None for v in lo + hi):
+        return None
+    values = [r[field] for r in rows]
+    return np.array([[max(v - low, 0.0) for v, low in zip(values, lo)], [max(h - v, 0.0) for v, h in zip(values, hi)]])
+
+
 def plot(tables: dict, out) -> None:
+    """Fig. 7/8: per setting (rows), the accumulated computation and D2D time of each framework in
+    panels of their own (what the claims compare), then the end-to-end latency Σ τ(t) split into
+    computation / D2D / upload, a column per upload."""
     rows = tables["frameworks"]
-    keys = list(groups(rows))
-    cols = 4
-    fig, axes = subplots(-(-len(keys) // cols), cols, figsize=(5 * cols, 4 * -(-len(keys) // cols)), squeeze=False)
-    for ax, key in zip(axes.ravel(), keys):
-        g = groups(rows)[key]
-        names = [name for name, _, _ in ENTRANTS]
-        bottom = np.zeros(len(names))
-        for part, color in (("total_cmp_s", "C0"), ("total_dd_s", "C1")):
-            values = np.array([g[n][part] for n in names])
-            ax.bar(names, values, bottom=bottom, color=color, label=part.replace("total_", "").replace("_s", ""))
-            bottom += values
-        ax.set_title(f"{key[0]}: {key[1]}, {key[2]}, {key[3]}", fontsize=8)
-        ax.set_ylabel("accumulated on-device time [s]")
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    axes.ravel()[0].legend()
-    for ax in axes.ravel()[len(keys):]:
-        ax.set_visible(False)
-    save_figure(fig, out / "frameworks.png")
+    by = groups(rows)
+    settings = list(dict.fromkeys((f, m, v) for f, m, _, v in by))
+    uploads = list(dict.fromkeys(k[2] for k in by))
+    names = list(dict.fromkeys(r["framework"] for r in rows))
+    y = np.arange(len(names))
+    fig, axes = plots.figure(len(settings), 2 + len(uploads), panel=(3.6, 2.6), sharey="row")
+    with_interval = False
+    for row, (figure_id, model, variant) in zip(axes, settings):
+        head = f"{figure_id.replace('fig', 'Fig. ')}, {model}, {variant}"
+        g0 = by.get((figure_id, model, uploads[0], variant), {})
+        # computation and D2D are the pipelines' and do not depend on the upload unless the decisions do
+        same = all(np.isclose(by[(figure_id, model, u, variant)][n][f], g0[n][f], rtol=1e-9)
+                   for u in uploads if (figure_id, model, u, variant) in by
+                   for n in names if n in g0 for f in ("total_cmp_s", "total_dd_s"))
+        shown = uploads[:1] if same else uploads
+        h = 0.8 / len(shown)
+        for j, (field, part, color) in enumerate(PARTS[:2]):
+            ax = row[j]
+            for u_i, upload in enumerate(shown):
+                g = by.get((figure_id, model, upload, variant), {})
+                sel = [g[n] for n in names if n in g]
+                err = error(sel, field)
+                with_interval |= err is not None
+                ax.barh(y[:len(sel)] + (u_i - (len(shown) - 1) / 2) * h, [r[field] for r in sel], h, xerr=err,
+                        color=color, hatch="" if u_i == 0 else "//", edgecolor="white" if u_i else color,
+                        capsize=2, label=part)
+            which = "both uploads" if same and len(uploads) > 1 else ", ".join(shown)
+            plots.label(ax, f"{head}: {part} ({which})", f"accumulated {part} time [s]", None)
+        for ax, upload in zip(row[2:], uploads):
+            g = by.get((figure_id, model, upload, variant), {})
+            sel = [g[n] for n in names if n in g]
+            left = np.zeros(len(sel))
+            for field, part, color in PARTS:
+                values = np.array([r[field] for r in sel])
+                ax.barh(y[:len(sel)], values, 0.7, left=left, color=color, label=part)
+                left += values
+            err = error(sel, "total_latency_s")
+            if err is not None:
+                ax.errorbar(left, y[:len(sel)], xerr=err, fmt="none", ecolor="k", capsize=2)
+            share = (100 * sum(r["total_up_s"] for r in sel) / sum(r["total_latency_s"] for r in sel)) if sel else 0
+            plots.label(ax, f"{head}: Σ τ(t), {upload} upload (upload {share:.1f}%)", "end-to-end latency Σ τ(t) [s]",
+                        None)
+        row[0].set_yticks(y, names)
+        row[0].invert_yaxis()
+        row[0].set_ylabel("framework", fontsize=plots.FONT["label"])
+    rounds = rows[0]["rounds"] if rows else "?"
+    plots.figure_legend(fig, axes, title=f"Fig. 7/8: accumulated time of each framework over {rounds} rounds")
+    plots.note(fig, ["The upload is most of Σ τ(t): the first two columns show the computation and D2D times "
+                     "the Fig. 7/8 claims compare on scales of their own.",
+                     "full upload: E_n^max raised to 1000 J (Table II cannot pay for it); hatched bars: the second "
+                     "upload where its computation differs." + (" Error bars: 95% interval over seeds."
+                                                                if with_interval else "")])
+    plots.save_figure(fig, out / "frameworks.png")
 
 
 def change_of(changes: list[dict], key, name: str, ref: str, quantity: str) -> dict:

@@ -10,7 +10,7 @@ from collapipe_jax.models.compiled_cost import segment_training_memory
 from collapipe_jax.models.config import model_preset
 from collapipe_jax.sweep.base import Sweep, register
 from collapipe_jax.sweep.claims import claim
-from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep import plots
 
 PRESETS = ("paper-bert", "paper-transformer")
 BATCH = 64
@@ -38,18 +38,18 @@ def compute(scale: str, work_dir, progress) -> dict:
 
 def plot(tables: dict, out) -> None:
     rows = tables["memory"]
-    fig, axes = subplots(1, 2, figsize=(11, 4))
-    for ax, preset in zip(axes, PRESETS):
+    fig, axes = plots.figure(1, len(PRESETS))
+    for ax, preset in zip(axes[0], PRESETS):
         sel = [r for r in rows if r["preset"] == preset]
-        ax.plot([r["delta"] for r in sel], [r["xla_peak_bytes"] / 1e9 for r in sel], marker="o", label="XLA compiled peak")
-        ax.plot([r["delta"] for r in sel], [r["analytic_bytes"] / 1e9 for r in sel], marker="s", ls="--",
-                label="analytic δ·γ_0")
+        deltas = [r["delta"] for r in sel]
+        ax.plot(deltas, [r["xla_peak_bytes"] / 1e9 for r in sel], label="XLA compiled peak", **plots.style(0))
+        ax.plot(deltas, [r["analytic_bytes"] / 1e9 for r in sel], label="analytic δ·γ_0", **plots.style(1))
         ax.axhline(GAMMA_MAX_K_BYTES / 1e9, color="k", ls=":", label="γ_k^max = 1.5 GB (Table II)")
-        ax.set_xlabel("TEBs on the device δ")
-        ax.set_ylabel("training memory [GB]")
-        ax.set_title(f"{preset}, b = {BATCH}")
-        ax.legend(fontsize=8)
-    save_figure(fig, out / "memory.png")
+        ax.set_xticks(deltas)
+        plots.label(ax, f"{preset}: one device's segment, b = {BATCH}", "TEBs on the device δ [count]",
+                    "training memory [GB]")
+    plots.figure_legend(fig, axes)
+    plots.save_figure(fig, out / "memory.png")
 
 
 def findings(tables: dict) -> dict:

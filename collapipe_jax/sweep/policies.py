@@ -24,9 +24,9 @@ from collapipe_jax.scenario import scenario_preset
 from collapipe_jax.scheduling.policies import ABLATIONS, PAPER_BASELINES
 from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
 from collapipe_jax.sweep.base import DEFAULT_TUNABLE, Sweep, register, tunables
+from collapipe_jax.sweep import plots
 from collapipe_jax.sweep.claims import change_pct, change_reproduced, claim
 from collapipe_jax.sweep.seeded import SEEDS, accumulated, interval, paired_change, run_seeds
-from collapipe_jax.sweep.plots import save_figure, subplots
 from collapipe_jax.system.latency import VARIANTS
 
 PAPER_POLICY_CLAIMS = {  # DSSRA's latency change against each baseline at V = 0.01 (§VI-D, Fig. 11)
@@ -172,40 +172,127 @@ def pick(rows: list[dict], **match) -> dict:
     return next(r for r in rows if all(r[k] == v for k, v in match.items()))
 
 
-def plot(tables: dict, out) -> None:
-    totals, per_round = tables["policies"], tables["policies-per-round"]
-    settings = settings_of(totals)
-    rounds = totals[0]["rounds"]
-    cols = 4
-    rows_n = -(-len(settings) // cols)
-    fig, axes = subplots(rows_n, cols, figsize=(5 * cols, 4 * rows_n), squeeze=False)
-    width = 0.8 / len(POLICIES)
-    for ax, label in zip(axes.ravel(), settings):
-        for i, policy in enumerate(POLICIES):
-            sel = [r for r in totals if r["setting"] == label and r["policy"] == policy]
-            ax.bar(np.arange(len(VS)) + (i - len(POLICIES) / 2) * width, [r["total_latency_s"] for r in sel], width,
-                   label=policy)
-        ax.set_xticks(range(len(VS)), [f"V={V:g}" for V in VS])
-        ax.set_ylabel(f"total latency, {rounds} rounds [s]")
-        ax.set_title(label, fontsize=8)
-    axes.ravel()[0].legend(fontsize=6)
-    for ax in axes.ravel()[len(settings):]:
-        ax.set_visible(False)
-    save_figure(fig, out / "policies.png")
+OFF_SCALE = ("random-feasible",)  # ~30× the others: drawn in its own panel so the others' gaps show
+QUEUE_POLICIES = ("dssra",) + PAPER_BASELINES
 
-    fig, axes = subplots(1, 3, figsize=(15, 4))
-    label = next((s for s in settings if s.startswith("N=6") and "lora" in s), settings[0])
-    for policy in ("dssra",) + PAPER_BASELINES:
-        sel = [r for r in per_round if r["setting"] == label and r["policy"] == policy and r["V"] == 10.0]
-        axes[0].plot([r["round"] for r in sel], [r["max_Y"] for r in sel], label=policy)
-        axes[1].plot([r["round"] for r in sel], [r["mean_Gamma"] for r in sel], label=policy)
-        axes[2].plot([r["round"] for r in sel], np.cumsum([r["tau_round_s"] for r in sel]), label=policy)
-    for ax, ylabel in zip(axes, ("max_n Y_n(t)", "mean Γ_n(t)", "accumulated latency Σ τ(t) [s]")):
-        ax.set_xlabel("round t")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{label}, V = 10", fontsize=9)
-        ax.legend()
-    save_figure(fig, out / "queues.png")
+
+def accumulated(per_round: list[dict], setting: str, V: float, policy: str) -> dict:
+    """Rounds, the mean accumulated latency up to each round, and its 95% band when the table has
+    one (`cum_latency_lo/hi`); without `cum_latency_s` the running sum of τ(t) (Eq. 26)."""
+    sel = sorted((r for r in per_round if r["setting"] == setting and r["V"] == V and r["policy"] == policy),
+                 key=lambda r: r["round"])
+    if not sel:
+        return {}
+    if all(r.get("cum_latency_s") is not None for r in sel):
+        mean = [r["cum_latency_s"] for r in sel]
+    else:
+        mean = list(np.cumsum([r["tau_round_s"] for r in sel]))
+    has_band = all(r.get("cum_latency_lo") is not None and r.get("cum_latency_hi") is not None for r in sel)
+    return {"round": [r["round"] for r in sel], "mean": mean,
+            "lo": [r["cum_latency_lo"] for r in sel] if has_band else None,
+            "hi": [r["cum_latency_hi"] for r in sel] if has_band else None,
+            "n": sel[0].get("n")}
+
+
+def short_setting(label: str) -> str:
+    return label.replace("full upload, E_n^max 1000 J", "full upload (E_n^max 1000 J)")
+
+
+def plot(tables: dict, out) -> None:
+    plot_accumulated(tables, out)
+    plot_queues(tables, out)
+
+
+def plot_accumulated(tables: dict, out) -> None:
+    """Fig. 11: accumulated latency Σ τ(t) over the rounds, per policy, one panel per setting at
+    V = 0.01; `random-feasible` in a last panel of its own, on a log scale."""
+    per_round = tables["policies-per-round"]
+    settings = settings_of(tables["policies"])
+    V = CLAIM_V if any(r["V"] == CLAIM_V for r in per_round) else per_round[0]["V"]
+    policies = [p for p in dict.fromkeys(r["policy"] for r in per_round) if p not in OFF_SCALE]
+    off_scale = [p for p in OFF_SCALE if any(r["policy"] == p for r in per_round)]
+    panels = len(settings) + 1 + bool(off_scale)
+    cols = min(4, panels)
+    fig, axes = plots.figure(-(-panels // cols), cols, panel=(4.3, 3.3))
+    flat = axes.ravel()
+    n_seeds = None
+    end = {}  # (setting, policy) → accumulated latency after the last round
+    for k, (ax, setting) in enumerate(zip(flat, settings)):
+        for i, policy in enumerate(policies + off_scale):
+            curve = accumulated(per_round, setting, V, policy)
+            if not curve:
+                continue
+            end[setting, policy] = curve["mean"][-1]
+            if policy in off_scale:
+                continue
+            n_seeds = curve["n"] or n_seeds
+            style = plots.style(i)
+            ax.plot(curve["round"], curve["mean"], label=policy, markevery=plots.markevery(i, len(curve["round"])),
+                    **style)
+            plots.band(ax, curve["round"], curve["lo"], curve["hi"], style["color"])
+        plots.label(ax, f"({k + 1}) {short_setting(setting)}", "round t [count]", "accumulated latency Σ τ(t) [s]")
+    x = np.arange(len(settings))
+    ax = flat[len(settings)]  # the gaps the claims are about, after the last round
+    others = [p for p in policies if p != "dssra"]
+    width = 0.8 / max(len(others), 1)
+    for i, policy in enumerate(others):
+        gap = [100 * (end[s, policy] / end[s, "dssra"] - 1) if (s, policy) in end and (s, "dssra") in end
+               else np.nan for s in settings]
+        ax.bar(x + (i - (len(others) - 1) / 2) * width, gap, width, color=plots.style(policies.index(policy))["color"])
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(x, [str(k + 1) for k in x])
+    plots.label(ax, "each policy against dssra after the last round", "setting [panel number]",
+                "latency above dssra's [%]")
+    if off_scale:
+        ax = flat[len(settings) + 1]
+        for i, policy in enumerate(["dssra"] + off_scale):
+            ends = [end.get((s, policy), np.nan) for s in settings]
+            ax.bar(x + (i - 0.5) * 0.4, ends, 0.4, color=plots.style((policies + off_scale).index(policy))["color"],
+                   label=policy if policy in off_scale else None)
+        ax.set_yscale("log")
+        plots.log_ticks(ax.yaxis)
+        ax.set_xticks(x, [str(k + 1) for k in x])
+        plots.label(ax, f"{', '.join(off_scale)} (right) vs dssra (left) after the last round, log scale",
+                    "setting [panel number]", "accumulated latency Σ τ(T) [s]")
+    plots.hide_unused(axes, panels)
+    plots.figure_legend(fig, flat[:panels], title=f"Fig. 11: accumulated latency of each scheduling policy, "
+                        f"paper-bert, V = {V:g}")
+    band_note = (f"Lines: mean over {n_seeds} seeds; bands: 95% interval of the mean." if n_seeds else
+                 "One seeded run per policy (no interval).")
+    plots.note(fig, [band_note, f"{', '.join(off_scale)} (a random plan among the feasible ones) accumulates "
+                     "several times the others' latency; it is drawn in a panel of its own, on a log scale, so the "
+                     "gaps between the other policies stay visible." if off_scale else ""])
+    plots.save_figure(fig, out / "policies.png")
+
+
+def plot_queues(tables: dict, out) -> None:
+    """The queues max_n Y_n(t), the mean Γ_n(t) and Σ τ(t) of DSSRA and the paper's baselines, at
+    V = 10 in the setting where the CU selection matters (N > J, LoRA upload)."""
+    per_round, settings = tables["policies-per-round"], settings_of(tables["policies"])
+    setting = next((s for s in settings if s.startswith("N=6") and "lora" in s), settings[0])
+    V = 10.0 if any(r["V"] == 10.0 for r in per_round) else per_round[0]["V"]
+    fig, axes = plots.figure(1, 3)
+    dssra = accumulated(per_round, setting, V, "dssra").get("mean")
+    for i, policy in enumerate(QUEUE_POLICIES):
+        sel = sorted((r for r in per_round if r["setting"] == setting and r["policy"] == policy and r["V"] == V),
+                     key=lambda r: r["round"])
+        if not sel:
+            continue
+        t = [r["round"] for r in sel]
+        kw = dict(label=policy, markevery=plots.markevery(i, len(t)), **plots.style(i))
+        axes[0, 0].plot(t, [r["max_Y"] for r in sel], **kw)
+        axes[0, 1].plot(t, [r["mean_Gamma"] for r in sel], **kw)
+        if dssra is not None:
+            mine = accumulated(per_round, setting, V, policy)["mean"]
+            axes[0, 2].plot(t, [100 * (a / b - 1) for a, b in zip(mine, dssra)], **kw)
+    plots.label(axes[0, 0], "largest virtual queue max_n Y_n(t)", "round t [count]", "max_n Y_n(t) [unitless]")
+    plots.label(axes[0, 1], "mean convergence bound Γ_n(t) (Eq. 28)", "round t [count]", "mean Γ_n(t) [unitless]")
+    plots.label(axes[0, 2], "accumulated latency against dssra's", "round t [count]",
+                "Σ τ(t) above dssra's [%]")
+    plots.figure_legend(fig, axes, title=f"Queues and latency, paper-bert, {short_setting(setting)}, V = {V:g}")
+    plots.note(fig, "Curves that coincide are told apart by their markers and dashes (each marker series starts "
+               "one round later than the previous policy's).")
+    plots.save_figure(fig, out / "queues.png")
 
 
 def policy_claims(totals: list[dict], changes: list[dict]) -> list[dict]:

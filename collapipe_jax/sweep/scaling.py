@@ -17,8 +17,8 @@ import numpy as np
 
 from collapipe_jax.scenario import scenario_preset
 from collapipe_jax.scheduling.policies import PAPER_BASELINES
+from collapipe_jax.sweep import plots
 from collapipe_jax.sweep.base import Sweep, register
-from collapipe_jax.sweep.plots import save_figure, subplots
 from collapipe_jax.sweep.seeded import interval, paired_change, run_seeds
 
 BASE = dict(N=6, K=6, J=4, V=10.0)
@@ -60,30 +60,39 @@ def compute(scale: str, work_dir, progress) -> dict:
 
 
 def plot(tables: dict, out) -> None:
+    """A figure per axis: DSSRA's change of the total latency against each rule (mean and 95%
+    band over the seeds), and DSSRA's largest queue."""
     gains, rows = tables["scaling-gains"], tables["scaling"]
     for axis, _ in AXES:
-        fig, (left, right) = subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-        for rule in RULES[1:]:
+        fig, axes = plots.figure(1, 2, panel=(4.6, 3.4))
+        left, right = axes[0]
+        for i, rule in enumerate(RULES[1:]):
             sel = [g for g in gains if g["axis"] == axis and g["baseline"] == rule]
             x = [g["value"] for g in sel]
-            left.plot(x, [g["change_pct"] for g in sel], marker="o", label=f"vs {rule}")
-            left.fill_between(x, [g["change_pct_lo"] for g in sel], [g["change_pct_hi"] for g in sel], alpha=0.2)
+            line = left.plot(x, [g["change_pct"] for g in sel], label=f"DSSRA vs {rule}", **plots.style(i))[0]
+            plots.band(left, x, [g["change_pct_lo"] for g in sel], [g["change_pct_hi"] for g in sel], line.get_color())
         sel = [r for r in rows if r["axis"] == axis and r["policy"] == "dssra"]
         x = [r["value"] for r in sel]
-        right.plot(x, [r["max_Y"] for r in sel], marker="o", color="tab:red", label="DSSRA")
-        right.fill_between(x, [r["max_Y_lo"] for r in sel], [r["max_Y_hi"] for r in sel], color="tab:red", alpha=0.2)
+        line = right.plot(x, [r["max_Y"] for r in sel], label="DSSRA's largest queue", **plots.style(len(RULES)))[0]
+        plots.band(right, x, [r["max_Y_lo"] for r in sel], [r["max_Y_hi"] for r in sel], line.get_color())
         left.axhline(0.0, color="black", linewidth=0.8)
         for ax in (left, right):
-            ax.set_xlabel(AXIS_LABELS[axis])
             if axis == "V":
                 ax.set_xscale("log")
-            ax.legend(fontsize=8)
+                plots.log_ticks(ax.xaxis)
+            elif axis != "V":
+                plots.integer_ticks(ax.xaxis)
         n = max((g["n"] for g in gains if g["axis"] == axis), default=0)
-        left.set_ylabel("DSSRA's total latency change [%]")
-        left.set_title(f"DSSRA vs each baseline (mean, 95% band, {n} seeds)")
-        right.set_ylabel("largest queue max_t max_n Y_n(t)")
-        right.set_title("DSSRA's queues (mean over seeds, 95% band)")
-        save_figure(fig, out / f"scaling-{axis}.png")
+        others = ", ".join(f"{k} = {v:g}" for k, v in BASE.items() if k != axis)
+        plots.label(left, f"DSSRA's total latency change ({others})", AXIS_LABELS[axis] + " [count]"
+                    if axis != "V" else AXIS_LABELS[axis] + " [unitless]", "change of Σ τ(t) [%]")
+        plots.label(right, f"DSSRA's queues ({others})", AXIS_LABELS[axis] + " [count]"
+                    if axis != "V" else AXIS_LABELS[axis] + " [unitless]", "max over t, n of Y_n(t) [unitless]")
+        plots.figure_legend(fig, axes, title=f"DSSRA against the paper's baselines and the uniform split as "
+                                             f"{AXIS_LABELS[axis]} grows (mean over {n} seeds)")
+        plots.note(fig, ["Bands: 95% interval of the mean over seeds (Student-t); a change below 0 means DSSRA "
+                         "is faster."])
+        plots.save_figure(fig, out / f"scaling-{axis}.png")
 
 
 def findings(tables: dict) -> dict:

@@ -27,7 +27,7 @@ from collapipe_jax.scheduling.frameworks import teb_capacity
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.sweep.base import DEFAULT_TUNABLE, Sweep, register, tunables
 from collapipe_jax.sweep.claims import claim
-from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep import plots
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.sharded import evaluate_sharded, stack
 
@@ -118,37 +118,82 @@ def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> d
 
 
 def plot(tables: dict, out) -> None:
-    fig4 = tables["fig4"]
-    fig, axes = subplots(len(FLOPS), len(VARIANTS), figsize=(11, 8), squeeze=False)
+    plot_fig4(tables["fig4"], out)
+    plot_fig5(tables["fig5"], out)
+
+
+def plot_fig4(fig4: list[dict], out) -> None:
+    """τ^pipe against m per S, one panel per (FLOPs reading, variant)."""
+    fig, axes = plots.figure(len(FLOPS), len(VARIANTS), panel=(4.6, 3.4))
+    stages = sorted({r["S"] for r in fig4})
     for i, (flops, _) in enumerate(FLOPS):
         for j, variant in enumerate(VARIANTS):
             ax = axes[i, j]
-            for S in sorted({r["S"] for r in fig4}):
+            for k, S in enumerate(stages):
                 sel = [r for r in fig4 if r["flops"] == flops and r["variant"] == variant and r["S"] == S]
-                ax.plot([r["m"] for r in sel], [r["tau_pipe_s"] for r in sel], label=f"S = {S}")
-            ax.set_xscale("log", base=2)
+                if sel:
+                    name = f"S = {S} device" + ("s" if S > 1 else "")
+                    ax.plot([r["m"] for r in sel], [r["tau_pipe_s"] for r in sel], label=name,
+                            markevery=plots.markevery(k, len(sel)), **plots.style(k))
+            plots.log2_ticks(ax, [r["m"] for r in fig4])
             ax.set_yscale("log")
-            ax.set_xlabel("micro-batches m")
-            ax.set_ylabel("τ^pipe [s]")
-            ax.set_title(f"paper-transformer, uniform δ, {flops}, {variant}", fontsize=9)
-            ax.legend(fontsize=7)
-    save_figure(fig, out / "fig4-uniform-split.png")
+            plots.log_ticks(ax.yaxis)
+            plots.label(ax, f"{flops}, {variant} variant", "micro-batches m [count]", "pipeline latency τ^pipe [s]")
+    draws = fig4[0].get("draws", "?") if fig4 else "?"
+    plots.figure_legend(fig, axes, title="Fig. 4: paper-transformer split evenly over S devices (δ = L/S TEBs each)")
+    plots.note(fig, f"Mean over {draws} seeded draws of Table II's device ranges.")
+    plots.save_figure(fig, out / "fig4-uniform-split.png")
 
-    fig5 = tables["fig5"]
-    keys = list(dict.fromkeys((r["tunable"], r["flops"], r["variant"]) for r in fig5))
-    fig, axes = subplots(1, len(keys), figsize=(3.5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        sel = [r for r in fig5 if (r["tunable"], r["flops"], r["variant"]) == key]
-        ranks = sorted({r["rank"] for r in sel})
-        ax.bar([x - 0.2 for x in ranks], [np.mean([r["tau_pipe_s"] for r in sel if r["rank"] == k]) for k in ranks],
-               0.4, label="DSSRA")
-        ax.bar([x + 0.2 for x in ranks], [np.mean([r["uniform_tau_pipe_s"] for r in sel if r["rank"] == k])
-                                          for k in ranks], 0.4, label="uniform δ")
-        ax.set_xlabel("cluster (by DSSRA's S, largest first)")
-        ax.set_ylabel("mean τ^pipe [s]")
-        ax.set_title(", ".join(key), fontsize=7)
-    axes[0, 0].legend()
-    save_figure(fig, out / "fig5-heterogeneous.png")
+
+def fig5_means(sel: list[dict], field: str, ranks: list[int]):
+    values = [[r[field] for r in sel if r["rank"] == k] for k in ranks]
+    return np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
+
+
+def plot_fig5(fig5: list[dict], out) -> None:
+    """Fig. 5: the S and m DSSRA gives each cluster (clusters ordered by S, largest first), the
+    paper's values beside them, and each cluster's τ^pipe with DSSRA's plan and the uniform split."""
+    uploads = list(dict.fromkeys(r["tunable"] for r in fig5))
+    settings = list(dict.fromkeys((r["flops"], r["variant"]) for r in fig5))
+    ranks = sorted({r["rank"] for r in fig5})
+    x = np.arange(len(ranks))
+    fig, axes = plots.figure(len(uploads), 3, panel=(4.4, 3.2))
+    width = 0.8 / max(len(settings), 1)
+    for row, upload in zip(axes, uploads):
+        for i, (flops, variant) in enumerate(settings):
+            sel = [r for r in fig5 if r["tunable"] == upload and (r["flops"], r["variant"]) == (flops, variant)]
+            if not sel:
+                continue
+            color = plots.COLORS[i % len(plots.COLORS)]
+            offset = (i - (len(settings) - 1) / 2) * width
+            for ax, field in zip(row[:2], ("S", "m")):
+                mean, std = fig5_means(sel, field, ranks)
+                ax.bar(x + offset, mean, width, yerr=std, capsize=2, color=color, label=f"{flops}, {variant}")
+            dssra, _ = fig5_means(sel, "tau_pipe_s", ranks)
+            uniform, _ = fig5_means(sel, "uniform_tau_pipe_s", ranks)
+            row[2].bar(x + offset - width / 4, dssra, width / 2, color=color)
+            row[2].bar(x + offset + width / 4, uniform, width / 2, color="white", edgecolor=color, hatch="///")
+        for ax, field in zip(row[:2], ("S", "m")):
+            paper = PAPER_FIG5[field][:len(ranks)]
+            ax.plot(x[:len(paper)], paper, ls="none", marker="_", markersize=22, markeredgewidth=2.5, color="k",
+                    label="paper's Fig. 5")
+        row[2].set_yscale("log")
+        plots.log_ticks(row[2].yaxis)
+        upload_label = f"{upload} upload" + (" (E_n^max 1000 J)" if upload == "full" else "")
+        plots.label(row[0], f"stages S per cluster, {upload_label}", "cluster (largest S first) [rank]",
+                    "stages S [devices]")
+        plots.label(row[1], f"micro-batches m per cluster, {upload_label}", "cluster (largest S first) [rank]",
+                    "micro-batches m [count]")
+        plots.label(row[2], f"τ^pipe: DSSRA (solid) vs uniform δ (hatched), {upload_label}",
+                    "cluster (largest S first) [rank]", "pipeline latency τ^pipe [s]")
+        for ax in row:
+            ax.set_xticks(x, [str(k + 1) for k in ranks])
+    rounds = len({r["round"] for r in fig5})
+    plots.figure_legend(fig, axes, title="Fig. 5: paper-bert on N = 3 heterogeneous clusters (Table II draws), "
+                        "DSSRA with V = 10")
+    plots.note(fig, f"Bars: mean over {rounds} rounds (error bars: ± 1 standard deviation); in each round the "
+               "clusters are ranked by DSSRA's S. Black ticks: the paper's S = {5, 4, 3}, m = {14, 11, 9}.")
+    plots.save_figure(fig, out / "fig5-heterogeneous.png")
 
 
 def fig4_best(rows: list[dict]) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 from collapipe_jax.scenario import default_decision, draw_state, even_split, make_decision, mean_state, round_key
 from collapipe_jax.scenario import scenario_preset
 from collapipe_jax.sweep.base import Sweep, register
-from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep import plots
 from collapipe_jax.system import evaluate, round_latency_of_power
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.sharded import evaluate_sharded, stack
@@ -51,18 +51,24 @@ def microbatch_compute(scale: str, work_dir, progress) -> dict:
 
 def microbatch_plot(tables: dict, out) -> None:
     rows = tables["latency-vs-microbatches"]
-    fig, axes = subplots(1, 2, figsize=(10, 4))
-    for ax, preset in zip(axes, PRESETS):
-        for variant in VARIANTS:
+    fig, axes = plots.figure(1, len(PRESETS))
+    for ax, preset in zip(axes[0], PRESETS):
+        ms = sorted({r["m"] for r in rows if r["preset"] == preset})
+        for i, variant in enumerate(VARIANTS):
             sel = [r for r in rows if r["preset"] == preset and r["variant"] == variant]
-            ax.errorbar([r["m"] for r in sel], [r["tau_pipe_s_mean"] for r in sel],
-                        yerr=[r["tau_pipe_s_std"] for r in sel], marker="o", label=variant, capsize=3)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("micro-batches m")
-        ax.set_ylabel("pipeline latency τ^pipe [s]")
-        ax.set_title(preset)
-        ax.legend()
-    save_figure(fig, out / "latency-vs-microbatches.png")
+            mean = np.array([r["tau_pipe_s_mean"] for r in sel])
+            std = np.array([r["tau_pipe_s_std"] for r in sel])
+            style = plots.style(i)
+            ax.plot([r["m"] for r in sel], mean, label=f"{variant} variant", **style)
+            plots.band(ax, [r["m"] for r in sel], mean - std, mean + std, style["color"])
+        plots.log2_ticks(ax, ms)
+        draws = rows[0].get("draws", "?")
+        plots.label(ax, f"{preset}: uniform δ over all K devices", "micro-batches m [count]",
+                    "pipeline latency τ^pipe [s]")
+    plots.figure_legend(fig, axes)
+    plots.note(fig, f"Lines: mean over {draws} seeded draws of Table II's device ranges; bands: ± 1 standard "
+               "deviation over the draws.")
+    plots.save_figure(fig, out / "latency-vs-microbatches.png")
 
 
 def microbatch_findings(tables: dict) -> dict:
@@ -109,19 +115,29 @@ def power_compute(scale: str, work_dir, progress) -> dict:
 
 def power_plot(tables: dict, out) -> None:
     rows = tables["latency-vs-power"]
-    fig, axes = subplots(1, 3, figsize=(14, 4))
-    for preset in PRESETS:
+    fig, axes = plots.figure(1, 3)
+    ax_up, ax_e, ax_g = axes[0]
+    for i, preset in enumerate(PRESETS):
         sel = [r for r in rows if r["preset"] == preset]
         p = [r["p_n_w"] for r in sel]
-        axes[0].plot(p, [r["tau_up_s"] for r in sel], marker="o", label=preset)
-        axes[1].plot(p, [r["E_com_j"] for r in sel], marker="o", label=preset)
-        axes[2].plot(p, [r["dtau_up_dp_n"] for r in sel], marker="o", label=preset)
-    axes[1].axhline(rows[0]["E_max_n_j"], color="k", ls="--", label="E_n^max (Table II)")
-    for ax, label in zip(axes, ("upload delay τ^up [s]", "upload energy E^com [J]", "∂τ^up/∂p_n [s/W]")):
-        ax.set_xlabel("p_n [W]")
-        ax.set_ylabel(label)
-        ax.legend()
-    save_figure(fig, out / "latency-vs-power.png")
+        ax_up.plot(p, [r["tau_up_s"] for r in sel], label=preset, **plots.style(i))
+        ax_e.plot(p, [r["E_com_j"] for r in sel], label=preset, **plots.style(i))
+        ax_g.plot(p, [-r["dtau_up_dp_n"] for r in sel], label=preset, **plots.style(i))
+    e_max = rows[0]["E_max_n_j"]
+    ax_e.axhline(e_max, color="k", ls="--", lw=1.2, label=f"E_n^max = {e_max:g} J (Table II)")
+    # log axes: τ^up and E^com span decades over p_n, and E_n^max lies far below E^com
+    for ax in (ax_up, ax_e, ax_g):
+        ax.set_yscale("log")
+        plots.log_ticks(ax.yaxis)
+    plots.label(ax_up, "upload delay of a CU against its power", "CU transmit power p_n [W]",
+                "upload delay τ^up [s]")
+    plots.label(ax_e, "upload energy against the budget E_n^max", "CU transmit power p_n [W]",
+                "upload energy E^com [J]")
+    plots.label(ax_g, "sensitivity of τ^up to p_n (jax.grad)", "CU transmit power p_n [W]",
+                "−∂τ^up/∂p_n [s/W]")
+    plots.figure_legend(fig, axes)
+    plots.note(fig, "Mean state of Table II's ranges, the default decision, every CU at the same power p_n.")
+    plots.save_figure(fig, out / "latency-vs-power.png")
 
 
 def power_findings(tables: dict) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 
 from collapipe_jax.io import atomic_write_json, read_json
 from collapipe_jax.sweep.base import Sweep, register
-from collapipe_jax.sweep.plots import save_figure, subplots
+from collapipe_jax.sweep import plots
 from collapipe_jax.sweep.training_claims import framework_claims, s_m_claims
 from collapipe_jax.train import TrainConfig, config_with_recipe, train
 
@@ -85,27 +85,105 @@ def compute(scale: str, work_dir, progress) -> dict:
     return {"training": rows, "training-final": finals}
 
 
+METRIC_LABEL = {"accuracy": "accuracy [fraction]", "entity_f1": "entity F1 [fraction]",
+                "bleu": "BLEU (cased sacreBLEU) [0–100]", "bleu_lowercase": "BLEU (lowercased sacreBLEU) [0–100]",
+                "macro_f1": "macro F1 [fraction]", "micro_f1": "micro F1 [fraction]"}
+ROUND_DODGE = 0.08  # rounds between side-by-side curves on a round axis
+REFERENCE = "centralized"  # a framework whose final values are drawn as a dashed reference line per task
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABEL.get(metric, f"{metric.replace('_', ' ')} [unitless]")
+
+
+def curve(rows: list[dict], x: str, y: str) -> tuple[list, list, list | None, list | None]:
+    """x and the mean of y over the rows (seeds) of each round, with the min/max over seeds when
+    there are several; the rounds without a value of y are skipped."""
+    by_round: dict = {}
+    for r in rows:
+        if r.get(y) is not None and np.isfinite(r[y]):
+            by_round.setdefault(r["round"], []).append(r)
+    rounds = sorted(by_round)
+    xs = [float(np.mean([r[x] for r in by_round[t]])) for t in rounds]
+    ys = [[r[y] for r in by_round[t]] for t in rounds]
+    several = any(len(v) > 1 for v in ys)
+    return (xs, [float(np.mean(v)) for v in ys], [min(v) for v in ys] if several else None,
+            [max(v) for v in ys] if several else None)
+
+
+def entrants(rows: list[dict]) -> list[tuple[str, str | None]]:
+    """(framework, tunable) pairs to draw, the paper's frameworks first; the tunable only when the
+    table has more than one."""
+    tunables_ = list(dict.fromkeys(r.get("tunable") for r in rows))
+    names = [f for f in FRAMEWORKS if any(r["framework"] == f for r in rows)]
+    names += [f for f in dict.fromkeys(r["framework"] for r in rows) if f not in names and f != REFERENCE]
+    return [(f, t) for f in names for t in tunables_] if len(tunables_) > 1 else [(f, None) for f in names]
+
+
+def reference_value(tables: dict, task: str, field: str) -> float | None:
+    """The centralized run's final value of `field` (a metric or the loss) for `task`, if any."""
+    finals = [r for r in tables.get("training-final", []) if r["task"] == task and r["framework"] == REFERENCE]
+    key = "final_loss" if field == "loss" else f"final_{field.removeprefix('metric_')}"
+    values = [r[key] for r in finals if r.get(key) is not None]
+    if not values:
+        rows = [r for r in tables["training"] if r["task"] == task and r["framework"] == REFERENCE
+                and r.get(field) is not None]
+        last = max((r["round"] for r in rows), default=None)
+        values = [r[field] for r in rows if r["round"] == last]
+    return float(np.mean(values)) if values else None
+
+
 def plot(tables: dict, out) -> None:
-    rows, model = tables["training"], tables["training-final"][0]["model"]
-    fig, axes = subplots(3, 3, figsize=(16, 12))
-    for col, task in enumerate(TASKS):
-        metric = f"metric_{TASK_METRIC[task]}"
-        for framework in FRAMEWORKS:
-            sel = [r for r in rows if r["task"] == task and r["framework"] == framework]
-            evald = [r for r in sel if metric in r and r[metric] is not None]
-            axes[0, col].plot([r["round"] for r in sel], [r["loss"] for r in sel], label=framework)
-            axes[1, col].plot([r["round"] for r in evald], [r[metric] for r in evald], marker="o", label=framework)
-            axes[2, col].plot([r["cumulative_latency_s"] for r in evald], [r[metric] for r in evald], marker="o",
-                              label=framework)
-        axes[0, col].set_title(f"{task} ({model} model)")
-        axes[0, col].set_ylabel("training loss")
-        axes[1, col].set_ylabel(TASK_METRIC[task])
-        axes[2, col].set_ylabel(TASK_METRIC[task])
-        axes[0, col].set_xlabel("round")
-        axes[1, col].set_xlabel("round")
-        axes[2, col].set_xlabel("simulated wall-clock Σ τ(t) [s]")
-        axes[0, col].legend(fontsize=8)
-    save_figure(fig, out / "training.png")
+    """Fig. 6: per task, the training loss and the task metric against the round and against the
+    simulated latency Σ τ(t); a metric that never leaves 0 is left out and named in the note."""
+    rows = tables["training"]
+    finals = tables.get("training-final", [])
+    model = finals[0]["model"] if finals else "?"
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    who = entrants(rows)
+    panels, left_out = [], []
+    for task in tasks:
+        metric = TASK_METRIC[task]
+        field = f"metric_{metric}"
+        values = [r.get(field) for r in rows if r["task"] == task and r["framework"] != REFERENCE]
+        panels.append((task, "loss", "round", "cross-entropy loss [nats]"))
+        if plots.at_floor(values):
+            left_out.append(f"{task}: {metric_label(metric).split(' [')[0]} (0 in every evaluation)")
+            continue
+        panels += [(task, field, "round", metric_label(metric)),
+                   (task, field, "cumulative_latency_s", metric_label(metric))]
+    cols = 3
+    fig, axes = plots.figure(-(-len(panels) // cols), cols, panel=(4.3, 3.2))
+    for ax, (task, field, x, ylabel) in zip(axes.ravel(), panels):
+        task_rows = [r for r in rows if r["task"] == task]
+        for i, (framework, tunable) in enumerate(who):
+            sel = [r for r in task_rows if r["framework"] == framework and r.get("tunable") == tunable]
+            xs, ys, lo, hi = curve(sel, x, field)
+            if not xs:
+                continue
+            style = plots.style(i)
+            name = framework if tunable is None else f"{framework} ({tunable})"
+            if x == "round":
+                xs = [v + plots.dodge(i, len(who), ROUND_DODGE) for v in xs]
+            ax.plot(xs, ys, label=name, markevery=plots.markevery(i, len(xs)), **style)
+            plots.band(ax, xs, lo, hi, style["color"])
+        ref = reference_value(tables, task, field)
+        if ref is not None:
+            ax.axhline(ref, color="k", ls="--", lw=1.2, label=f"{REFERENCE} (final)")
+        if x == "round":
+            plots.integer_ticks(ax.xaxis)
+        what = "training loss" if field == "loss" else ylabel.split(" [")[0]
+        against = "per round" if x == "round" else "against simulated time"
+        plots.label(ax, f"{task}: {what} {against}", "round t [count]" if x == "round" else
+                    "simulated latency Σ τ(t) [s]", ylabel)
+    plots.hide_unused(axes, len(panels))
+    seeds = len({r.get("seed") for r in rows})
+    plots.figure_legend(fig, axes, title=f"Fig. 6: learning curves of each framework ({model} model)")
+    plots.note(fig, [plots.left_out_note(left_out, "nothing to show at this scale"),
+                     "Curves that coincide (pipelining does not change the gradient) are told apart by their "
+                     f"markers and dashes, and shifted by up to ±{ROUND_DODGE * (len(who) - 1) / 2:.2g} round on "
+                     "the round axes." + (f" Bands: min–max over {seeds} seeds." if seeds > 1 else "")])
+    plots.save_figure(fig, out / "training.png")
 
 
 def findings(tables: dict) -> dict:
@@ -172,20 +250,26 @@ def sm_compute(scale: str, work_dir, progress) -> dict:
 
 def sm_plot(tables: dict, out) -> None:
     rows = tables["learning-vs-s-m"]
-    fig, axes = subplots(len(SM_TASKS), 2, figsize=(12, 4 * len(SM_TASKS)), squeeze=False)
-    for row, task in zip(axes, SM_TASKS):
+    tasks = [t for t in SM_TASKS if any(r["task"] == t for r in rows)]
+    fig, axes = plots.figure(len(tasks), 2, panel=(4.6, 3.2))
+    for row, task in zip(axes, tasks):
         sel_task = [r for r in rows if r["task"] == task]
-        for S, m in plans_of(sel_task):
+        for i, (S, m) in enumerate(plans_of(sel_task)):
             sel = [r for r in sel_task if r["S"] == S and r["m"] == m]
-            row[0].plot([r["round"] for r in sel], [r["loss"] for r in sel], marker="o", label=f"S={S}, m={m}")
-            row[1].plot([r["cumulative_latency_s"] for r in sel], [r["loss"] for r in sel], marker="o",
-                        label=f"S={S}, m={m}")
-        row[0].set_xlabel("round")
-        row[1].set_xlabel("simulated wall-clock Σ τ(t) [s]")
-        for ax in row:
-            ax.set_ylabel(f"training loss ({task})")
-            ax.legend(fontsize=7)
-    save_figure(fig, out / "learning-vs-s-m.png")
+            kw = dict(label=f"S = {S}, m = {m}", markevery=plots.markevery(i, len(sel), marks=len(sel)),
+                      **plots.style(i))
+            shift = plots.dodge(i, len(plans_of(sel_task)), ROUND_DODGE / 2)
+            row[0].plot([r["round"] + shift for r in sel], [r["loss"] for r in sel], **kw)
+            row[1].plot([r["cumulative_latency_s"] for r in sel], [r["loss"] for r in sel], **kw)
+        plots.integer_ticks(row[0].xaxis)
+        plots.label(row[0], f"{task}: training loss per round", "round t [count]", "cross-entropy loss [nats]")
+        plots.label(row[1], f"{task}: training loss against simulated time", "simulated latency Σ τ(t) [s]",
+                    "cross-entropy loss [nats]")
+    plots.figure_legend(fig, axes, title="Fig. 9/10: learning with fixed plans of S stages and m micro-batches")
+    plots.note(fig, "Synchronous GPipe computes the same gradient whatever S and m are, so the loss curves per "
+               "round lie on one another (told apart by markers and dashes, shifted side by side on the round "
+               "axis); S and m move the simulated latency.")
+    plots.save_figure(fig, out / "learning-vs-s-m.png")
 
 
 def sm_findings(tables: dict) -> dict:

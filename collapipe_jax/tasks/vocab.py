@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import sys
 from collections import Counter
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -90,7 +91,8 @@ def train_bpe(texts: list[str], vocab_size: int, *, cache_dir: str | os.PathLike
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"bpe-{digest.hexdigest()[:16]}.json"
     if path.is_file():
-        return Tokenizer.from_file(str(path))
+        if (cached := _cached_tokenizer(path, vocab_size)) is not None:
+            return cached
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -100,3 +102,19 @@ def train_bpe(texts: list[str], vocab_size: int, *, cache_dir: str | os.PathLike
     # atomic: concurrent runs never read a half-written tokenizer
     atomic_write_text(path, tok.to_str())
     return tok
+
+
+def _cached_tokenizer(path: pathlib.Path, vocab_size: int):
+    """The tokenizer cached in `path`, or None after one warning line when the file is damaged
+    (truncated, edited, another format): the cache is derived, so the caller rebuilds it."""
+    try:
+        tok = Tokenizer.from_file(str(path))
+        ok = (tok.get_vocab_size() <= vocab_size
+              and [tok.token_to_id(t) for t in SPECIALS] == list(range(len(SPECIALS))))
+        why = "not this tokenizer's vocabulary"
+    except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for bad JSON
+        ok, why = False, str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+    if ok:
+        return tok
+    print(f"collapipe: warning: the cached tokenizer {path} is damaged ({why}): rebuilding it", file=sys.stderr)
+    return None
