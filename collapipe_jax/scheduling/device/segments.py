@@ -249,27 +249,9 @@ def _candidates(terms: Terms):
 
 def _caps(stage, T):
     """U[..., k, role]: the most TEBs device k may hold in that role with its chunk time ≤ T
-    (host `_caps_under`) for bounds T of any shape. The chunk time δ c_k + d_k is increasing in
-    δ and the allowed δ are a prefix (inf beyond it in `stage`), so U is one division clamped to
-    the prefix, corrected against the chunk-time table itself (the floats the candidate bounds
-    come from) — no count over δ."""
-    K, L1, _ = stage.shape
-    allowed = jnp.sum(jnp.isfinite(stage[:, 1:, :]), axis=1)  # [K, 2]: the prefix length
-    if L1 > 2:
-        c = stage[:, 2, :] - stage[:, 1, :]  # per-TEB time, where δ = 2 is allowed
-    else:
-        c = jnp.full((K, 2), jnp.inf, stage.dtype)
-    usable = jnp.isfinite(c) & (c > 0)
-    base = jnp.where(usable, stage[:, 1, :] - c, 0.0)  # d_k s_role
-    T = jnp.asarray(T)[..., None, None]
-    guess = jnp.floor(jnp.where(usable, (T - base) / jnp.where(usable, c, 1.0), 0.0))
-    q = jnp.clip(guess, 0, allowed).astype(jnp.int32)  # [..., K, 2]
-    k_idx = jnp.arange(K)[:, None]
-    r_idx = jnp.arange(2)[None, :]
-    up = jnp.minimum(q + 1, L1 - 1)
-    q = jnp.where((q < allowed) & (stage[k_idx, up, r_idx] <= T), up, q)  # the division fell short by one
-    q = jnp.where((q >= 1) & ~(stage[k_idx, q, r_idx] <= T), q - 1, q)  # it overshot by one
-    return q
+    (host `_caps_under`: the allowed δ are a prefix and the chunk time grows with δ), for bounds
+    T of any shape; a count of comparisons, which vectorises better than a search."""
+    return jnp.sum(stage[:, 1:, :] <= jnp.asarray(T)[..., None, None, None], axis=-2).astype(jnp.int32)
 
 
 def _row_at(cap):
