@@ -26,7 +26,8 @@ from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
 from collapipe_jax.sweep.base import DEFAULT_TUNABLE, Sweep, register, tunables
 from collapipe_jax.sweep import plots
 from collapipe_jax.sweep.claims import change_pct, change_reproduced, claim
-from collapipe_jax.sweep.seeded import SEEDS, accumulated, interval, paired_change, run_seeds
+from collapipe_jax.sweep import seeded
+from collapipe_jax.sweep.seeded import SEEDS, interval, paired_change, run_seeds
 from collapipe_jax.system.latency import VARIANTS
 
 PAPER_POLICY_CLAIMS = {  # DSSRA's latency change against each baseline at V = 0.01 (§VI-D, Fig. 11)
@@ -153,7 +154,7 @@ def total_row(label, N, J, upload, variant, V, policy, uses_V, rounds, part) -> 
 def round_rows(label, V, policy, part) -> list[dict]:
     r = part["rounds"]
     charged = np.asarray(r["charged"], bool)
-    acc = accumulated(r["tau_round_s"], charged)
+    acc = seeded.accumulated(r["tau_round_s"], charged)
     tau = np.where(charged, r["tau_round_s"], np.nan)
     maxY = np.where(charged, np.max(r["Y_next"], axis=-1), np.nan)
     gamma = np.where(charged, np.mean(r["Gamma"], axis=-1), np.nan)
