@@ -188,14 +188,14 @@ def scaling_tables():
     from collapipe_jax.sweep import scaling
 
     rows, gains = [], []
-    for axis, values in scaling.AXES:
+    for axis, values in scaling.AXES["paper"]:
         for i, value in enumerate(values):
             point = dict(scaling.BASE, **{axis: value})
-            for rule in scaling.RULES:
+            for rule in scaling.RULES["paper"]:
                 rows.append({"axis": axis, "value": value, **point, "policy": rule, "rounds": 4, "n": 8,
                              "total_latency_s": 100.0 + i, "total_latency_s_lo": 99.0 + i,
                              "total_latency_s_hi": 101.0 + i, "max_Y": 0.1 * i, "max_Y_lo": 0.0, "max_Y_hi": 0.2 * i})
-            for j, rule in enumerate(scaling.RULES[1:]):
+            for j, rule in enumerate(scaling.RULES["paper"][1:]):
                 change = -2.0 * (j + 1) - i
                 gains.append({"axis": axis, "value": value, **point, "baseline": rule, "n": 8, "change_pct": change,
                               "change_pct_lo": change - 1.0, "change_pct_hi": change + 1.0})

@@ -64,6 +64,22 @@ def _default_plans(problem: RoundProblem, config: EngineConfig, orders=None):
     return jax.vmap(plan)(problem.clusters, orders)
 
 
+QUEUES, NO_QUEUE, LOSS_WEIGHTED = 0, 1, 2  # the knob of `dssra_family`
+
+
+def dssra_family(problem, Y, V, key, losses, config, knob):
+    """Alg. 4 and its two ablations in one function of a traced `knob` (one compiled program):
+    QUEUES — DSSRA with the round's queues; NO_QUEUE — the queue terms off (min τ(t));
+    LOSS_WEIGHTED — minimising Σ w_n Γ_n (w = losses, or 1) under the drift objective, latency
+    only breaking ties, evaluated with the run's own objective. (Under Eq. 32's objective the
+    loss-weighted rule solves with another objective: `dssra_loss_weighted` then has a program
+    of its own.)"""
+    ones = jnp.ones_like(Y) if losses is None else jnp.asarray(losses, Y.dtype)
+    weights = jnp.where(knob == QUEUES, Y, jnp.where(knob == NO_QUEUE, 0.0, ones))
+    V_solve = jnp.where(knob == LOSS_WEIGHTED, jnp.asarray(LOSS_ONLY_V, Y.dtype), V)
+    return dssra_round(problem, Y, V, config, weights=weights, V_solve=V_solve)
+
+
 def dssra(problem, Y, V, key, losses, config):
     """Alg. 4 (DSSRA) with the round's queues."""
     return dssra_round(problem, Y, V, config)
@@ -88,31 +104,44 @@ def uniform(problem, Y, V, key, losses, config):
     return dssra_on_fronts(problem, front_of_plans(plans, config.K), codes, Y, V, config)
 
 
-def random(problem, Y, V, key, losses, config):
-    """§VI Random Scheduling: J CUs at random, each with a random device order, a random matching."""
+RANDOM, LOSS_ONLY, DELAY_ONLY = 0, 1, 2  # the knob of `paper_baselines`
+
+
+def paper_baselines(problem, Y, V, key, losses, config, knob):
+    """§VI's three baselines in one function of a traced `knob` (so that one compiled program
+    serves all three): RANDOM — J CUs at random, each with a random device order, a random
+    matching; LOSS_ONLY — the J CUs with the highest local training loss (without losses: the
+    queues Y_n, the model's measure of a cluster falling behind); DELAY_ONLY — the J CUs with the
+    lowest local training delay (τ^pipe of the default plan). The rest is the default plan."""
     N, K, J = config.N, config.K, config.J
+    count = min(N, J)
     k_order, k_select, k_pref = jax.random.split(key, 3)
-    orders = jax.vmap(lambda k: jax.random.permutation(k, K))(jax.random.split(k_order, N)).astype(jnp.int32)
+    is_random = knob == RANDOM
+    shuffled = jax.vmap(lambda k: jax.random.permutation(k, K))(jax.random.split(k_order, N)).astype(jnp.int32)
+    orders = jnp.where(is_random, shuffled, jnp.arange(K, dtype=jnp.int32)[None, :])
     plans, codes = _default_plans(problem, config, orders)
-    selected = jnp.zeros(N, bool).at[jax.random.permutation(k_select, N)[:min(N, J)]].set(True)
-    preference = jax.random.uniform(k_pref, (N, J), Y.dtype)
+    drawn = jnp.zeros(N, bool).at[jax.random.permutation(k_select, N)[:count]].set(True)
+    loss = Y if losses is None else jnp.asarray(losses, Y.dtype)
+    ranked = top_clusters(jnp.where(knob == LOSS_ONLY, loss, -plans.tau), count)
+    selected = jnp.where(is_random, drawn, ranked)
+    preference = jnp.where(is_random, jax.random.uniform(k_pref, (N, J), Y.dtype),
+                           resources.default_preference(selected, J))
     return _baseline(problem, Y, V, config, plans, codes, selected, preference)
 
 
+def random(problem, Y, V, key, losses, config):
+    """§VI Random Scheduling (`paper_baselines`)."""
+    return paper_baselines(problem, Y, V, key, losses, config, RANDOM)
+
+
 def loss_only(problem, Y, V, key, losses, config):
-    """§VI Loss-only: the J CUs with the highest local training loss (without losses: the
-    queues Y_n, the model's measure of a cluster falling behind)."""
-    score = Y if losses is None else jnp.asarray(losses, Y.dtype)
-    plans, codes = _default_plans(problem, config)
-    selected = top_clusters(score, min(config.N, config.J))
-    return _baseline(problem, Y, V, config, plans, codes, selected, resources.default_preference(selected, config.J))
+    """§VI Loss-only Driven Scheduling (`paper_baselines`)."""
+    return paper_baselines(problem, Y, V, key, losses, config, LOSS_ONLY)
 
 
 def delay_only(problem, Y, V, key, losses, config):
-    """§VI Delay-only: the J CUs with the lowest local training delay (τ^pipe of the default plan)."""
-    plans, codes = _default_plans(problem, config)
-    selected = top_clusters(-plans.tau, min(config.N, config.J))
-    return _baseline(problem, Y, V, config, plans, codes, selected, resources.default_preference(selected, config.J))
+    """§VI Delay-only Driven Scheduling (`paper_baselines`)."""
+    return paper_baselines(problem, Y, V, key, losses, config, DELAY_ONLY)
 
 
 def _fixed(problem, Y, V, config, plans: segments.Plan) -> RoundDecision:
@@ -154,5 +183,27 @@ DEVICE_POLICIES = {
     "vanilla-fl": vanilla_fl,
     "titanic": titanic,
 }
+# rules that share one compiled program: policy → (family, knob); the family takes the knob as data
+FAMILIES = {"paper-baselines": paper_baselines, "dssra-family": dssra_family}
+SHARED_PROGRAM = {"random": ("paper-baselines", RANDOM), "loss-only": ("paper-baselines", LOSS_ONLY),
+                  "delay-only": ("paper-baselines", DELAY_ONLY)}
+SHARED_PROGRAM_DRIFT = {"dssra": ("dssra-family", QUEUES), "dssra-no-queue": ("dssra-family", NO_QUEUE),
+                        "dssra-loss-weighted": ("dssra-family", LOSS_WEIGHTED)}
+
+
+def program_of(policy: str, lyapunov: str) -> tuple[str, int]:
+    """(the compiled program's rule, its knob) of a policy: a family where one serves it."""
+    shared = dict(SHARED_PROGRAM, **(SHARED_PROGRAM_DRIFT if lyapunov == "drift" else {}))
+    return shared.get(policy, (policy, 0))
+
+
+def program_rule(name: str):
+    """The rule of a program name: a family (taking the knob) or a registry rule (ignoring it)."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    rule = DEVICE_POLICIES[name]
+    return lambda problem, Y, V, key, losses, config, knob: rule(problem, Y, V, key, losses, config)
+
+
 # the rules whose decisions the host checks strictly (C1–C11' or InfeasibleError)
 CONSTRAINED = ("dssra", "random", "loss-only", "delay-only", "uniform", "dssra-no-queue", "dssra-loss-weighted")

@@ -29,7 +29,7 @@ from collapipe_jax.errors import ValidationError
 from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, draw_state, round_key
 from collapipe_jax.scheduling.device import constraints
 from collapipe_jax.scheduling.device.dssra import RoundDecision
-from collapipe_jax.scheduling.device.policies import DEVICE_POLICIES
+from collapipe_jax.scheduling.device.policies import DEVICE_POLICIES, program_of, program_rule
 from collapipe_jax.scheduling.device.problem import EngineConfig, round_problem
 from collapipe_jax.system import evaluate, sharded
 from collapipe_jax.system.latency import pipeline_compute_latency
@@ -92,10 +92,11 @@ def charge(state, decision: Decision, variant: str):
     return metrics, cmp, metrics.tau_pipe_s - cmp, broken
 
 
-def schedule_one(scenario, policy: str, config: EngineConfig, rounds: int, seed, V, Gamma_max):
+def schedule_one(scenario, program: str, config: EngineConfig, rounds: int, seed, V, Gamma_max, knob=0):
     """One seed's schedule of `rounds` rounds: a pytree of per-round arrays [T, ...] and totals.
-    `scenario`: a `Scenario`, or what `scenario_view` makes of its numbers."""
-    rule = DEVICE_POLICIES[policy]
+    `scenario`: a `Scenario`, or what `scenario_view` makes of its numbers; `program`, `knob`: a
+    rule's program and its knob (`policies.program_of`)."""
+    rule = program_rule(program)
     dt = jnp.asarray(V).dtype
 
     def step(carry, t):
@@ -103,7 +104,7 @@ def schedule_one(scenario, policy: str, config: EngineConfig, rounds: int, seed,
         state = draw_state(scenario, round_key(seed, t))
         if not config.uploads_model:  # PipeLine: no FL aggregation, only z^enc goes up
             state = state.replace(theta_enc_bits=state.theta_enc_bits * 0.0)
-        dec = rule(round_problem(state, config), Y, V, policy_key(seed, t), None, config)
+        dec = rule(round_problem(state, config), Y, V, policy_key(seed, t), None, config, knob)
         decision = to_decision(dec)
         metrics, cmp, dd, broken = charge(state, decision, config.variant)
         Y_next = jnp.maximum(Y + metrics.Gamma.astype(dt) - Gamma_max, 0.0)
@@ -158,7 +159,7 @@ class RunSpec:
     the same shape: the scenario's numbers are data)."""
 
     shape: Shape
-    policy: str
+    program: str  # a registry rule, or a family of rules told apart by a knob (`policies.program_of`)
     config: EngineConfig
     rounds: int
     keep: tuple[str, ...] = ()  # the per-round arrays that leave the device (the totals always do)
@@ -167,14 +168,14 @@ class RunSpec:
 @functools.lru_cache(maxsize=32)
 def _program(spec: RunSpec, mesh, x64: bool):  # x64 keys the cache: a program traced in float64 is another program
     """jit(shard_map(lax.map(vmap over a chunk of seeds))) for one spec (cached per mesh)."""
-    def per_chunk(batch):  # (seeds, V, Γ^max, scenario numbers), each [chunk, ...]: the chunk axis last
-        seeds, V, Gamma_max, numbers = batch
+    def per_chunk(batch):  # (seeds, V, Γ^max, knobs, scenario numbers), each [chunk, ...]: the chunk axis last
+        seeds, V, Gamma_max, knobs, numbers = batch
 
-        def one(seed, v, g, nums):
+        def one(seed, v, g, knob, nums):
             view = scenario_view(spec.shape, nums)
-            totals, per_round = schedule_one(view, spec.policy, spec.config, spec.rounds, seed, v, g)
+            totals, per_round = schedule_one(view, spec.program, spec.config, spec.rounds, seed, v, g, knob)
             return totals, {key: per_round[key] for key in spec.keep}
-        return jax.vmap(one, in_axes=-1, out_axes=-1)(seeds, V, Gamma_max, numbers)
+        return jax.vmap(one, in_axes=-1, out_axes=-1)(seeds, V, Gamma_max, knobs, numbers)
 
     return jax.jit(sharded.map_chunks(per_chunk, mesh, check_vma=False))
 
@@ -211,14 +212,16 @@ def run_schedules(scenario: Scenario, policy: str, seeds, rounds: int, config: E
     keep = PER_ROUND if per_round is True else tuple(per_round or ())
     if not set(keep) <= set(PER_ROUND):
         raise ValidationError("per_round", f"must name arrays among {list(PER_ROUND)}", keep)
-    spec = RunSpec(Shape.of(scenario), policy, config, int(rounds), keep)
+    program, knob = program_of(policy, config.lyapunov)
+    spec = RunSpec(Shape.of(scenario), program, config, int(rounds), keep)
     x64 = dtype == "float64"
     mesh = sharded.batch_mesh() if mesh is None else mesh
     with jax.enable_x64(x64):
         fn = _program(spec, mesh, x64)
         float_t = np.float64 if x64 else np.float32
         numbers = {k: np.broadcast_to(v.astype(float_t), (B,) + v.shape) for k, v in scenario_numbers(scenario).items()}
-        batch = (seeds.astype(np.int64 if x64 else np.uint32), V.astype(float_t), G.astype(float_t), numbers)
+        knobs = np.full(B, knob, np.int32)
+        batch = (seeds.astype(np.int64 if x64 else np.uint32), V.astype(float_t), G.astype(float_t), knobs, numbers)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharded.BATCH_AXIS))
         totals, rounds_out = sharded.run_chunked(fn, sharding, mesh, batch, chunk)
         totals, rounds_out = jax.tree.map(np.asarray, (totals, rounds_out))
