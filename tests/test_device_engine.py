@@ -133,7 +133,7 @@ def test_seeded_schedules_equal_the_host_seed_for_seed(variant):
         np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
 
 
-@pytest.mark.parametrize("policy", ["loss-only", "delay-only", "dssra-no-queue", "titanic"])
+@pytest.mark.parametrize("policy", ["loss-only", "delay-only", "dssra-no-queue", "default"])
 def test_rules_sharing_a_program_equal_the_host(policy):
     """The baselines (one program, told apart by a knob) and DSSRA's ablations (the DSSRA
     program) run through the seeded scan equal the host's schedules."""
