@@ -77,7 +77,7 @@ def main() -> None:
     # growth with N, K, J at a fixed batch (the paper: O(K^3 + J^3 + N) per round)
     scaling = {}
     batch = device_sized(256, 16384)
-    for axis, values in (("N", (3, 6, 12, 24)), ("K", (4, 6, 8, 10)), ("J", (2, 4, 8, 12))):
+    for axis, values in (("N", (3, 6, 12)), ("K", (4, 6, 10)), ("J", (2, 4, 8))):
         for v in values:
             s = bert.replace(**{axis: v})
             if axis == "J":
