@@ -104,7 +104,12 @@ def test_dssra_round_equals_the_host(variant, lyapunov):
     assert outcomes.count("same") >= len(outcomes) // 2, outcomes
 
 
-@pytest.mark.parametrize("policy", [p for p in DETERMINISTIC if p != "dssra"])
+# one rule of each kind in the default run (each rule compiles a program of its own), all with -m slow
+FAST_RULES = ("uniform", "loss-only", "vanilla-fl")
+
+
+@pytest.mark.parametrize("policy", [p if p in FAST_RULES else pytest.param(p, marks=pytest.mark.slow)
+                                    for p in DETERMINISTIC if p != "dssra"])
 def test_every_deterministic_rule_equals_the_host(policy):
     name, scenario = scenarios()[0]
     for t in range(2):
@@ -121,7 +126,7 @@ def test_infeasible_instances_are_flagged_with_the_hosts_constraint():
                        "paper", "drift") == "infeasible"
 
 
-@pytest.mark.parametrize("variant", ["paper", "consistent"])
+@pytest.mark.parametrize("variant", ["paper", pytest.param("consistent", marks=pytest.mark.slow)])
 def test_seeded_schedules_equal_the_host_seed_for_seed(variant):
     scenario = scenario_preset("paper-bert").replace(tunable="lora:8")
     cfg = ScheduleConfig(rounds=6, variant=variant, seeds="0:4", progress=False)
@@ -133,7 +138,8 @@ def test_seeded_schedules_equal_the_host_seed_for_seed(variant):
         np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
 
 
-@pytest.mark.parametrize("policy", ["loss-only", "delay-only", "dssra-no-queue", "default"])
+@pytest.mark.parametrize("policy", ["loss-only", "default", pytest.param("delay-only", marks=pytest.mark.slow),
+                                    pytest.param("dssra-no-queue", marks=pytest.mark.slow)])
 def test_rules_sharing_a_program_equal_the_host(policy):
     """The baselines (one program, told apart by a knob) and DSSRA's ablations (the DSSRA
     program) run through the seeded scan equal the host's schedules."""
@@ -164,10 +170,15 @@ def test_an_infeasible_seed_is_reported_and_the_others_go_on():
     assert [r["infeasible"] for r in dev["runs"]] == [r["infeasible"] for r in ref["runs"]]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1), policy=st.sampled_from(sorted(DEVICE_POLICIES)),
-       variant=st.sampled_from(["paper", "consistent"]))
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), policy=st.sampled_from(["dssra", "uniform", "loss-only", "vanilla-fl"]),
+       variant=st.sampled_from(["paper"]))
 def test_every_device_decision_meets_the_constraints_or_names_the_breach(seed, policy, variant):
+    """The rules the other tests compile (every rule under both variants: `-m slow`)."""
+    check_constraints(seed, policy, variant)
+
+
+def check_constraints(seed, policy, variant):
     scenario = scenario_preset("paper-bert").replace(tunable="lora:8")
     config = EngineConfig.of(scenario, variant=variant)
     state = draw_state(scenario, round_key(seed, 0))
@@ -238,3 +249,11 @@ def test_thirty_two_seeds_of_thirty_rounds_equal_the_host(variant, lyapunov, tun
     for d, r in zip(dev["runs"], ref["runs"]):
         np.testing.assert_allclose(d["total_latency_s"], r["total_latency_s"], rtol=1e-4)
         np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), policy=st.sampled_from(sorted(DEVICE_POLICIES)),
+       variant=st.sampled_from(["paper", "consistent"]))
+def test_every_rule_under_both_variants_meets_the_constraints(seed, policy, variant):
+    check_constraints(seed, policy, variant)
