@@ -33,6 +33,7 @@ from collapipe_jax.scenario import PRESETS, TUNABLE_HELP, default_decision, draw
 from collapipe_jax.scenario import mean_state, orders_of, tunable_rank
 from collapipe_jax.scheduling.schedule import ScheduleConfig, run_schedule
 from collapipe_jax.sweep import DEFAULT_TUNABLE, SCALES, SWEEPS, finished_summary, replot, run_sweep
+from collapipe_jax.sweep.seeds import train_seeds
 from collapipe_jax.system import evaluate, round_latency_of_power
 from collapipe_jax.system.latency import VARIANTS
 from collapipe_jax.system.report import constraint_violations, inputs_dict, metrics_dict
@@ -299,6 +300,10 @@ def run_train_command(args):
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     shared = {"seed": args.seed if args.seed_given else None, "preset": args.preset, "scenario": args.scenario}
     cfg = config_with_recipe({**given, **{k: v for k, v in shared.items() if v is not None}})
+    if cfg.seeds is not None:
+        if args.seed_given:
+            raise ValidationError("seeds", "give --seed or --seeds, not both", cfg.seeds)
+        return seeds_output(cfg, train_seeds(cfg))
     result = train(cfg)
     metric_names = sorted({k for r in result["rounds"] for k in r["metrics"]})
     rows = [[r["round"], r["loss"], r["tau_round_s"], r["energy_j"], *[r["metrics"].get(n) for n in metric_names]]
@@ -307,6 +312,24 @@ def run_train_command(args):
     lines = [f"task {cfg.task}, framework {cfg.framework} (policy {cfg.resolved_policy}), model {result['model']}, "
              f"N={result['clusters']}, pipelined={result['pipelined']}", table,
              "final: " + ", ".join(f"{k} = {v:.4g}" for k, v in result["final_metrics"].items())]
+    if "reference" in result:
+        ref = result["reference"]
+        lines.append(f"gap to the {ref['framework']} reference in points: " + ", ".join(
+            f"{k} {v:+.3g}" for k, v in ref["gap_points"].items()) + ("" if ref["same_samples"] else
+                                                                      " (the runs took different samples)"))
+    return result, "\n".join(lines)
+
+
+def seeds_output(cfg: TrainConfig, result: dict):
+    """`train --seeds`: one row per seed, then the mean and its 95% interval."""
+    names = sorted(result["final_metrics"])
+    rows = [[r["seed"], r["final_loss"], *[r["final_metrics"].get(n) for n in names]] for r in result["per_seed"]]
+    table = format_table(["seed", "final loss", *names], rows)
+    lines = [f"task {cfg.task}, framework {cfg.framework}, model {result['model']}, N={result['clusters']}, "
+             f"{result['n']} seeds", table,
+             "mean (95% interval): " + ", ".join(f"{n} = {result['final_metrics'][n]:.4g} "
+                                                 f"[{result['ci95'][n][0]:.4g}, {result['ci95'][n][1]:.4g}]"
+                                                 for n in names)]
     return result, "\n".join(lines)
 
 
