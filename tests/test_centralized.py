@@ -1,6 +1,8 @@
 """The centralized reference (`train --framework centralized`), `--reference` gaps and the
 fine-tuning flow's position embeddings: checked against plain JAX computations."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +120,25 @@ def test_reference_of_another_task_is_refused(tmp_path, capsys):
                  str(tmp_path / "ner")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "reference" in err[0] and "ner" in err[0]
+
+
+def test_seeds_run_each_seed_and_give_the_mean_and_student_t_interval(tmp_path, capsys):
+    code = main(["train", "--task", "toutiao", "--seeds", "0:2", "--rounds", "1", "--batch", "4", "--clusters", "2",
+                 "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8", "--seq-len", "16",
+                 "--no-pipeline", "--policy", "default", "--no-progress", "--data-dir", str(DATA),
+                 "--log-dir", str(tmp_path / "runs"), "--json"])
+    assert code == 0
+    summary = json.loads((tmp_path / "runs" / "result.json").read_text())
+    single = train(tiny(tmp_path, rounds=1, seed=1, policy="default", no_pipeline=True))
+    assert summary["seeds"] == [0, 1] and summary["n"] == 2
+    assert summary["per_seed"][1]["final_metrics"] == pytest.approx(single["final_metrics"])
+    for name, mean in summary["final_metrics"].items():
+        values = [r["final_metrics"][name] for r in summary["per_seed"]]
+        half = 12.706205 * np.std(values, ddof=1) / np.sqrt(2)  # t(0.975, 1 degree of freedom)
+        assert mean == pytest.approx(np.mean(values))
+        assert summary["ci95"][name] == pytest.approx([np.mean(values) - half, np.mean(values) + half], rel=1e-5)
+    assert (tmp_path / "runs" / "seed-0" / "result.json").is_file()
+    capsys.readouterr()
+    code = main(["train", "--seeds", "0:2", "--seed", "1", "--no-progress", "--data-dir", str(DATA)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "seeds" in err[0]

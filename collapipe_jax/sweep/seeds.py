@@ -3,9 +3,9 @@
 Each seed is a whole run (its own cluster split, batches, initial model, state draws, decisions,
 dropout masks and upload noise) written into `seed-<s>/` of the log and checkpoint directories,
 so a killed multi-seed run resumes seed by seed. The seeds run one after the other: on the
-2-core CPU a program vmapped over seeds was not faster than the same programs in sequence
-(`benchmarks/bench_seeds.py` measures the ratio), and the federated frameworks' rounds cannot
-share one program across seeds anyway, since each seed's decisions give its own stage layout.
+shared 2-core CPU one program vmapped over 3 seeds was only 1.06x faster than the same program
+3 times in a row (`benchmarks/bench_seeds.py`, within the machine's noise), and a federated
+framework's seeds make their own decisions, so they would not share one stage layout.
 
 result.json of the multi-seed run: `per_seed` (each seed's final metrics, loss and wall time),
 `final_metrics` (their mean), `ci95` (the Student-t 95% interval of the mean per metric, as the
