@@ -16,6 +16,7 @@ from collapipe_jax.models.teb import encoder_reference
 from collapipe_jax.tasks.batching import gather, local_batches
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, train
+from train_helpers import kill_during_second_evaluation
 
 DATA = resolve_data_dir()
 TINY = dict(task="toutiao", rounds=2, batch=4, clusters=2, micro_batches=2, max_examples=24, max_eval_examples=8,
@@ -76,6 +77,16 @@ def test_centralized_with_one_cluster_is_the_noiseless_unpipelined_federated_run
     assert all(r["decision"]["channel"] == [0] for r in federated["rounds"])  # the one cluster uploads
     np.testing.assert_allclose(losses(central), losses(federated), rtol=1e-4)
     assert not np.allclose(losses(central)[0], losses(central)[1:])  # it trains
+
+
+def test_a_killed_centralized_run_resumes_exactly(tmp_path, monkeypatch):
+    same = dict(framework="centralized", rounds=3, optimizer="adamw", lr=3e-3, lr_schedule="warmup-cosine",
+                warmup_steps=1, local_steps=2)
+    full = train(tiny(tmp_path, checkpoint_dir=str(tmp_path / "a"), **same))
+    kill_during_second_evaluation(monkeypatch, tiny(tmp_path, checkpoint_dir=str(tmp_path / "b"), **same))
+    resumed = train(tiny(tmp_path, checkpoint_dir=str(tmp_path / "b"), resume=True, **same))
+    np.testing.assert_array_equal(losses(resumed), losses(full))
+    assert resumed["final_metrics"] == full["final_metrics"]
 
 
 def test_reference_names_the_gap_to_a_centralized_run(tmp_path):
