@@ -153,3 +153,33 @@ def test_seeds_run_each_seed_and_give_the_mean_and_student_t_interval(tmp_path, 
     code = main(["train", "--seeds", "0:2", "--seed", "1", "--no-progress", "--data-dir", str(DATA)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "seeds" in err[0]
+
+
+def test_training_sweep_tables_hold_the_centralized_reference_and_seeds(tmp_path, monkeypatch):
+    """compute → findings of the training sweep on real run results (one federated and one
+    centralized tiny run, reused for every framework and seed with per-seed accuracies)."""
+    from collapipe_jax.sweep import training
+
+    fed = train(tiny(tmp_path, rounds=1, policy="default", no_pipeline=True))
+    central = train(tiny(tmp_path, rounds=1, framework="centralized"))
+    accuracy = {"collapipe": [0.70, 0.72], "vanilla-fl": [0.70, 0.71], "pipeline": [0.69, 0.70],
+                "titanic": [0.70, 0.72], "centralized": [0.75, 0.76]}
+
+    def fake_train(cache, cfg):
+        result = json.loads(json.dumps(central if cfg.centralized else fed))
+        result["final_metrics"] = {"accuracy": accuracy[cfg.framework][cfg.seed]}
+        return result
+
+    monkeypatch.setattr(training, "cached_train", fake_train)
+    monkeypatch.setattr(training, "TASKS", ("toutiao",))
+    monkeypatch.setattr(training, "SEEDS", {"quick": (0, 1)})
+    tables = training.compute("quick", tmp_path, lambda n: None)
+    finals = tables["training-final"]
+    assert {(r["framework"], r["seed"]) for r in finals} == {(f, s) for f in accuracy for s in (0, 1)}
+    central_rows = [r for r in tables["training"] if r["framework"] == "centralized"]
+    assert central_rows and all(r["cumulative_latency_s"] is None and r["S"] == 1.0 for r in central_rows)
+    out = training.findings(tables)
+    gap = next(n for n in out["findings"] if "gap to the centralized" in n)
+    assert "collapipe -4.5" in gap  # 71 - 75.5 points, by hand
+    (acc,) = [c for c in out["claims"] if c["id"] == "fig6-accuracy-vs-pipeline"]
+    assert acc["n"] == 2 and acc["measured"]["difference_pp"] == pytest.approx(1.5)
