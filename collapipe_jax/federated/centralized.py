@@ -8,7 +8,8 @@ N clusters' mini-batches of the federated run's step e together (N·b samples) a
     θ ← θ − η(s) D(∇_θ F(θ, ω; ∪_n B_n^{t,e}))        ω ← ω − η(s) D_ω(∇_ω F(θ, ω; ∪_n B_n^{t,e}))
 
 with the client optimizer D of the federated run on the client model θ (embedding + encoder)
-and its own state on the server model ω, as the federated round's server head has. The
+and its own state on the server model ω, as the federated round's server head has (so a clip
+norm, too, applies to θ and to ω separately, as in the federated round). The
 optimizer state persists over the run (one device trains every step). What this leaves out
 against the federated round (rounds.py) is exactly what federation costs: the E local steps on
 separate shards before the average (client drift), the noisy upload (Eq. 25) and the
