@@ -355,6 +355,12 @@ def run_train_command(args):
     shared = {"seed": args.seed if args.seed_given else None, "preset": args.preset, "scenario": args.scenario}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None and k not in shared}
     cfg = config_with_recipe({**given, **{k: v for k, v in shared.items() if v is not None}})
+    if cfg.seeds is not None:
+        from collapipe_jax.sweep.seeds import train_seeds
+
+        if args.seed_given:
+            raise ValidationError("seeds", "give --seed or --seeds, not both", cfg.seeds)
+        return seeds_output(cfg, train_seeds(cfg))
     made = None
     if cfg.log_dir is None and cfg.checkpoint_dir is None:  # every run from the command line leaves a record
         made = new_run_dir(cfg.task, cfg.framework)
@@ -403,7 +409,31 @@ def format_train(cfg, result: dict) -> str:
         "sim_latency, sim_energy: the simulated wireless-edge latency τ(t) and energy the system model charges for "
         "the round's decision (Eq. 26; 12, 14, 16), not wall time",
         "wall: the seconds this process took for the round (round 0 includes compiling); '-': not evaluated",
-        "final: " + ", ".join(f"{k} = {v:.4g}" for k, v in result["final_metrics"].items())])
+        "final: " + ", ".join(f"{k} = {v:.4g}" for k, v in result["final_metrics"].items()),
+        *reference_lines(result)])
+
+
+def reference_lines(result: dict) -> list[str]:
+    """The gap to a `--reference` run, when one was given."""
+    if "reference" not in result:
+        return []
+    ref = result["reference"]
+    return [f"gap to the {ref['framework']} reference in points: "
+            + ", ".join(f"{k} {v:+.3g}" for k, v in ref["gap_points"].items())
+            + ("" if ref["same_samples"] else " (the runs took different samples)")]
+
+
+def seeds_output(cfg: TrainConfig, result: dict):
+    """`train --seeds`: one row per seed, then the mean and its 95% interval."""
+    names = sorted(result["final_metrics"])
+    rows = [[r["seed"], r["final_loss"], *[r["final_metrics"].get(n) for n in names]] for r in result["per_seed"]]
+    table = format_table(["seed", "final loss", *names], rows)
+    lines = [f"task {cfg.task}, framework {cfg.framework}, model {result['model']}, N={result['clusters']}, "
+             f"{result['n']} seeds", table,
+             "mean (95% interval): " + ", ".join(f"{n} = {result['final_metrics'][n]:.4g} "
+                                                 f"[{result['ci95'][n][0]:.4g}, {result['ci95'][n][1]:.4g}]"
+                                                 for n in names)]
+    return result, "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,9 @@ Per round t:
 
 The frameworks (collapipe, vanilla-fl, pipeline, titanic) and their decision rules are
 described in scheduling/frameworks.py. `--no-pipeline` trains the same model with the
-unsegmented encoder (reference).
+unsegmented encoder (reference). `--framework centralized` is the ceiling beside them
+(federated/centralized.py): the same model, optimizer, schedule, dropout and samples on one
+device, with no host round; `--reference RUN_DIR` names a run's gap to it in result.json.
 
 Determinism / resume: the state draw, the batches (tasks.batching.round_indices), the upload
 noise and the policies' random choices are pure functions of (seed, t), so a run resumed from the
@@ -32,8 +34,9 @@ from tqdm import tqdm
 from collapipe_jax.checkpoints import Checkpoints, same_settings
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated import program
+from collapipe_jax.federated.centralized import centralized_indices, init_centralized_state
 from collapipe_jax.federated.rounds import LocalWork, ServerState, Uploads, init_server_state
-from collapipe_jax.io import check_output_dir
+from collapipe_jax.io import check_output_dir, read_json
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
 from collapipe_jax.models.lora import add_lora
@@ -46,7 +49,8 @@ from collapipe_jax.tasks import TaskData, load_task
 from collapipe_jax.tasks.batching import check_local_work, gather, local_batches, split_clusters
 from collapipe_jax.train_config import (MODEL_SIZES, RECIPE_DIR, TASK_MODEL, TASK_SCENARIO,  # noqa: F401 (re-exported)
                                         NonFiniteLossError, TrainConfig, config_with_recipe, load_recipe)
-from collapipe_jax.train_records import result_dict, round_record, trainable_parameters, write_logs
+from collapipe_jax.train_records import (centralized_record, reference_gap, result_dict, round_record,
+                                         trainable_parameters, write_logs)
 
 @dataclasses.dataclass
 class Setup:
@@ -66,7 +70,7 @@ class Setup:
             optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
             warmup_steps=cfg.warmup_steps, total_steps=cfg.rounds * E, clip_norm=cfg.clip_norm,
             server_optimizer=cfg.server_optimizer, server_lr=cfg.server_lr, noise_mode=cfg.noise_mode,
-            independent=not FRAMEWORKS[cfg.framework].federated, cluster_chunk=cfg.cluster_chunk,
+            independent=cfg.independent, cluster_chunk=cfg.cluster_chunk,
             client_state=cfg.client_state, dropout=cfg.dropout, label_smoothing=cfg.label_smoothing, dtype=cfg.dtype,
             lora=tunable_rank(self.scenario.tunable) is not None)
 
@@ -148,8 +152,11 @@ def initial_state(setup: Setup) -> TrainState:
     rank = tunable_rank(sc.tunable)
     if rank is not None:  # frozen base, rank-R adapters (B = 0: the model starts unchanged)
         client = add_lora(client, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0x10AA), rank)
-    if not FRAMEWORKS[cfg.framework].federated:  # every cluster keeps its own encoder
+    if cfg.independent:  # every cluster keeps its own encoder
         client = jax.tree.map(lambda x: jnp.broadcast_to(x, (sc.N,) + x.shape), client)
+    if cfg.centralized:
+        server = init_centralized_state(setup.round_settings(1).spec(), client, params["server"])
+        return TrainState(server, np.zeros(sc.N), np.full(1, np.nan))
     server = init_server_state(setup.round_settings(1).spec(), client, params["server"], sc.N)
     return TrainState(server, np.zeros(sc.N), np.full(sc.N, np.nan))
 
@@ -157,7 +164,8 @@ def initial_state(setup: Setup) -> TrainState:
 def init_from_run(run_dir: str, params: dict, task: TaskData) -> dict:
     """The embedding and encoder (and the server model when the task matches) of a finished
     run's last checkpoint in place of the fresh ones; a different vocabulary or shape is a
-    one-line error naming what differs."""
+    one-line error naming what differs. Position embeddings learned for longer sequences give
+    their first rows (positions 0..s-1 mean the same at any length)."""
     path = pathlib.Path(run_dir)
     ckpt = Checkpoints(str(path)) if path.is_dir() else None
     step = ckpt.latest() if ckpt is not None else None
@@ -185,6 +193,8 @@ def match_shapes(name: str, fresh, saved):
         key = jax.tree_util.keystr(path)
         value = flat_saved.get(key)
         require(value is not None, "init-from", f"the run has no parameter {name}{key}")
+        if key.endswith("['pos_embed']") and value.shape[0] >= leaf.shape[0] and value.shape[1:] == leaf.shape[1:]:
+            value = value[: leaf.shape[0]]
         require(tuple(value.shape) == tuple(leaf.shape), "init-from",
                 f"parameter {name}{key} has shape {tuple(value.shape)} in the run, {tuple(leaf.shape)} here")
         return jnp.asarray(value, leaf.dtype)
@@ -255,72 +265,110 @@ def needs_losses(policy: str) -> bool:
     return policy in LOSS_POLICIES
 
 
+def load_reference(run_dir: str, task: str) -> dict:
+    """result.json of a finished run of `task` in `run_dir` (its --log-dir), checked."""
+    result = read_json(pathlib.Path(run_dir) / "result.json") if pathlib.Path(run_dir).is_dir() else None
+    require(isinstance(result, dict) and isinstance(result.get("final_metrics"), dict), "reference",
+            "must be the log directory of a finished run (with its result.json)", run_dir)
+    require(result.get("task") == task, "reference", f"is a run of task {result.get('task')!r}, this run's task is "
+                                                     f"{task!r}", run_dir)
+    return result
+
+
+def centralized_step(setup: Setup, state: TrainState, t: int, key):
+    """Round t of the centralized run: E steps of the N clusters' mini-batches together."""
+    cfg = setup.cfg
+    E = int(setup.local_steps.max())
+    round_fn = program.compiled_centralized(setup.round_settings(1))
+    indices = centralized_indices(local_batches(setup.clusters, cfg.batch, setup.local_steps, t, cfg.seed))
+    return round_fn(state.server, gather(setup.task.train, indices), jnp.asarray(t * E, jnp.int32), key)
+
+
+def federated_step(setup: Setup, state: TrainState, t: int, key, hr, work: LocalWork):
+    """Round t of a federated framework under the host round's decision (GPipe per cluster, noisy
+    upload, aggregation)."""
+    cfg, sc = setup.cfg, setup.scenario
+    decision = hr.decision
+    delta, orders = np.asarray(decision.delta), orders_of(decision)
+    if cfg.pipelined:
+        n_stages, n_slots = program.layout_shape(delta)
+        layouts = program.stage_layouts(delta, orders, n_stages, n_slots)
+    else:
+        n_stages, layouts = 1, program.single_stage_layouts(sc.N, sc.L)
+    round_fn = program.compiled_round(setup.round_settings(n_stages))
+    server_state = state.server
+    if cfg.pipelined:
+        # keep the state replicated over the round's stage mesh: the round returns it there,
+        # and inputs placed elsewhere would make jit compile the round a second time
+        server_state = jax.device_put(server_state, program.replicated(n_stages))
+    active = np.asarray(decision.channel) >= 0
+    uploads = Uploads(active=jnp.asarray(active),
+                      eps=jnp.asarray(np.where(active, np.asarray(hr.metrics.eps), 0.0), jnp.float32),
+                      weight=jnp.asarray(setup.weights))
+    batch = gather(setup.task.train, local_batches(setup.clusters, cfg.batch, setup.local_steps, t, cfg.seed))
+    E = int(setup.local_steps.max())
+    return round_fn(server_state, batch, layouts, uploads, work.replace(step0=jnp.asarray(t * E)), key)
+
+
 def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     """Run (or resume) a training run; returns the result dict of docs/design.md §6.
 
     The host decides round t+1 (draw, policy, charge, queues) while the device runs round t:
     JAX dispatches the jitted round asynchronously, and nothing waits for its results until the
-    losses are read (loss-only, which decides from those losses, runs in series)."""
+    losses are read (loss-only, which decides from those losses, runs in series). The
+    centralized run has no host round."""
     ckpt = open_run_dirs(cfg)  # before any work: bad places and a second writer fail at once
+    reference = load_reference(cfg.reference, cfg.task) if cfg.reference else None
     setup = setup or build_setup(cfg)
     check_local_work(setup.local_steps, cfg.batch, setup.task.train)
     sc, task = setup.scenario, setup.task
-    framework = FRAMEWORKS[cfg.framework]
-    ctx = HostContext(sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=framework.federated,
-                      local_steps=tuple(int(e) for e in setup.local_steps), stages=cfg.plan_stages,
-                      micro_batches=cfg.plan_micro_batches)
+    ctx = None if cfg.centralized else HostContext(
+        sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=cfg.federated,
+        local_steps=tuple(int(e) for e in setup.local_steps), stages=cfg.plan_stages,
+        micro_batches=cfg.plan_micro_batches)
     state = initial_state(setup)
     records: list[dict] = []
     start = 0
     if ckpt is not None and cfg.resume:
         state, records, start = restore(ckpt, cfg, state)
-    E = int(setup.local_steps.max())
     work = LocalWork(jnp.asarray(setup.local_steps, jnp.int32), jnp.asarray(0, jnp.int32))
 
     bar = tqdm(total=cfg.rounds, initial=min(start, cfg.rounds), file=sys.stderr, leave=False,
                desc=f"train {cfg.task}/{cfg.framework}", disable=not cfg.progress)
-    hr = run_host_round(ctx, start, state.Y, None if start == 0 else state.last_losses) if start < cfg.rounds else None
+    hr = None
+    if ctx is not None and start < cfg.rounds:
+        hr = run_host_round(ctx, start, state.Y, None if start == 0 else state.last_losses)
     for t in range(start, cfg.rounds):
         t0 = time.perf_counter()
-        decision = hr.decision
-        delta, orders = np.asarray(decision.delta), orders_of(decision)
-        if cfg.pipelined:
-            n_stages, n_slots = program.layout_shape(delta)
-            layouts = program.stage_layouts(delta, orders, n_stages, n_slots)
-        else:
-            n_stages, layouts = 1, program.single_stage_layouts(sc.N, sc.L)
-        round_fn = program.compiled_round(setup.round_settings(n_stages))
-        server_state = state.server
-        if cfg.pipelined:
-            # keep the state replicated over the round's stage mesh: the round returns it there,
-            # and inputs placed elsewhere would make jit compile the round a second time
-            server_state = jax.device_put(server_state, program.replicated(n_stages))
-        active = np.asarray(decision.channel) >= 0
-        uploads = Uploads(active=jnp.asarray(active),
-                          eps=jnp.asarray(np.where(active, np.asarray(hr.metrics.eps), 0.0), jnp.float32),
-                          weight=jnp.asarray(setup.weights))
-        batch = gather(task.train, local_batches(setup.clusters, cfg.batch, setup.local_steps, t, cfg.seed))
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed ^ 0x5EED), t)
         t_step = time.perf_counter()
-        new_server, out = round_fn(server_state, batch, layouts, uploads, work.replace(step0=jnp.asarray(t * E)), key)
-        overlap = t + 1 < cfg.rounds and not needs_losses(ctx.policy)
-        next_hr = run_host_round(ctx, t + 1, hr.Y_next) if overlap else None  # while the device works
+        next_hr = None
+        if ctx is None:
+            new_server, out = centralized_step(setup, state, t, key)
+        else:
+            new_server, out = federated_step(setup, state, t, key, hr, work)
+            if t + 1 < cfg.rounds and not needs_losses(ctx.policy):
+                next_hr = run_host_round(ctx, t + 1, hr.Y_next)  # while the device works
         losses = np.asarray(out.loss, np.float64)
         step_ms = 1e3 * (time.perf_counter() - t_step)
-        loss = float(np.sum(setup.weights * losses) / np.sum(setup.weights))
+        weights = setup.weights if ctx is not None else np.ones(1)
+        loss = float(np.sum(weights * losses) / np.sum(weights))
         if not (np.isfinite(losses).all() and bool(out.params_finite)):
             kept = f"last good checkpoint (round {t - 1}) kept in {ckpt.path}" if ckpt and t > 0 else "no checkpoint written"
             bar.close()  # cleared first: the error line must not follow the bar on its line
             raise NonFiniteLossError("loss", f"non-finite training loss at round {t} (cluster losses {losses.tolist()}); "
                                              f"training stopped, {kept}")
-        state = TrainState(new_server, hr.Y_next, losses)
+        state = TrainState(new_server, state.Y if hr is None else hr.Y_next, losses)
         t_eval = time.perf_counter()
         evaluated = (t + 1) % cfg.eval_every == 0 or t == cfg.rounds - 1
         client = new_server.client
-        eval_client = client if framework.federated else jax.tree.map(lambda x: x[0], client)
+        eval_client = jax.tree.map(lambda x: x[0], client) if cfg.independent else client
         metrics = evaluate_model(setup, eval_client, new_server.server) if evaluated else {}
-        records.append(round_record(t, loss, losses, metrics, hr, setup, step_ms,
-                                    1e3 * (time.perf_counter() - t_eval), t0))
+        eval_ms = 1e3 * (time.perf_counter() - t_eval)
+        if hr is None:
+            records.append(centralized_record(t, loss, metrics, setup, step_ms, eval_ms, t0))
+        else:
+            records.append(round_record(t, loss, losses, metrics, hr, setup, step_ms, eval_ms, t0))
         try:
             if ckpt is not None:
                 ckpt.save(t, serialization.to_state_dict(state),
@@ -332,10 +380,12 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
             raise
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-        if t + 1 < cfg.rounds:
+        if hr is not None and t + 1 < cfg.rounds:
             hr = next_hr if next_hr is not None else run_host_round(ctx, t + 1, hr.Y_next, losses)
     bar.close()
     result = result_dict(cfg, setup, records, trainable_parameters(cfg, state))
+    if reference is not None:
+        result["reference"] = reference_gap(result, reference, cfg.reference)
     write_logs(cfg, records, result)
     if ckpt is not None:
         ckpt.close()  # the directory's lock (an error keeps it until the process ends)

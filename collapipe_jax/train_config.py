@@ -23,6 +23,9 @@ from collapipe_jax.options import option, require
 MODEL_SIZES = ("tiny", "small", "paper")
 TASK_MODEL = {"multi30k": "translation", "ner": "ner", "toutiao": "sentence"}
 TASK_SCENARIO = {"multi30k": "paper-transformer", "ner": "paper-bert", "toutiao": "paper-bert"}
+# the reference beside the paper's frameworks: one device, the same samples, no pipeline/upload/aggregation
+CENTRALIZED = "centralized"
+TRAIN_FRAMEWORKS = (*FRAMEWORK_NAMES, CENTRALIZED)
 
 
 def framework_of(name: str):
@@ -40,7 +43,9 @@ class NonFiniteLossError(ValidationError):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     task: str = option("toutiao", "the paper's task", choices=tuple(TASK_MODEL))
-    framework: str = option("collapipe", "training framework (paper §VI)", choices=FRAMEWORK_NAMES)
+    framework: str = option("collapipe", "training framework (paper §VI); centralized: the reference that trains the "
+                                         "same model on one device with the N x b samples of every step, no pipeline, "
+                                         "upload or aggregation", choices=TRAIN_FRAMEWORKS)
     model: str = option("tiny", "model size (paper: paper-transformer for multi30k, paper-bert otherwise)",
                         choices=MODEL_SIZES)
     policy: str | None = option(None, "collapipe's scheduler (default dssra; uniform = w/o segment scheduling; "
@@ -105,6 +110,11 @@ class TrainConfig:
     progress: bool = option(True, "progress bar on stderr", off_help="hide the progress bar")
     recipe: str | None = option(None, "JSON recipe (sweeps/recipes/): its values replace the defaults, the flags "
                                       "given replace its values", flag="config")
+    seeds: str | None = option(None, "A:B: train seeds A, A+1, ..., B-1 (as Python's range) one after the other, "
+                                       "each into seed-<s>/ of the log and checkpoint directories; result.json holds "
+                                       "every seed's result and the mean with its 95% interval")
+    reference: str | None = option(None, "the log directory of a finished run of the same task (a centralized run): "
+                                         "result.json names the gap of this run's final metrics to it")
     seed: int = option(0, "seed", cli=False)
     preset: str | None = option(None, "scenario preset", cli=False)
     scenario: str | None = option(None, "scenario JSON file", cli=False)
@@ -127,11 +137,19 @@ class TrainConfig:
         require(self.label_smoothing < 1.0, "label-smoothing", "must be < 1", self.label_smoothing)
         check_float("clip-norm", self.clip_norm, low=0.0, strict_low=True, optional=True)
         check_float("local-epochs", self.local_epochs, low=0.0, strict_low=True, optional=True)
+        if self.centralized:
+            require(self.policy is None, "policy", "the centralized framework has no scheduler", self.policy)
+            require(self.plan_stages is None and self.plan_micro_batches is None, "plan-stages",
+                    "the centralized framework has no pipeline plan")
+            require(self.local_epochs is None, "local-epochs", "the centralized framework takes --local-steps (E "
+                    "steps of N x b samples a round), not --local-epochs", self.local_epochs)
+        if self.seeds is not None:
+            seed_range(self.seeds)
         require((self.plan_stages is None and self.plan_micro_batches is None) or self.resolved_policy == "default",
                 "plan-stages", "a fixed plan (--plan-stages/--plan-micro-batches) needs --policy default")
         require(self.local_steps is None or self.local_epochs is None, "local-epochs",
                 "give --local-steps or --local-epochs, not both", self.local_epochs)
-        require(framework_of(self.framework).federated or self.server_optimizer == "avg", "server-optimizer",
+        require(self.federated or self.server_optimizer == "avg", "server-optimizer",
                 f"the {self.framework} framework has no federated aggregation", self.server_optimizer)
         check_float("V", self.V, low=0.0, optional=True)
         check_float("dirichlet-alpha", self.dirichlet_alpha, low=0.0, strict_low=True)
@@ -150,21 +168,49 @@ class TrainConfig:
             tunable_rank(self.tunable)
 
     @property
-    def resolved_policy(self) -> str:
+    def centralized(self) -> bool:
+        return self.framework == CENTRALIZED
+
+    @property
+    def federated(self) -> bool:
+        """Client models uploaded and averaged (False: the PipeLine baseline and the centralized run)."""
+        return not self.centralized and framework_of(self.framework).federated
+
+    @property
+    def independent(self) -> bool:
+        """Every cluster keeps its own encoder (the PipeLine baseline: no FL aggregation)."""
+        return not self.centralized and not framework_of(self.framework).federated
+
+    @property
+    def resolved_policy(self) -> str | None:
+        """The decision rule of the rounds (None: the centralized run has none)."""
+        if self.centralized:
+            return None
         return framework_of(self.framework).policy or self.policy or "dssra"
 
     @property
     def pipelined(self) -> bool:
-        return framework_of(self.framework).pipelined and not self.no_pipeline
+        return not self.centralized and framework_of(self.framework).pipelined and not self.no_pipeline
 
     def settings(self) -> dict:
         """What a resumed run must share with the run that wrote the checkpoint."""
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("rounds", "checkpoint_dir", "resume", "force", "log_dir", "progress", "cache_dir",
-                             "data_dir", "recipe")}
+                             "data_dir", "recipe", "seeds", "reference")}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def seed_range(text: str) -> list[int]:
+    """The seeds of `--seeds A:B`: A, A+1, ..., B-1 (A < B, each a valid seed)."""
+    parts = str(text).split(":")
+    ok = len(parts) == 2 and all(p.strip().isascii() and p.strip().isdigit() for p in parts)
+    require(ok, "seeds", "must be A:B with integers 0 <= A < B (seeds A, ..., B-1)", text)
+    low, high = int(parts[0]), int(parts[1])
+    require(low < high, "seeds", "must be A:B with A < B (seeds A, ..., B-1)", text)
+    check_seed("seeds", high - 1)
+    return list(range(low, high))
 
 
 RECIPE_DIR = pathlib.Path(__file__).resolve().parents[1] / "sweeps" / "recipes"

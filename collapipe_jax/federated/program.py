@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from collapipe_jax.federated.centralized import make_centralized_round
 from collapipe_jax.federated.optim import client_direction, learning_rate_schedule, server_transform
 from collapipe_jax.federated.rounds import RoundSpec, make_round
 from collapipe_jax.models import split
@@ -70,6 +71,12 @@ def compiled_round(settings: RoundSettings):
     """The jitted round for one program shape, shared by every run in the process (a resumed or
     repeated run reuses the compiled executable)."""
     return make_round(settings.spec())
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_centralized(settings: RoundSettings):
+    """The jitted centralized round (federated/centralized.py) for the run's settings."""
+    return make_centralized_round(settings.spec())
 
 
 def loss_fn_for(pipelined: bool, n_micro: int, n_stages: int, dropout: float = 0.0, label_smoothing: float = 0.0,

@@ -1,10 +1,13 @@
 """The learning claims (paper Fig. 6, 9, 10) measured on the training sweeps' tables.
 
-Fig. 6 (`framework_claims`) reads `training` and `training-final` (final_* metrics per task and
-framework), grouped by `tunable` when the tables carry it (else the full upload). Fig. 9/10
-(`s_m_claims`) read `learning-vs-s-m`: the same seeds trained with fixed plans of S stages and m
-micro-batches. Whatever scale the sweeps ran at is what is measured; where the runs have not
-learned (a metric of 0), the claim says so.
+Fig. 6 (`framework_claims`) reads `training` and `training-final` (final_* metrics per task,
+framework and seed), grouped by `tunable` when the tables carry it (else the full upload). Fig.
+9/10 (`s_m_claims`) read `learning-vs-s-m`: the same seeds trained with fixed plans of S stages
+and m micro-batches. Every claim is measured over the seeds the tables hold (`n`, and `ci95`, the
+Student-t 95% interval of the mean of the per-seed values, paired by seed where two runs are
+compared); a change counts as reproduced by `claims.change_reproduced` (the mean's rule and an
+interval that excludes zero). Where a metric has not left its floor (`LEARNED`), the claim says
+"not measured at this scale" instead of comparing untrained models.
 
 Why the S/m claims cannot reproduce here: synchronous GPipe computes the gradient of the
 unsegmented model for every S and m (tests/test_gpipe_grads.py) and dropout masks are keyed by
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapipe_jax.sweep.claims import claim, within_factor_two
+from collapipe_jax.sweep.claims import change_reproduced, claim, mean_ci95
 
 FEDERATED = ("collapipe", "vanilla-fl", "titanic")
 # a loss difference below this fraction is no effect: runs with the same gradient differ by the
@@ -25,6 +28,20 @@ BASELINES = ("vanilla-fl", "pipeline", "titanic")
 SAME_GRADIENT = ("synchronous GPipe gives every S and m the gradient of the unsegmented model (tested), so the "
                  "frameworks' runs differ only in the upload noise ε(p_n) of their decisions (Eq. 25) and PipeLine "
                  "in having no aggregation")
+# a metric has left its floor when the mean over seeds of every compared run reaches this; below
+# it (Toutiao's chance is 1/15, BLEU and F1 start at 0) a difference compares untrained models
+LEARNED = {"accuracy": 0.6, "bleu": 1.0, "entity_f1": 0.1}
+NOT_MEASURED = "not measured at this scale"
+
+
+def seed_values(finals, tunable, task, framework, key) -> dict[int, float]:
+    """Per seed (0 for tables without a seed column): the final value of `key` of one run."""
+    return {int(r.get("seed", 0)): float(r.get(key) or 0.0) for r in finals
+            if r.get("tunable", "full") == tunable and r["task"] == task and r["framework"] == framework}
+
+
+def common_seeds(*per_seed: dict) -> list[int]:
+    return sorted(set.intersection(*(set(v) for v in per_seed)))
 
 
 def _final(finals, tunable, task, framework) -> dict | None:
@@ -32,69 +49,86 @@ def _final(finals, tunable, task, framework) -> dict | None:
                  and r["framework"] == framework), None)
 
 
-def _runs(rows, tunable, task, framework) -> list[dict]:
-    return [r for r in rows if r.get("tunable", "full") == tunable and r["task"] == task
-            and r["framework"] == framework]
-
-
-def _setting(final: dict, tunable: str, task: str) -> str:
-    return f"{task}, {final.get('model')} model, {final.get('rounds')} rounds, batch {final.get('batch')}, {tunable}"
-
-
-def _mean(rows, key) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None]
-    return float(np.mean(values)) if values else None
+def _setting(final: dict, tunable: str, task: str, n: int) -> str:
+    return (f"{task}, {final.get('model')} model, {final.get('rounds')} rounds, batch {final.get('batch')}, {tunable}, "
+            f"{n} seed{'s' if n != 1 else ''}")
 
 
 def bleu_claim(finals, tunable) -> dict | None:
-    got = {f: _final(finals, tunable, "multi30k", f) for f in ("collapipe",) + BASELINES}
-    if any(v is None for v in got.values()):
+    runs = {f: seed_values(finals, tunable, "multi30k", f, "final_bleu") for f in ("collapipe",) + BASELINES}
+    if any(not v for v in runs.values()):
         return None
-    bleu = {f: float(r.get("final_bleu", 0.0)) for f, r in got.items()}
-    measured = dict(bleu)
-    ok, why = False, ""
-    if min(bleu.values()) > 0:
-        gains = {f: 100.0 * (bleu["collapipe"] / bleu[f] - 1) for f in BASELINES}
-        measured["least_gain_pct"] = min(gains.values())
-        ok = within_factor_two(measured["least_gain_pct"], 19.5)
+    seeds = common_seeds(*runs.values())
+    means = {f: float(np.mean([v[s] for s in seeds])) for f, v in runs.items()}
+    learned = min(means.values()) >= LEARNED["bleu"] and all(v[s] > 0 for v in runs.values() for s in seeds)
+    measured = dict(means)
+    if learned:
+        least = [min(100.0 * (runs["collapipe"][s] / runs[f][s] - 1) for f in BASELINES) for s in seeds]
+        mean, lo, hi = mean_ci95(least)
+        measured["least_gain_pct"] = mean
+        ok = change_reproduced(mean, (lo, hi), 19.5)
+        gains = {f: float(np.mean([100.0 * (runs["collapipe"][s] / runs[f][s] - 1) for s in seeds])) for f in BASELINES}
         listed = ", ".join(f"{k} {v:+.1f}%" for k, v in gains.items())
-        why = "" if ok else f"{SAME_GRADIENT}; the BLEU gains are {listed}."
+        why = "" if ok else f"{SAME_GRADIENT}; the mean BLEU gains are {listed} (95% interval of the least gain " \
+                            f"[{lo:+.1f}, {hi:+.1f}]%)."
     else:
-        why = (f"BLEU is 0 for {[f for f, v in bleu.items() if v == 0]} at this scale: the runs have not learned to "
-               "translate yet, so no relative gain exists")
+        mean, lo, hi = mean_ci95([runs["collapipe"][s] for s in seeds])
+        ok = False
+        why = (f"{NOT_MEASURED}: the mean BLEU is below {LEARNED['bleu']} for "
+               f"{[f for f, v in means.items() if v < LEARNED['bleu']] or 'a seed'} — the runs have not learned to "
+               "translate yet, so no relative gain exists (n and ci95: CollaPipe's BLEU)")
     return claim("fig6-bleu", "CollaPipe's BLEU on Multi30K vs the baselines (the least relative gain)", 19.5,
-                 measured, _setting(got["collapipe"], tunable, "multi30k"), ok, why)
+                 measured, _setting(_final(finals, tunable, "multi30k", "collapipe"), tunable, "multi30k", len(seeds)),
+                 ok, why, n=len(seeds), ci95=(lo, hi))
 
 
 def accuracy_claims(finals, tunable) -> list[dict]:
     out = []
     for cid, other, paper in (("fig6-accuracy-vs-pipeline", "pipeline", 1.82),
                               ("fig6-accuracy-vs-titanic", "titanic", 0.15)):
-        a, b = _final(finals, tunable, "toutiao", "collapipe"), _final(finals, tunable, "toutiao", other)
-        if a is None or b is None:
+        a = seed_values(finals, tunable, "toutiao", "collapipe", "final_accuracy")
+        b = seed_values(finals, tunable, "toutiao", other, "final_accuracy")
+        if not a or not b:
             continue
-        acc_a, acc_b = float(a.get("final_accuracy", 0.0)), float(b.get("final_accuracy", 0.0))
-        diff = 100.0 * (acc_a - acc_b)
-        ok = within_factor_two(diff, paper)
-        why = "" if ok else (f"{SAME_GRADIENT}; the accuracies are {acc_a:.4f} (CollaPipe) and {acc_b:.4f} ({other})"
-                             + (" — the runs have not learned at this scale" if max(acc_a, acc_b) == 0 else ""))
+        seeds = common_seeds(a, b)
+        mean, lo, hi = mean_ci95([100.0 * (a[s] - b[s]) for s in seeds])  # paired by seed
+        acc_a, acc_b = float(np.mean([a[s] for s in seeds])), float(np.mean([b[s] for s in seeds]))
+        learned = min(acc_a, acc_b) >= LEARNED["accuracy"]
+        ok = learned and change_reproduced(mean, (lo, hi), paper)
+        if not learned:
+            why = (f"{NOT_MEASURED}: the mean accuracies are {acc_a:.4f} (CollaPipe) and {acc_b:.4f} ({other}), "
+                   f"below {LEARNED['accuracy']} — the runs have not learned enough for a difference to mean anything")
+        else:
+            why = "" if ok else (f"{SAME_GRADIENT}; the mean accuracies are {acc_a:.4f} (CollaPipe) and {acc_b:.4f} "
+                                 f"({other}), a difference of {mean:+.2f} points with 95% interval "
+                                 f"[{lo:+.2f}, {hi:+.2f}]")
         out.append(claim(cid, f"CollaPipe's Toutiao accuracy minus {other}'s, in percentage points", paper,
-                         {"difference_pp": diff, "collapipe": acc_a, other: acc_b}, _setting(a, tunable, "toutiao"),
-                         ok, why))
+                         {"difference_pp": mean, "collapipe": acc_a, other: acc_b},
+                         _setting(_final(finals, tunable, "toutiao", "collapipe"), tunable, "toutiao", len(seeds)),
+                         ok, why, n=len(seeds), ci95=(lo, hi)))
     return out
 
 
 def plan_runs(rows, task: str, metric: str) -> list[dict]:
-    """Per (S, m) plan of the learning-vs-s-m sweep: final metric and loss."""
+    """Per (S, m) plan of the learning-vs-s-m sweep and seed (0 without a seed column): final
+    metric and loss."""
     out = []
-    for S, m in dict.fromkeys((r["S"], r["m"]) for r in rows if r["task"] == task):
-        runs = [r for r in rows if r["task"] == task and (r["S"], r["m"]) == (S, m)]
+    for S, m, seed in dict.fromkeys((r["S"], r["m"], int(r.get("seed", 0))) for r in rows if r["task"] == task):
+        runs = [r for r in rows if r["task"] == task and (r["S"], r["m"], int(r.get("seed", 0))) == (S, m, seed)]
         last = runs[-1]
         evaluated = [r for r in runs if r.get(f"metric_{metric}") is not None]
-        out.append({"S": S, "m": m, "loss": float(last["loss"]),
+        out.append({"S": S, "m": m, "seed": seed, "loss": float(last["loss"]),
                     "metric": float(evaluated[-1][f"metric_{metric}"]) if evaluated else 0.0,
                     "rounds": len(runs)})
     return out
+
+
+def by_plan(runs) -> dict[tuple, list[dict]]:
+    """The plans' runs, one list per (S, m) in order of first appearance, sorted by seed."""
+    plans = {}
+    for r in runs:
+        plans.setdefault((r["S"], r["m"]), []).append(r)
+    return {p: sorted(v, key=lambda r: r["seed"]) for p, v in plans.items()}
 
 
 def loss_spread(runs) -> float:
@@ -103,38 +137,55 @@ def loss_spread(runs) -> float:
 
 
 def fig9_claim(rows, setting: str) -> dict | None:
-    runs = plan_runs(rows, "multi30k", "bleu")
-    if not runs:
+    plans = by_plan(plan_runs(rows, "multi30k", "bleu"))
+    if not plans:
         return None
-    best = max(runs, key=lambda r: (r["metric"], -r["loss"]))  # highest BLEU, then lowest loss
-    spread = loss_spread(runs)
-    distinct = spread > MIN_EFFECT or len({round(r["metric"], 6) for r in runs}) > 1
-    ok = distinct and (best["S"], best["m"]) == (2, 2)
-    why = "" if ok else (f"{SAME_S_M}: the plans (S, m) = {[(r['S'], r['m']) for r in runs]} end within "
-                         f"{100 * spread:.2g}% in training loss" + ("" if distinct else " and with the same BLEU"))
+    seeds = common_seeds(*({r["seed"] for r in v} for v in plans.values()))
+    mean_of = {p: {k: float(np.mean([r[k] for r in v if r["seed"] in seeds])) for k in ("metric", "loss")}
+               for p, v in plans.items()}
+    best = max(mean_of, key=lambda p: (mean_of[p]["metric"], -mean_of[p]["loss"]))  # highest BLEU, then lowest loss
+    spreads = [loss_spread([r for v in plans.values() for r in v if r["seed"] == s]) for s in seeds]
+    spread, lo, hi = mean_ci95(spreads)
+    learned = max(v["metric"] for v in mean_of.values()) >= LEARNED["bleu"]
+    distinct = spread > MIN_EFFECT or len({round(v["metric"], 6) for v in mean_of.values()}) > 1
+    ok = learned and distinct and best == (2, 2)
+    if not learned:
+        why = (f"{NOT_MEASURED}: the best mean BLEU over the plans is {max(v['metric'] for v in mean_of.values()):.3g}, "
+               f"below {LEARNED['bleu']}; {SAME_S_M} (the plans end within {100 * spread:.2g}% in training loss)")
+    else:
+        why = "" if ok else (f"{SAME_S_M}: the plans (S, m) = {list(plans)} end within {100 * spread:.2g}% in training "
+                             "loss" + ("" if distinct else " and with the same BLEU"))
     return claim("fig9-best-S-m-transformer", "the Transformer learns best at S = 2, m = 2", {"S": 2, "m": 2},
-                 {"S": best["S"], "m": best["m"], "bleu": best["metric"], "loss": best["loss"],
-                  "relative_loss_spread": spread}, setting, ok, why)
+                 {"S": best[0], "m": best[1], "bleu": mean_of[best]["metric"], "loss": mean_of[best]["loss"],
+                  "relative_loss_spread": spread}, f"{setting}, {len(seeds)} seeds", ok, why, n=len(seeds),
+                 ci95=(lo, hi))
 
 
 def fig10_claim(rows, setting: str) -> dict | None:
-    runs = plan_runs(rows, "ner", "entity_f1")
-    if not runs:
+    plans = by_plan(plan_runs(rows, "ner", "entity_f1"))
+    if not plans:
         return None
-    full = max(r["S"] for r in runs)
-    by_m = sorted((r for r in runs if r["S"] == full), key=lambda r: r["m"])
-    if len(by_m) < 2:
+    full = max(S for S, _ in plans)
+    ms = sorted(m for S, m in plans if S == full)
+    if len(ms) < 2:
         return None
-    small, large = by_m[0], by_m[-1]
-    ok = small["loss"] < (1 - MIN_EFFECT) * large["loss"]
-    why = "" if ok else (f"{SAME_S_M}: at S = {full}, m = {small['m']} ends at loss {small['loss']:.4g} and "
-                         f"m = {large['m']} at {large['loss']:.4g} "
-                         f"({100 * (large['loss'] / small['loss'] - 1):+.2g}%)")
+    small, large = plans[(full, ms[0])], plans[(full, ms[-1])]
+    seeds = common_seeds({r["seed"] for r in small}, {r["seed"] for r in large})
+    loss_s = {r["seed"]: r["loss"] for r in small}
+    loss_l = {r["seed"]: r["loss"] for r in large}
+    change, lo, hi = mean_ci95([100.0 * (loss_s[s] / loss_l[s] - 1) for s in seeds])  # paired by seed
+    ok = change < -100 * MIN_EFFECT and hi < 0
+    mean = lambda runs, k: float(np.mean([r[k] for r in runs if r["seed"] in seeds]))  # noqa: E731
+    why = "" if ok else (f"{SAME_S_M}: at S = {full}, m = {ms[0]} ends at mean loss {mean(small, 'loss'):.4g} and "
+                         f"m = {ms[-1]} at {mean(large, 'loss'):.4g} ({change:+.2g}%, 95% interval "
+                         f"[{lo:+.2g}, {hi:+.2g}]%)")
     return claim("fig10-smaller-m-better", "on BERT NER a smaller m converges better (reproduced when the smallest "
-                 "m ends with a training loss more than 1% below the largest m's)", "smaller m, lower loss",
-                 {"smallest_m": small["m"], "loss_at_smallest_m": small["loss"], "largest_m": large["m"],
-                  "loss_at_largest_m": large["loss"], "f1_at_smallest_m": small["metric"],
-                  "f1_at_largest_m": large["metric"]}, setting, ok, why)
+                 "m ends with a mean training loss more than 1% below the largest m's, the 95% interval of the "
+                 "paired change below zero)", "smaller m, lower loss",
+                 {"smallest_m": ms[0], "loss_at_smallest_m": mean(small, "loss"), "largest_m": ms[-1],
+                  "loss_at_largest_m": mean(large, "loss"), "loss_change_pct": change,
+                  "f1_at_smallest_m": mean(small, "metric"), "f1_at_largest_m": mean(large, "metric")},
+                 f"{setting}, {len(seeds)} seeds", ok, why, n=len(seeds), ci95=(lo, hi))
 
 
 SAME_S_M = ("synchronous GPipe gives every S and m the gradient of the unsegmented model and dropout is keyed by "
