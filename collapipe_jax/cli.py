@@ -85,7 +85,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, 
         kind = hints[field.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         default = field.default
-        help_text = option_help(field)
+        help_text = option_help(field).replace("%", "%%")  # argparse formats help with %
         if meta.get("positional"):  # optional: the dataclass's default when left out
             parser.add_argument(field.name, nargs="?", default=None, help=help_text)
         elif base is bool:  # a switch; a True default is turned off by --no-NAME, with its own help
