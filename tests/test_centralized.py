@@ -173,7 +173,7 @@ def test_training_sweep_tables_hold_the_centralized_reference_and_seeds(tmp_path
     monkeypatch.setattr(training, "cached_train", fake_train)
     monkeypatch.setattr(training, "TASKS", ("toutiao",))
     monkeypatch.setattr(training, "SEEDS", {"quick": (0, 1)})
-    tables = training.compute("quick", tmp_path, lambda n: None)
+    tables = training.compute("quick", tmp_path, SilentProgress())
     finals = tables["training-final"]
     assert {(r["framework"], r["seed"]) for r in finals} == {(f, s) for f in accuracy for s in (0, 1)}
     central_rows = [r for r in tables["training"] if r["framework"] == "centralized"]
@@ -183,3 +183,13 @@ def test_training_sweep_tables_hold_the_centralized_reference_and_seeds(tmp_path
     assert "collapipe -4.5" in gap  # 71 - 75.5 points, by hand
     (acc,) = [c for c in out["claims"] if c["id"] == "fig6-accuracy-vs-pipeline"]
     assert acc["n"] == 2 and acc["measured"]["difference_pp"] == pytest.approx(1.5)
+
+
+class SilentProgress:
+    """A sweep's progress (`sweep.base.Progress`) that shows nothing."""
+
+    def __call__(self, n: int = 1) -> None:
+        pass
+
+    def expect(self, n: int) -> None:
+        pass
