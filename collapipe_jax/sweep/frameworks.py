@@ -124,7 +124,8 @@ PARTS = (("total_cmp_s", "computation", "tab:blue"), ("total_dd_s", "D2D transfe
 def error(rows: list[dict], field: str):
     """Asymmetric error bars from `<field>_lo/_hi` (an interval over seeds), or None without them."""
     stem = field[:-2] if field.endswith("_s") else field
-    lo, hi = [r.get(f"{stem}_lo") for r in rows], [r.get(f"{stem}_hi") for r in rows]
+    key = field if all(f"{field}_lo" in r for r in rows) else stem  # the sweep writes `<field>_lo`
+    lo, hi = [r.get(f"{key}_lo") for r in rows], [r.get(f"{key}_hi") for r in rows]
     if any(v is None for v in lo + hi):
         return None
     values = [r[field] for r in rows]
