@@ -472,7 +472,7 @@ def run_sweep_command(args):
     if jax.config.jax_compilation_cache_dir is None:  # a rerun (after a crash, or of one sweep) reuses the programs
         jax.config.update("jax_compilation_cache_dir", str(out / ".jax-cache"))
     reused = set() if opts.replot or opts.force else {
-        name for name in names if reusable_summary(SWEEPS[name], out, opts.tunable) is not None}
+        name for name in names if reusable_summary(SWEEPS[name], out, opts.tunable, warn=False) is not None}
     summaries = {name: (replot(SWEEPS[name], out) if opts.replot else run_sweep(SWEEPS[name], opts.scale, out,
                                                                               opts.force, opts.tunable,
                                                                               f"{i} of {len(names)}"))

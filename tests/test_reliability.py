@@ -703,15 +703,13 @@ def test_recipe_values_are_checked_as_flags_are(tmp_path, recipe, field):
 
 
 def test_a_recipe_seed_stands_unless_seed_is_given(tmp_path, monkeypatch):
-    from collapipe_jax import cli
-
     seen = []
 
     def record(cfg):
         seen.append(cfg.seed)
         raise ValidationError("stub", "stops the run once its config is known")
 
-    monkeypatch.setattr(cli, "train", record)
+    monkeypatch.setattr("collapipe_jax.train.train", record)  # the command imports it on use
     path = _recipe(tmp_path, {"seed": 3})
     for argv, seed in [([], 3), (["--seed", "5"], 5)]:
         run("train", *TRAIN_ARGS, "--config", path, *argv)

@@ -104,9 +104,10 @@ def summary_problem(summary, name: str) -> str | None:
     return None
 
 
-def finished_summary(out: pathlib.Path, name: str, action: str = "") -> dict | None:
+def finished_summary(out: pathlib.Path, name: str, action: str = "", warn: bool = True) -> dict | None:
     """The summary of a finished sweep in `out`, or None (not run, or its summary is damaged or
-    of the wrong types: then one warning line on stderr says so and what happens, `action`)."""
+    of the wrong types: then one warning line on stderr says so and what happens, `action`,
+    unless `warn` is False: a look ahead that the run itself will warn about)."""
     path = out / name / "summary.json"
     if not path.exists():
         return None
@@ -114,8 +115,9 @@ def finished_summary(out: pathlib.Path, name: str, action: str = "") -> dict | N
     problem = summary_problem(summary, name)
     if problem is None:
         return summary
-    action = action or f"left out (`collapipe sweep {name}` recomputes it)"
-    print(f"collapipe: warning: {path} {problem}: {action}", file=sys.stderr)
+    if warn:
+        action = action or f"left out (`collapipe sweep {name}` recomputes it)"
+        print(f"collapipe: warning: {path} {problem}: {action}", file=sys.stderr)
     return None
 
 
@@ -151,10 +153,11 @@ def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str
     return summary
 
 
-def reusable_summary(sweep: Sweep, out: pathlib.Path, tunable: str = DEFAULT_TUNABLE) -> dict | None:
+def reusable_summary(sweep: Sweep, out: pathlib.Path, tunable: str = DEFAULT_TUNABLE,
+                     warn: bool = True) -> dict | None:
     """The summary of a finished run of `sweep` in `out` that a rerun reuses (for a sweep that
     takes a tunable, one run with the same tunable), or None."""
-    summary = finished_summary(out, sweep.name, "recomputing the sweep")
+    summary = finished_summary(out, sweep.name, "recomputing the sweep", warn)
     if summary is not None and (not sweep.takes_tunable or summary.get("tunable") == tunable):
         return summary
     return None
