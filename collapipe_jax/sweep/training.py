@@ -41,7 +41,8 @@ SEEDS = {"quick": (0, 1, 2), "paper": (0, 1, 2, 3, 4)}
 QUICK = dict(model="tiny", rounds=4, local_steps=2, batch=16, optimizer="adamw", lr=3e-3,
              lr_schedule="warmup-cosine", warmup_steps=2, clip_norm=1.0, max_eval_examples=100, eval_every=4,
              progress=True)  # each run's bar (its rounds) under the sweep's (its runs)
-QUICK_TOUTIAO = dict(QUICK, rounds=8, local_steps=5, warmup_steps=8, max_eval_examples=200)
+QUICK_TOUTIAO = dict(QUICK, rounds=10, local_steps=20, batch=64, lr=5e-3, warmup_steps=5, dropout=0.0,
+                     micro_batches=8, max_eval_examples=2000, eval_every=2)
 
 
 def on_accelerator() -> bool:
