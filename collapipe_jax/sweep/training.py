@@ -16,9 +16,13 @@ Each run's result is cached as JSON under the sweep's folder, so a killed sweep 
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
+
 import jax
 import numpy as np
 
+from collapipe_jax.checkpoints import Checkpoints
 from collapipe_jax.io import atomic_write_json, read_json
 from collapipe_jax.sweep.base import Sweep, register
 from collapipe_jax.sweep import plots
@@ -83,6 +87,15 @@ def curve_rows(result: dict, **labels) -> list[dict]:
 
 def compute(scale: str, work_dir, progress) -> dict:
     progress.expect(len(TASKS) * (len(FRAMEWORKS) + 1) * len(SEEDS[scale]))  # runs (each run's bar counts its rounds)
+    tables = {**framework_tables(scale, work_dir, progress)}
+    if scale in TRANSFER_SCALES:
+        progress.expect(1 + len(TRANSFER_STARTS) * len(SEEDS[scale]))
+        scratch = [framework_config("toutiao", "collapipe", scale, seed) for seed in SEEDS[scale]]
+        tables["training-transfer"] = transfer_rows(work_dir, ner_pretrain_config(scale, work_dir), scratch, progress)
+    return tables
+
+
+def framework_tables(scale: str, work_dir, progress) -> dict:
     rows, finals = [], []
     for task in TASKS:
         for framework, seed in ((f, s) for f in (*FRAMEWORKS, CENTRALIZED) for s in SEEDS[scale]):
@@ -99,6 +112,59 @@ def compute(scale: str, work_dir, progress) -> dict:
                            **{f"final_{k}": v for k, v in result["final_metrics"].items()}})
             progress(1)
     return {"training": rows, "training-final": finals}
+
+
+# The paper's flow: BERT pre-trained on NER, then fine-tuned on Toutiao (fully, or with the NER
+# encoder frozen and rank-8 LoRA adapters), beside Toutiao from scratch with the same settings
+# and rounds. Paper scale only: at quick scale the NER runs stay at their floor (entity F1 0), so
+# an NER start would be a random start with extra steps.
+TRANSFER_SCALES = ("paper",)
+TRANSFER_STARTS = {"ner-full": None, "ner-lora:8": "lora:8"}  # start → tunable (None: the whole model)
+NER_PRETRAIN_DIR = "ner-pretrain"
+
+
+def ner_pretrain_config(scale: str, work_dir) -> TrainConfig:
+    """The NER run whose encoder starts the transfer rows: the NER recipe (`ner-cpu`/`ner-gpu`),
+    CollaPipe, seed 0, checkpointed in `work_dir/ner-pretrain`."""
+    run_dir = str(work_dir / NER_PRETRAIN_DIR)
+    return dataclasses.replace(framework_config("ner", "collapipe", scale), checkpoint_dir=run_dir, log_dir=run_dir)
+
+
+def transfer_configs(scratch: TrainConfig, ner_dir) -> dict[str, TrainConfig]:
+    """Per start: the from-scratch Toutiao run's settings and rounds (on the CPU the
+    toutiao-finetune-cpu and toutiao-lora-cpu recipes, which are toutiao-cpu with
+    `init_from` and `tunable`) starting from the NER run in `ner_dir`."""
+    return {start: dataclasses.replace(scratch, init_from=str(ner_dir), tunable=tunable)
+            for start, tunable in TRANSFER_STARTS.items()}
+
+
+def pretrain(cfg: TrainConfig) -> dict:
+    """A finished run in `cfg.checkpoint_dir` (its result.json: a killed sweep's, or a given NER
+    run copied there) is reused; an unfinished one is resumed from its last checkpoint."""
+    finished = read_json(pathlib.Path(cfg.checkpoint_dir) / "result.json")
+    if finished is not None:
+        return finished
+    started = pathlib.Path(cfg.checkpoint_dir).is_dir() and Checkpoints(cfg.checkpoint_dir).latest() is not None
+    return train(dataclasses.replace(cfg, resume=started))
+
+
+def transfer_rows(work_dir, ner_cfg: TrainConfig, scratch: list[TrainConfig], progress) -> list[dict]:
+    """NER → Toutiao: one row per start ("ner-full", "ner-lora:8") and seed of `scratch`."""
+    ner = pretrain(ner_cfg)
+    progress(1)
+    rows = []
+    for cfg in scratch:
+        for start, run_cfg in transfer_configs(cfg, ner_cfg.checkpoint_dir).items():
+            result = cached_train(work_dir / "runs" / f"toutiao-from-{start.replace(':', '')}-seed{cfg.seed}.json",
+                                  run_cfg)
+            rows.append({"task": "toutiao", "start": start, "framework": run_cfg.framework, "seed": cfg.seed,
+                         "tunable": run_cfg.tunable or "full", "rounds": run_cfg.rounds, "model": result["model"],
+                         "ner_rounds": len(ner["rounds"]), "ner_entity_f1": ner["final_metrics"].get("entity_f1"),
+                         "final_loss": result["rounds"][-1]["loss"],
+                         "wall_s": float(sum(r["wall_s"] for r in result["rounds"])),
+                         **{f"final_{k}": v for k, v in result["final_metrics"].items()}})
+            progress(1)
+    return rows
 
 
 METRIC_LABEL = {"accuracy": "accuracy [fraction]", "entity_f1": "entity F1 [fraction]",
@@ -234,6 +300,7 @@ def findings(tables: dict) -> dict:
             notes.append(f"{task}: per-round losses of {f} and vanilla-fl differ by at most {rel:.2g} (relative): "
                          "pipelining does not change the gradient; the frameworks differ in the upload noise "
                          "(their powers and channels) and in the simulated latency.")
+    notes.append(transfer_finding(tables))
     bad = [f"{r['task']}/{r['framework']}/seed {r.get('seed', 0)} ({r['violating_rounds']} of {r['rounds']} rounds)"
            for r in finals if r.get("violating_rounds")]
     if bad:
@@ -241,6 +308,24 @@ def findings(tables: dict) -> dict:
     first = finals[0]
     return {"rounds": first["rounds"], "model": first["model"], "batch": first["batch"], "final": finals,
             "claims": framework_claims(tables), "findings": notes}
+
+
+def transfer_finding(tables: dict) -> str:
+    """NER → Toutiao beside Toutiao from scratch (CollaPipe, the same seeds and rounds)."""
+    rows = tables.get("training-transfer")
+    if not rows:
+        return ("toutiao from the NER encoder (the paper's flow: NER pre-training, then full or LoRA fine-tuning) runs "
+                f"at {' and '.join(TRANSFER_SCALES)} scale only: at this scale NER does not leave its floor, so its "
+                "encoder would be a random start.")
+    scratch = mean_final(tables["training-final"], "toutiao", "collapipe", "final_accuracy")
+    starts = {start: mean_ci95([r["final_accuracy"] for r in rows if r["start"] == start])
+              for start in dict.fromkeys(r["start"] for r in rows)}
+    first = rows[0]
+    return (f"toutiao from the NER encoder (CollaPipe; NER pre-trained {first['ner_rounds']} rounds, entity F1 "
+            f"{first['ner_entity_f1']:.3g}): final accuracy after {first['rounds']} rounds (mean over "
+            f"{len({r['seed'] for r in rows})} seeds [95% interval]) " +
+            ", ".join(f"{k} {v[0]:.4g} [{v[1]:.4g}, {v[2]:.4g}]" for k, v in starts.items()) +
+            (f", from scratch {scratch[0]:.4g} [{scratch[1]:.4g}, {scratch[2]:.4g}]." if scratch else "."))
 
 
 register(Sweep("training", compute, plot, findings))
