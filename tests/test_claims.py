@@ -273,6 +273,18 @@ def test_claims_at_the_floor_are_not_measured():
         assert not c["reproduced"] and "not measured at this scale" in c["why"] and c["n"] == 3
 
 
+def test_a_claim_is_measured_only_when_both_runs_leave_the_floor():
+    """The floor applies to the mean over seeds of each compared run: CollaPipe and Titanic at
+    0.6-0.62 are measured, PipeLine's mean of 0.59 (one seed above 0.6) is not."""
+    tables = toutiao_seed_finals({"collapipe": [0.60, 0.61, 0.62], "pipeline": [0.58, 0.585, 0.605],
+                                  "titanic": [0.60, 0.60, 0.60]})
+    (pipe,) = by_id(training.framework_claims(tables), "fig6-accuracy-vs-pipeline")
+    (tit,) = by_id(training.framework_claims(tables), "fig6-accuracy-vs-titanic")
+    assert "not measured at this scale" in pipe["why"] and "0.5900 (pipeline)" in pipe["why"]
+    assert "not measured" not in tit["why"] and tit["measured"]["difference_pp"] == pytest.approx(1.0)
+    assert tit["ci95"][0] < 0 < tit["ci95"][1] and not tit["reproduced"]  # differences 0, 1, 2 points
+
+
 def test_report_writes_claims_json_and_renders_them_first(tmp_path):
     summaries = {name: {"sweep": name, "scale": "quick", "seconds": 1.0, **module.findings(build())}
                  for name, (module, build) in SWEEP_TABLES.items() if name not in ("training", "learning-vs-s-m")}
