@@ -18,8 +18,9 @@ through which device is last).
 Exact fronts at fixed m (the best plan per stage count S = 1..K):
 
 * paper: the host's greedy. Feasibility of (bound T, S, ℓ) is monotone in T, and τ = w_S T − d_ℓ
-  grows with T, so each (S, ℓ) takes its smallest feasible candidate bound, found by a binary
-  search over the sorted chunk times (the host's argmin over (T, ℓ) with its tie-breaking).
+  grows with T, so each (S, ℓ) takes its smallest feasible candidate bound (the host's argmin
+  over (T, ℓ) with its tie-breaking): the largest of four monotone conditions' smallest bounds,
+  from counts of comparisons over every candidate at once (`_greedy_bounds`; no sort).
 * consistent: a DP over the devices (state: TEBs placed, devices used, last chosen), one bound T
   at a time, the arg-min plan carried through the DP (no backtrack). The largest bound first:
   its least Σ cost per S lower-bounds Σ cost under every bound, so a bound T can improve S only
