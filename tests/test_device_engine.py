@@ -104,6 +104,23 @@ def test_dssra_round_equals_the_host(variant, lyapunov):
     assert outcomes.count("same") >= len(outcomes) // 2, outcomes
 
 
+def test_dssra_rounds_whose_two_starts_differ_equal_the_host():
+    """Alg. 4 from both starts (the fastest plans, the fewest stages) where they differ, so that
+    the second run and the choice between the two are compared with the host's."""
+    from collapipe_jax.scheduling.device.dssra import solve_fronts
+
+    name, scenario = scenarios()[2]
+    config = EngineConfig.of(scenario)
+    differ = 0
+    for t in range(2):
+        state = draw_state(scenario, round_key(7, t))
+        with jax.enable_x64(True):
+            fronts, _ = jax.jit(solve_fronts, static_argnums=1)(round_problem(state, config), config)
+        F = np.where(fronts.ok, fronts.tau, np.inf)
+        differ += int(np.any(np.argmin(F, axis=1) != np.argmax(np.asarray(fronts.ok), axis=1)))
+        compare("dssra", scenario, state, np.random.default_rng(t).uniform(0.0, 0.05, scenario.N), "paper", "drift")
+    assert differ >= 1, "no round of this draw has two different starts"
+
 # one rule of each kind in the default run (each rule compiles a program of its own), all with -m slow
 FAST_RULES = ("uniform", "loss-only", "vanilla-fl")
 

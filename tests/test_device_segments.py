@@ -127,6 +127,39 @@ def test_the_dp_equals_the_greedy_under_paper():
         check_front_at_m(devs[0], "paper", m, method="dp")
 
 
+def brute_force_bounds(stage, L):
+    """[S, ℓ]: the smallest chunk time T under which some S devices including ℓ, each with a cap
+    ≥ 1, have caps summing to ≥ L (every subset tried); inf if none."""
+    import itertools
+
+    K = stage.shape[0]
+    values = np.unique(stage[:, 1:][np.isfinite(stage[:, 1:])])
+    out = np.full((K, K), np.inf)
+    for T in values[::-1]:  # the smallest T that holds is written last
+        cap = np.sum(stage[:, 1:] <= T, axis=1)
+        for S in range(1, min(K, L) + 1):
+            for last in range(K):
+                others = [k for k in range(K) if k != last]
+                if any(cap[last] >= 1 and all(cap[k] >= 1 for k in A) and cap[last] + sum(cap[k] for k in A) >= L
+                       for A in itertools.combinations(others, S - 1)):
+                    out[S - 1, last] = T
+    return out
+
+
+def test_greedy_bounds_equal_a_brute_force_over_subsets():
+    """The paper greedy's smallest bound per (S, ℓ) against every subset of devices, on chunk
+    times with many ties (small integers) and disallowed suffixes (C7/C9' cut δ at a prefix)."""
+    rng = np.random.default_rng(0)
+    bounds = jax.jit(dsg._greedy_bounds, static_argnames="L")
+    for trial in range(40):
+        K, L = ((6, 12), (5, 7), (6, 4))[trial % 3]
+        steps = rng.integers(1, 4, (K, L))
+        stage = np.concatenate([np.zeros((K, 1)), np.cumsum(steps, axis=1) + rng.integers(0, 3, (K, 1))], 1)
+        allowed_up_to = rng.integers(0, L + 1, K)  # δ ≤ this is allowed (0: the device holds none)
+        stage = np.where(np.arange(L + 1)[None, :] <= allowed_up_to[:, None], stage, np.inf)
+        np.testing.assert_array_equal(np.asarray(bounds(jnp.asarray(stage), L=L)), brute_force_bounds(stage, L))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", CASES + [("paper-bert", None, None, None, "c7", 4),
                                           ("paper-bert", None, None, None, "c9", 5)]

@@ -131,11 +131,20 @@ def alternate(problem: RoundProblem, fronts: segments.Front, Y, w, V, config: En
         _, it, _, obj, pick, res, ok = jax.lax.while_loop(cond, body, init)
         return obj, pick, res, it, ok
 
-    runs = jax.vmap(run)(jnp.stack([fastest, fewest]))
-    second = runs[0][1] < runs[0][0]  # the second start replaces the first only when strictly better
-    best = jax.tree.map(lambda x: jnp.where(second, x[1], x[0]), runs[:3])
-    iterations = runs[3][0] + jnp.where(jnp.all(fastest == fewest), 0, runs[3][1])
-    return best, iterations, runs[4][0] & runs[4][1]
+    first = run(fastest)
+    same = jnp.all(fastest == fewest)
+
+    # the second start only where it differs from the first (its run would repeat the first's):
+    # a loop rather than a cond, so that under vmap a batch where no start differs skips it
+    def second_start(carry):
+        _, best = carry
+        obj, pick, res, it, ok = run(fewest)
+        replace = obj < best[0]  # the second start replaces the first only when strictly better
+        kept = jax.tree.map(lambda a, b: jnp.where(replace, a, b), (obj, pick, res), best[:3])
+        return jnp.bool_(True), (*kept, best[3] + it, best[4] & ok)
+
+    _, (obj, pick, res, iterations, ok) = jax.lax.while_loop(lambda c: ~c[0], second_start, (same, first))
+    return (obj, pick, res), iterations, ok
 
 
 def finish(problem: RoundProblem, delta, last, m, tau_pipe, channel, p, Y, V, config: EngineConfig,

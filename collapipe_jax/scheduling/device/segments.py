@@ -18,8 +18,9 @@ through which device is last).
 Exact fronts at fixed m (the best plan per stage count S = 1..K):
 
 * paper: the host's greedy. Feasibility of (bound T, S, ℓ) is monotone in T, and τ = w_S T − d_ℓ
-  grows with T, so each (S, ℓ) takes its smallest feasible candidate bound, found by a binary
-  search over the sorted chunk times (the host's argmin over (T, ℓ) with its tie-breaking).
+  grows with T, so each (S, ℓ) takes its smallest feasible candidate bound (the host's argmin
+  over (T, ℓ) with its tie-breaking): the largest of four monotone conditions' smallest bounds,
+  from counts of comparisons over every candidate at once (`_greedy_bounds`; no sort).
 * consistent: a DP over the devices (state: TEBs placed, devices used, last chosen), one bound T
   at a time, the arg-min plan carried through the DP (no backtrack). The largest bound first:
   its least Σ cost per S lower-bounds Σ cost under every bound, so a bound T can improve S only
@@ -303,25 +304,51 @@ def _front_from_plans(cl, m, delta, last, found, L, b, variant) -> Front:
                  m=jnp.full((K,), m, jnp.int32), tau=jnp.where(found, tau, jnp.inf), ok=found)
 
 
+def _greedy_bounds(stage, L: int):
+    """[S, ℓ]: the smallest candidate bound under which the greedy's (S, ℓ) holds L TEBs (inf if
+    none), from one role's chunk times [K, L+1] (under paper both roles' are equal).
+
+    With the caps U_k(T) and their values sorted c_1 ≥ c_2 ≥ …, (S, ℓ) holds iff U_ℓ ≥ 1, S
+    devices are usable, and the S − 1 largest caps other than ℓ's plus U_ℓ reach L, i.e.
+    c_1 + … + c_{S−1} + min(U_ℓ, c_S) ≥ L. Each of these four conditions is monotone in T, so
+    the smallest bound meeting all is the largest of the four smallest bounds that meet each:
+    U_ℓ ≥ 1 from the 1-TEB chunk time itself, the others as minima over the candidates (every
+    allowed chunk time, unsorted). c_S = #{v : U_k ≥ v for at least S devices}: counts of
+    comparisons, no sort (sorts and gathers are slow under vmap on CPUs)."""
+    K = stage.shape[0]
+    st = stage[:, 1:]  # [K, L]: δ = 1..L, inf where not allowed (a prefix)
+    cand = st.reshape(-1)  # [T]
+    below = st[None, :, :] <= cand[:, None, None]  # [T, K, L]: U_k(T) ≥ δ
+    cap = jnp.sum(below, axis=2, dtype=jnp.int32)  # [T, K]
+    count = jnp.sum(below, axis=1, dtype=jnp.int32)  # [T, L]: devices with U_k(T) ≥ v
+    s = jnp.arange(1, K + 1, dtype=jnp.int32)
+    sorted_cap = jnp.sum(count[:, None, :] >= s[None, :, None], axis=2, dtype=jnp.int32)  # [T, S]: c_S
+    top_before = jnp.cumsum(sorted_cap, axis=1) - sorted_cap  # [T, S]: c_1 + … + c_{S−1}
+    first = lambda ok: jnp.min(jnp.where(ok, cand.reshape(cand.shape + (1,) * (ok.ndim - 1)), jnp.inf), axis=0)  # noqa: E731
+    usable = first(count[:, :1] >= s[None, :])  # [S]
+    fill_all = first(top_before + sorted_cap >= L)  # [S]
+    fill_last = first(top_before[:, :, None] + cap[:, None, :] >= L)  # [S, ℓ]
+    bound = jnp.maximum(jnp.maximum(st[None, :, 0], usable[:, None]), jnp.maximum(fill_all[:, None], fill_last))
+    return jnp.where((s <= L)[:, None], bound, jnp.inf)
+
+
 def _front_greedy(cl: Cluster, m, L: int, b: int, variant: str) -> Front:
     """Exact front under paper (host `front_greedy`): for (S, ℓ) the best bound is the smallest
     feasible one; ties as the host's argmin over (T, ℓ): the smallest T, then the smallest ℓ."""
     K = cl.f_hz.shape[0]
     terms = m_terms(cl, m, L, b, variant)
-    stage, cand = _candidates(terms)
-    nT = cand.shape[0]
-    first = _first_holding(stage, cand, L, K)  # [S, ℓ]
-    found = first < nT
-    T_at = cand[jnp.minimum(first, nT - 1)]
+    stage = jnp.where(terms.allowed, terms.stage, jnp.inf)
+    T_at = _greedy_bounds(stage[..., NONLAST], L)  # [S, ℓ]; paper: the roles' chunk times are equal
+    found = jnp.isfinite(T_at)
     S = jnp.arange(1, K + 1, dtype=jnp.int32)
     value = jnp.where(found, _weight(terms, S, variant)[:, None] * T_at + terms.cost_role[None, :, LAST], jnp.inf)
     best = found & (value == jnp.min(value, axis=1, keepdims=True))
-    best &= first == jnp.min(jnp.where(best, first, _BIG), axis=1, keepdims=True)
+    best &= T_at == jnp.min(jnp.where(best, T_at, jnp.inf), axis=1, keepdims=True)
     last = jnp.argmax(best, axis=1).astype(jnp.int32)
-    index = jnp.take_along_axis(first, last[:, None], 1)[:, 0]
+    bound = jnp.take_along_axis(T_at, last[:, None], 1)[:, 0]
 
-    def fill(s, last, i):
-        cap, cap_last, by_cap, _, rank, _ = _row(stage, cand[jnp.minimum(i, nT - 1)])
+    def fill(s, last, T):
+        cap, cap_last, by_cap, _, rank, _ = _row(stage, T)
         # ℓ first, then the others by decreasing cap; any fill within the caps is optimal
         j = jnp.arange(K - 1)
         seq = jnp.concatenate([last[None], by_cap[jnp.where(j < rank[last], j, j + 1)]])
@@ -330,7 +357,7 @@ def _front_greedy(cl: Cluster, m, L: int, b: int, variant: str) -> Front:
         extra = jnp.clip((L - s) - (jnp.cumsum(room) - room), 0, room)
         return jnp.zeros(K, jnp.int32).at[seq].add(jnp.where(member, 1 + extra, 0))
 
-    delta = jax.vmap(fill)(S, last, index)
+    delta = jax.vmap(fill)(S, last, bound)
     return _front_from_plans(cl, m, delta, last, jnp.any(found, axis=1), L, b, variant)
 
 
