@@ -23,7 +23,7 @@ Pair i of a setting is drawn from counter-based random numbers: number w of pair
 threefry hash of (i, w) under the setting's key (`pair_uniforms`), mapped to a state exactly as
 `scenario.draw_state` maps its uniforms (`state_from_uniforms`) and to a random plan or a table
 row. Every family and variant sees the same states (paired comparisons; both variants evaluate
-the same pairs), and the numbers do not depend on the chunk size, the device count or the number
+the same pairs; DSSRA, where a scale gives it fewer pairs, the first of them), and the numbers do not depend on the chunk size, the device count or the number
 of processes. The pairs are drawn ON the devices, chunk by chunk, evaluated in the batch-minor
 layout and reduced there (`system.sharded.chunked_reduction`): per pair τ(t) and E(t) = Σ_n
 (E^com_n + E^pipe_n) go into 2^14-bin log10 histograms over [1e-6, 1e10] with exact sums, minima
@@ -37,8 +37,9 @@ on a grid, through `system.sharded.power_grad_sharded` (value and jax.grad); the
 tie at the mean state, and JAX splits the max's gradient evenly between ties).
 
 Scales (pairs per setting and family, each evaluated under both variants):
-``quick`` 2^15, 196 608 pairs in all, 8 DSSRA reference draws, a 32 × 32 map: half a minute on
-two CPU cores, most of it compiling. ``paper`` 2^24, 100 663 296 pairs (2 × 10^8 evaluations),
+``quick`` 2^15 (DSSRA, solved on every pair: its first 2^13), 147 456 pairs in all, 8 DSSRA
+reference draws, a 32 × 32 map: about two minutes on two CPU cores shared with other work, most of
+it DSSRA's compile and solves (2^15 solved pairs took 2 × 130 s there). ``paper`` 2^24, 100 663 296 pairs (2 × 10^8 evaluations),
 64 reference draws, a 128 × 128 map: meant for a GPU or TPU; without one it still runs, after a
 warning on stderr and an estimate of its duration from the first group's measured rate (1.3e5
 to 4.3e5 pairs/s by family on two CPU cores busy with other work: about 8 minutes).
@@ -97,12 +98,19 @@ class DistributionConfig:
     grid: int  # points per axis of the ∂τ/∂p_n map
     seed: int = 0
     chunk: int | None = None  # pairs per chunk; None: sized to the device (`chunk_size`)
+    solved_pairs: int | None = None  # the DSSRA family's pairs, its first ones (None: `pairs`)
 
 
 SCALE_CONFIGS = {
-    "quick": DistributionConfig(pairs=1 << 15, references=8, grid=32),
+    "quick": DistributionConfig(pairs=1 << 15, references=8, grid=32, solved_pairs=1 << 13),
     "paper": DistributionConfig(pairs=1 << 24, references=64, grid=128),
 }
+
+
+def family_pairs(config: DistributionConfig, family: str) -> int:
+    """Pairs of a family: DSSRA solves each of its pairs (the sweep's cost on a CPU), so a scale
+    may give it fewer, pairs 0, 1, … as the other families: the same states."""
+    return (config.solved_pairs or config.pairs) if family == "dssra" else config.pairs
 
 
 def settings() -> list[tuple[str, Scenario]]:
@@ -536,7 +544,7 @@ def compute_tables(config: DistributionConfig, progress=lambda n=1: None, mesh=N
     mesh = batch_mesh() if mesh is None else mesh
     info = device_info()
     chunk = config.chunk or chunk_size(info, config.pairs)
-    total = config.pairs * len(FAMILIES) * len(settings())
+    total = sum(family_pairs(config, f) for f in FAMILIES) * len(settings())
     rows, hists, references, throughput, grad_rows = [], [], [], [], []
     for s_index, (label, scenario) in enumerate(settings()):
         inputs = setting_inputs(config, s_index, scenario)
@@ -544,7 +552,7 @@ def compute_tables(config: DistributionConfig, progress=lambda n=1: None, mesh=N
         references += [{"setting": label, **r} for r in inputs["references"]]
         for family, (tables, used) in families.items():
             stats, timing = run_group(group_reduction(space, chunk, mesh, solve=family == "dssra"), mesh, key, base,
-                                      tables, used, family == "random", config.pairs, chunk)
+                                      tables, used, family == "random", family_pairs(config, family), chunk)
             for variant in VARIANTS:
                 rows.append({"setting": label, "family": family, "variant": variant, **summary_row(stats[variant])})
                 for name in QUANTITIES:

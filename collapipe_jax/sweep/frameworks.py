@@ -1,7 +1,7 @@
 """The frameworks compared by their decisions alone (paper Fig. 7 and 8, and the abstract's
 end-to-end latency): CollaPipe (DSSRA), CollaPipe w/o segment scheduling (uniform), VanillaFL,
 PipeLine and TITANIC, each deciding T rounds of the same seeded draws with its own rule
-(scheduling/frameworks.py), charged by the system model, over many seeds (quick 256, paper
+(scheduling/frameworks.py), charged by the system model, over many seeds (quick 128, paper
 10,000) on the device engine; every change is taken seed by seed and reported as its mean with a
 95% interval. No training: what the figures compare
 is time, and the decisions do not depend on the losses.

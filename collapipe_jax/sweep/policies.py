@@ -10,7 +10,7 @@ those settings raise E_n^max to 1000 J and say so).
 The paper's baselines (random, loss-only, delay-only) and the V-free ablations do not use V:
 they run once per setting and their rows repeat for every V (`uses_V` false).
 
-Every setting runs over many seeds (quick 256, paper 10,000) on the device engine, each seed its
+Every setting runs over many seeds (quick 128, paper 10,000) on the device engine, each seed its
 own draws; DSSRA's change against a baseline is taken seed by seed and reported as its mean with
 a 95% interval (`sweep/seeded.py`); a claim reproduces when the paper's factor-two rule holds for
 the mean and the interval excludes zero. `random-feasible` (host-only) runs on fewer seeds.
@@ -54,7 +54,7 @@ def setting_label(tunable: str, N: int, J: int, variant: str) -> str:
 
 
 HOST_ONLY = ("random-feasible",)  # a rejection sampler: host solvers, fewer seeds
-HOST_SEEDS = {"quick": 8, "paper": 64}
+HOST_SEEDS = {"quick": 4, "paper": 64}  # quick: a panel of its own, in no claim or pairing
 PER_ROUND_VS = (CLAIM_V, 10.0)
 
 

@@ -8,7 +8,7 @@ N = 6 > J = 4 so that the CU selection matters, K = 6, V = 10): at paper scale N
 24}, K ∈ {4, 6, 8, 10}, J ∈ {2, 4, 8} and V ∈ {0.01, 1, 10, 100, 1000}, at quick scale N ∈ {3,
 6, 12}, K ∈ {6, 10} and the same J and V (each new size compiles every rule once). Every point
 runs DSSRA and the paper's baselines (random, loss-only, delay-only; and the uniform split at
-paper scale) on the same seeds (quick 64 seeds of 20 rounds, paper 1,024 of 100); DSSRA's change of the total latency against each is taken seed
+paper scale) on the same seeds (quick 64 seeds of 30 rounds, paper 1,024 of 100); DSSRA's change of the total latency against each is taken seed
 by seed (mean and 95% interval), and the queues' largest value per seed is averaged.
 """
 
@@ -28,7 +28,9 @@ AXES = {  # every new (N, K, J) compiles each rule's program once (tens of secon
     "paper": (("N", (3, 6, 12, 24)), ("K", (4, 6, 8, 10)), ("J", (2, 4, 8)), ("V", (0.01, 1.0, 10.0, 100.0, 1000.0))),
 }
 RULES = {"quick": ("dssra",) + PAPER_BASELINES, "paper": ("dssra",) + PAPER_BASELINES + ("uniform",)}
-SCALES = {"quick": (64, 20), "paper": (1024, 100)}  # seeds, rounds
+# seeds, rounds: the rounds of the policy comparison (policies.py), so that the points at N = 3
+# and N = 6 run the compiled programs of its settings of the same shapes (in one `sweep all`)
+SCALES = {"quick": (64, 30), "paper": (1024, 100)}
 AXIS_LABELS = {"N": "clusters N", "K": "devices per cluster K", "J": "uplink channels J", "V": "Lyapunov weight V"}
 
 

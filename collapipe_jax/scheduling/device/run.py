@@ -166,7 +166,7 @@ class RunSpec:
     keep: tuple[str, ...] = ()  # the per-round arrays that leave the device (the totals always do)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)  # the seeded sweeps of one `sweep all` hold ~36 programs
 def _program(spec: RunSpec, mesh, x64: bool):  # x64 keys the cache: a program traced in float64 is another program
     """jit(shard_map(lax.map(vmap over a chunk of seeds))) for one spec (cached per mesh)."""
     def per_chunk(batch):  # (seeds, V, Γ^max, knobs, scenario numbers), each [chunk, ...]: the chunk axis last
