@@ -41,8 +41,8 @@ os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # for subprocesses
 _OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the xdist workers inherit the controller's
     _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="collapipe-test-jax-cache-")
-    # cache every program, not only those that took over a second: most of the suite's are smaller
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # cache every program but single eager operations, not only those that took a second (JAX's default)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import jax  # noqa: E402
 
