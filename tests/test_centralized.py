@@ -91,9 +91,18 @@ def test_a_killed_centralized_run_resumes_exactly(tmp_path, monkeypatch):
     assert resumed["final_metrics"] == full["final_metrics"]
 
 
-def test_reference_names_the_gap_to_a_centralized_run(tmp_path):
-    central = train(tiny(tmp_path, framework="centralized", log_dir=str(tmp_path / "central")))
-    fed = train(tiny(tmp_path, policy="default", no_pipeline=True, reference=str(tmp_path / "central")))
+@pytest.fixture(scope="module")
+def reference_pair(tmp_path_factory):
+    """A centralized run and a federated run given it as `--reference` (the same samples), shared
+    by the tests that read their results."""
+    tmp = tmp_path_factory.mktemp("pair")
+    central = train(tiny(tmp, framework="centralized", log_dir=str(tmp / "central")))
+    fed = train(tiny(tmp, policy="default", no_pipeline=True, reference=str(tmp / "central")))
+    return central, fed
+
+
+def test_reference_names_the_gap_to_a_centralized_run(reference_pair):
+    central, fed = reference_pair
     ref = fed["reference"]
     assert ref["framework"] == "centralized" and ref["same_samples"] and ref["samples"] == 2 * 2 * 4
     for name, value in central["final_metrics"].items():
@@ -157,13 +166,12 @@ def test_seeds_run_each_seed_and_give_the_mean_and_student_t_interval(tmp_path, 
     assert code == 2 and len(err) == 1 and "seeds" in err[0]
 
 
-def test_training_sweep_tables_hold_the_centralized_reference_and_seeds(tmp_path, monkeypatch):
+def test_training_sweep_tables_hold_the_centralized_reference_and_seeds(tmp_path, monkeypatch, reference_pair):
     """compute → findings of the training sweep on real run results (one federated and one
     centralized tiny run, reused for every framework and seed with per-seed accuracies)."""
     from collapipe_jax.sweep import training
 
-    fed = train(tiny(tmp_path, rounds=1, policy="default", no_pipeline=True))
-    central = train(tiny(tmp_path, rounds=1, framework="centralized"))
+    central, fed = reference_pair
     accuracy = {"collapipe": [0.70, 0.72], "vanilla-fl": [0.70, 0.71], "pipeline": [0.69, 0.70],
                 "titanic": [0.70, 0.72], "centralized": [0.75, 0.76]}
 
