@@ -10,9 +10,18 @@ so all of this is set before JAX is imported.
 Tests compare two floating-point paths (pipelined vs unpipelined, vmapped vs looped, JAX vs
 NumPy); on GPUs JAX's default f32 matmul is TF32 (about 1e-3 relative) and on TPUs bf16 passes,
 so the whole session pins matmuls to full f32 ("highest"). It is a no-op on the CPU.
+
+The suite is compile-bound, and many of its programs are compiled more than once: by both
+pytest-xdist workers, by the command-line and notebook subprocesses, and by tests that jit
+the same function anew. The session therefore shares one JAX compilation cache, a fresh
+temporary directory (so every run compiles each program at least once) that the xdist
+workers and the subprocesses inherit through $JAX_COMPILATION_CACHE_DIR and that the process
+which made it removes at the end. A run that sets $JAX_COMPILATION_CACHE_DIR itself keeps it.
 """
 
 import os
+import shutil
+import tempfile
 
 HOST_DEVICES = 8
 BACKEND = os.environ.get("COLLAPIPE_TEST_BACKEND", "cpu").strip().lower()
@@ -29,6 +38,12 @@ else:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # for subprocesses
 
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the xdist workers inherit the controller's
+    _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="collapipe-test-jax-cache-")
+    # cache every program but single eager operations, not only those that took a second (JAX's default)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -39,3 +54,8 @@ def pytest_report_header(config):
     return (f"jax {jax.__version__}: default backend {jax.default_backend()} "
             f"({len(devices)} x {devices[0].device_kind}), {len(jax.devices('cpu'))} host CPU devices, "
             f"matmul precision {jax.config.jax_default_matmul_precision}")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

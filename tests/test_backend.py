@@ -1,4 +1,4 @@
-"""The session's backend set-up (conftest.py): pinned matmul precision, host CPU devices."""
+"""The session's set-up (conftest.py): pinned matmul precision, host CPU devices, one compilation cache."""
 
 import os
 
@@ -24,3 +24,19 @@ def test_host_cpu_devices_beside_the_default_backend():
         assert jax.default_backend() == "cpu"
     else:  # make test-gpu: the accelerator is the default, the host devices are still there
         assert jax.default_backend() != "cpu"
+
+
+def test_the_session_shares_one_compilation_cache():
+    """conftest.py: JAX caches compiled programs in the directory the xdist workers and the
+    subprocesses inherit through $JAX_COMPILATION_CACHE_DIR."""
+    path = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert path and jax.config.jax_compilation_cache_dir == path
+    before = set(os.listdir(path)) if os.path.isdir(path) else set()  # JAX makes a missing one
+    scale = 1.0 + sum(path.encode()) % 997  # a program new to this directory: the constant is in its key
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # this program compiles fast
+    try:
+        jax.jit(lambda x: jnp.sin(x) * scale)(jnp.ones((7, 13), jnp.float32)).block_until_ready()
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
+    assert set(os.listdir(path)) - before, "nothing was written to the session's compilation cache"

@@ -42,7 +42,9 @@ def test_centralized_sgd_equals_plain_gradient_descent_on_the_clusters_batches_t
     params = train_mod.program.jitted_init(setup.model_cfg, "sentence", setup.task.n_labels)(
         jax.random.PRNGKey(cfg.seed))
 
-    def mean_loss(p, batch):
+    @jax.jit  # one compilation for the 4 steps (the encoder's scan recompiles on every eager call)
+    @jax.value_and_grad
+    def loss_and_grad(p, batch):
         loss_sum, weight_sum = split.split_model_loss(p, batch, encoder_reference)
         return loss_sum / weight_sum
 
@@ -52,7 +54,7 @@ def test_centralized_sgd_equals_plain_gradient_descent_on_the_clusters_batches_t
         step_losses = []
         for e in range(2):
             batch = {k: jnp.asarray(v) for k, v in gather(setup.task.train, np.concatenate(idx[:, e])).items()}
-            loss, grad = jax.value_and_grad(mean_loss)(params, batch)
+            loss, grad = loss_and_grad(params, batch)
             params = jax.tree.map(lambda p, g: p - lr * g, params, grad)
             step_losses.append(float(loss))
         expected_losses.append(np.mean(step_losses))
@@ -89,9 +91,18 @@ def test_a_killed_centralized_run_resumes_exactly(tmp_path, monkeypatch):
     assert resumed["final_metrics"] == full["final_metrics"]
 
 
-def test_reference_names_the_gap_to_a_centralized_run(tmp_path):
-    central = train(tiny(tmp_path, framework="centralized", log_dir=str(tmp_path / "central")))
-    fed = train(tiny(tmp_path, policy="default", no_pipeline=True, reference=str(tmp_path / "central")))
+@pytest.fixture(scope="module")
+def reference_pair(tmp_path_factory):
+    """A centralized run and a federated run given it as `--reference` (the same samples), shared
+    by the tests that read their results."""
+    tmp = tmp_path_factory.mktemp("pair")
+    central = train(tiny(tmp, framework="centralized", log_dir=str(tmp / "central")))
+    fed = train(tiny(tmp, policy="default", no_pipeline=True, reference=str(tmp / "central")))
+    return central, fed
+
+
+def test_reference_names_the_gap_to_a_centralized_run(reference_pair):
+    central, fed = reference_pair
     ref = fed["reference"]
     assert ref["framework"] == "centralized" and ref["same_samples"] and ref["samples"] == 2 * 2 * 4
     for name, value in central["final_metrics"].items():
@@ -155,13 +166,12 @@ def test_seeds_run_each_seed_and_give_the_mean_and_student_t_interval(tmp_path, 
     assert code == 2 and len(err) == 1 and "seeds" in err[0]
 
 
-def test_training_sweep_tables_hold_the_centralized_reference_and_seeds(tmp_path, monkeypatch):
+def test_training_sweep_tables_hold_the_centralized_reference_and_seeds(tmp_path, monkeypatch, reference_pair):
     """compute → findings of the training sweep on real run results (one federated and one
     centralized tiny run, reused for every framework and seed with per-seed accuracies)."""
     from collapipe_jax.sweep import training
 
-    fed = train(tiny(tmp_path, rounds=1, policy="default", no_pipeline=True))
-    central = train(tiny(tmp_path, rounds=1, framework="centralized"))
+    central, fed = reference_pair
     accuracy = {"collapipe": [0.70, 0.72], "vanilla-fl": [0.70, 0.71], "pipeline": [0.69, 0.70],
                 "titanic": [0.70, 0.72], "centralized": [0.75, 0.76]}
 

@@ -35,7 +35,10 @@ def _free_port() -> int:
 
 
 def _run_two_processes(out: pathlib.Path, timeout_s: float = 300) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLLAPIPE_", "XLA_", "JAX_PLATFORMS"))}
+    # not the session's compilation cache (tests/conftest.py): the two processes compile the same
+    # programs at the same time, and each sweep keeps its own cache as a user's run does
+    drop = ("COLLAPIPE_", "XLA_", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
                PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]),
                **{distributed.ENV_COORDINATOR: f"localhost:{_free_port()}", distributed.ENV_NUM_PROCESSES: "2"})
