@@ -175,12 +175,35 @@ def convergence_gap(up: Uplink, S, p, channel):
 # --------------------------------------------------------------------------- matching
 
 
-def match_channels(cost: np.ndarray, cost_none: np.ndarray) -> tuple[np.ndarray, float] | None:
+# ties: a relative tolerance far above float64 rounding (~1e-16 per cost) and far below the
+# tolerances the objective is compared at (1e-7 and looser)
+TIE_RTOL = 1e-9
+
+
+def tie_break_weight(cost, tie, rtol: float = TIE_RTOL) -> float:
+    """δ of the tie-break term: rtol · max|c| / max τ over the finite costs c and their tie
+    costs τ (the matching's columns, virtual ones included), so that δ Σ τ ≤ N rtol max|c|
+    never outweighs a real difference of the costs; 1 / max τ when every finite cost is 0
+    (Y = 0: every matching that fits is a tie)."""
+    finite = np.isfinite(cost) & np.isfinite(tie)
+    c_max = float(np.max(np.abs(cost[finite]), initial=0.0))
+    t_max = float(np.max(np.abs(tie[finite]), initial=0.0))
+    t_max = t_max if t_max > 0 else 1.0
+    return rtol * c_max / t_max if c_max > 0 else 1.0 / t_max
+
+
+def match_channels(cost: np.ndarray, cost_none: np.ndarray, tie: np.ndarray | None = None,
+                   tie_none: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """Hungarian matching with N − J virtual channels when N > J.
 
     cost[n, j]: cluster n on real channel j (inf = forbidden); cost_none[n]: cluster n on a
     virtual channel (no upload). Exactly min(N, J) clusters get a real channel. Returns
     (channel[N] with −1 for virtual, total cost), or None when no finite matching exists.
+
+    Ties: with `tie` [N, J] and `tie_none` [N] given, the matching minimises cost + δ tie
+    (δ from `tie_break_weight`): among the matchings whose total cost is within
+    N · TIE_RTOL · max|cost| of the least, the one with the least total tie cost. The total
+    returned is the cost's alone. Without them, ties fall to scipy's order.
     """
     N, J = cost.shape
     n_virtual = max(0, N - J)
@@ -188,9 +211,13 @@ def match_channels(cost: np.ndarray, cost_none: np.ndarray) -> tuple[np.ndarray,
     finite = np.isfinite(matrix)
     if not finite.any():
         return None
+    solved = matrix
+    if tie is not None:
+        tie_matrix = np.concatenate([tie, np.repeat(np.asarray(tie_none, float)[:, None], n_virtual, axis=1)], axis=1)
+        solved = matrix + tie_break_weight(matrix, tie_matrix) * np.where(finite, tie_matrix, 0.0)
     # scipy rejects all-inf rows/infeasible matrices; use a large finite stand-in and check after
-    big = (np.abs(matrix[finite]).max() + 1.0) * (N + 1) * 10.0
-    rows, cols = linear_sum_assignment(np.where(finite, matrix, big))
+    big = (np.abs(solved[finite]).max() + 1.0) * (N + 1) * 10.0
+    rows, cols = linear_sum_assignment(np.where(finite, solved, big))
     if not np.all(finite[rows, cols]):
         return None
     channel = np.where(cols < J, cols, -1)
@@ -249,6 +276,10 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
     lat = np.where(ok, tau_pipe[:, None] + delay_ub, np.inf)
     candidates = np.unique(np.concatenate([lat[np.isfinite(lat)], tau_pipe]))
     half_beta = 0.5 * up.beta
+    # ε_n of Eq. 25 per pair at p_ub and without a channel: the drift cost per unit weight, and
+    # the tie-break of both readings (see match_channels)
+    noise_pair = up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :])
+    noise_none = np.full(up.N, up.C_noise / np.mean(up.I_i_w))
     if lyapunov == "drift":
         cost_pair = np.where(ok, Y[:, None] * half_beta * up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :]),
                              np.inf)
@@ -271,13 +302,15 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
         if lyapunov == "drift":
             cost = np.where(allowed, cost_pair, np.inf)
             p_pair, delay_pair = p_ub, delay_ub
+            tie_pair = noise_pair
         else:
             p_pair = power_for_delay(up, T - tau_pipe[:, None], n_idx, j_idx, p_cap=np.where(ok, p_ub, 0.0))
             p_pair = np.where(allowed & np.isfinite(p_pair), p_pair, np.nan)
             cost = np.where(np.isnan(p_pair), np.inf, Y[:, None] * np.nan_to_num(p_pair))
             delay_pair = upload_delay(up, np.nan_to_num(p_pair, nan=1.0), n_idx, j_idx)
+            tie_pair = up.C_noise / (np.nan_to_num(p_pair) * up.h_n[:, None] + up.I_i_w[None, :])
         none_cost = np.where(tau_pipe <= T, cost_none, np.inf)
-        matched = match_channels(cost, none_cost)
+        matched = match_channels(cost, none_cost, tie_pair, noise_none)
         if matched is None:
             continue
         channel, total = matched

@@ -275,15 +275,42 @@ def _match_hungarian(cost, cost_none):
     return channel, jnp.all(finite[rows, cols])
 
 
-def match_channels(cost, cost_none, method: str = "dp"):
+TIE_RTOL = rs.TIE_RTOL
+
+
+def tie_break_weight(cost, cost_none, tie, tie_none, rtol: float = TIE_RTOL):
+    """δ of the tie-break term (host `rs.tie_break_weight`): rtol · max|c| / max τ over the
+    finite costs c and tie costs τ; 1 / max τ when every finite cost is 0."""
+    costs = jnp.concatenate([cost.reshape(-1), cost_none.reshape(-1)])
+    ties = jnp.concatenate([tie.reshape(-1), tie_none.reshape(-1)])
+    finite = jnp.isfinite(costs) & jnp.isfinite(ties)
+    c_max = jnp.max(jnp.where(finite, jnp.abs(costs), 0.0))
+    t_max = jnp.max(jnp.where(finite, jnp.abs(ties), 0.0))
+    t_max = jnp.where(t_max > 0, t_max, 1.0)
+    return jnp.where(c_max > 0, rtol * c_max / t_max, 1.0 / t_max)
+
+
+def match_channels(cost, cost_none, method: str = "dp", tie=None, tie_none=None):
     """Min-cost matching of N clusters to J channels plus N − J virtual ones ("no upload") when
     N > J: exactly min(N, J) clusters get a real channel (C6). cost [N, J] (inf = forbidden),
-    cost_none [N]. Returns (channel [N] int32, −1 = none; total; ok = a finite matching exists)."""
+    cost_none [N]. Returns (channel [N] int32, −1 = none; total; ok = a finite matching exists).
+
+    Ties (host `rs.match_channels`): with `tie` [N, J] and `tie_none` [N] given, both methods
+    minimise cost + δ tie, δ from `tie_break_weight` — among the matchings whose total is within
+    N · TIE_RTOL · max|cost| of the least, the least total tie cost; the total returned is the
+    cost's alone. In float32 that term is below the costs' resolution unless every cost is 0."""
     N, J = cost.shape
     check_method(method, J)
     # no virtual channels when N ≤ J: every cluster must upload
     cost_none = jnp.asarray(cost_none, cost.dtype) if N > J else jnp.full(N, jnp.inf, cost.dtype)
-    channel, ok = _match_dp(cost, cost_none) if method == "dp" else _match_hungarian(cost, cost_none)
+    solved, solved_none = cost, cost_none
+    if tie is not None:
+        tie = jnp.asarray(tie, cost.dtype)
+        tie_none = jnp.broadcast_to(jnp.asarray(tie_none, cost.dtype), (N,))
+        delta = tie_break_weight(cost, cost_none, tie, tie_none)
+        solved = cost + delta * jnp.where(jnp.isfinite(cost), tie, 0.0)
+        solved_none = cost_none + delta * jnp.where(jnp.isfinite(cost_none), tie_none, 0.0)
+    channel, ok = (_match_dp(solved, solved_none) if method == "dp" else _match_hungarian(solved, solved_none))
     total = jnp.where(ok, _matching_total(cost, cost_none, channel), jnp.inf)
     return channel, total, ok
 
@@ -331,6 +358,9 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
     lat = jnp.where(ok, tau_pipe[:, None] + delay_ub, jnp.inf)
     candidates = jnp.concatenate([lat.reshape(-1), tau_pipe])
     half_beta = 0.5 * up.beta
+    # ε_n of Eq. 25 per pair at p_ub and without a channel: the tie-break of both readings
+    noise_pair = up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :])
+    noise_none = jnp.full(N, up.C_noise / jnp.mean(up.I_i_w))
     if lyapunov == "drift":
         cost_pair = jnp.where(ok, w[:, None] * half_beta * up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :]),
                               jnp.inf)
@@ -364,13 +394,16 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         if lyapunov == "drift":
             cost = jnp.where(allowed, cost_pair, jnp.inf)
             p_pair, delay_pair = p_ub, delay_ub
+            tie_pair = noise_pair
         else:
             p_pair = power_for_delay(up, T - tau_pipe[:, None], n_idx, j_idx, p_cap=jnp.where(ok, p_ub, 0.0))
             p_pair = jnp.where(allowed & jnp.isfinite(p_pair), p_pair, jnp.nan)
             cost = jnp.where(jnp.isnan(p_pair), jnp.inf, w[:, None] * jnp.nan_to_num(p_pair))
             delay_pair = upload_delay(up, jnp.where(jnp.isnan(p_pair), 1.0, p_pair), n_idx, j_idx)
+            tie_pair = up.C_noise / (jnp.nan_to_num(p_pair) * up.h_n[:, None] + up.I_i_w[None, :])
         none_cost = jnp.where(tau_pipe <= T, cost_none, jnp.inf)
-        channel, total, found = match_channels(cost, none_cost, method)
+        # ties (every matching that fits when w = 0): the least Σ ε_n, as on the host
+        channel, total, found = match_channels(cost, none_cost, method, tie_pair, noise_none)
         uploads = channel >= 0
         p = jnp.where(uploads, _pick(p_pair, channel), 0.0)
         tau_up = jnp.where(uploads, _pick(delay_pair, channel), 0.0)
