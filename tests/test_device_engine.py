@@ -248,11 +248,9 @@ def test_thirty_two_seeds_of_thirty_rounds_equal_the_host(variant, lyapunov, tun
     ref = run_schedule_seeds(scenario, cfg)
     for d, r in zip(dev["runs"], ref["runs"]):
         np.testing.assert_allclose(d["total_latency_s"], r["total_latency_s"], rtol=1e-4)
-        if lyapunov == "drift":
-            np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
-        # Eq. 32's objective with Y = 0 leaves every matching that meets the bottleneck a tie; scipy and
-        # the device's matching break it differently, the channels' interference then sets different
-        # Γ and the queues part (measured: up to 2e-3 on queues of 5e-4 to 2e-3), the totals do not
+        # under `paper` with Y = 0 every matching that meets the bottleneck is a tie, and the queues
+        # follow the chosen channels' Γ: both engines break it by the same rule (the least Σ ε_n)
+        np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
 
 
 @pytest.mark.slow

@@ -192,6 +192,10 @@ def test_ties_are_broken_as_the_host_breaks_them(method, N, J):
     cost[rng.uniform(size=cost.shape) < 0.2] = np.inf
     cost_none = weight * rng.uniform(0, 1, (B, N))
     tie, tie_none = rng.uniform(0.1, 1, (B, N, J)), rng.uniform(0.5, 1, (B, N))
+    # Sub-2's scaling of the tie term: far below the costs' real differences
+    scale = np.max(np.where(np.isfinite(cost), cost, 0.0), axis=(1, 2))
+    delta = np.array([rs.tie_break_weight(s, 1.0) for s in scale])
+    tie, tie_none = delta[:, None, None] * tie, delta[:, None] * tie_none
     channel, total, ok = map(np.asarray, tie_match_fn(method)(*map(jnp.asarray, (cost, cost_none, tie, tie_none))))
     untied = 0
     for b in range(B):

@@ -83,14 +83,23 @@ def least_tie_among_best(cost, cost_none, tie, tie_none):
     return np.array(tied[0][1])
 
 
+def scaled_ties(cost, cost_none, tie, tie_none):
+    """Sub-2's scaling of the tie term: δ = tie_break_weight(largest finite cost, largest tie)."""
+    finite = np.concatenate([cost[np.isfinite(cost)], cost_none[np.isfinite(cost_none)]])
+    delta = rs.tie_break_weight(float(np.max(finite, initial=0.0)), float(max(tie.max(), tie_none.max())))
+    return delta * tie, delta * tie_none
+
+
 def test_ties_go_to_the_least_tie_cost_by_hand():
     # every cost 0 (Y = 0): (0→0, 1→1) has tie cost 1 + 5, (0→1, 1→0) has 2 + 3
     tie = np.array([[1.0, 2.0], [3.0, 5.0]])
-    channel, total = rs.match_channels(np.zeros((2, 2)), np.zeros(2), tie, np.zeros(2))
+    channel, total = rs.match_channels(np.zeros((2, 2)), np.zeros(2), *scaled_ties(np.zeros((2, 2)), np.zeros(2), tie, np.ones(2)))
     assert channel.tolist() == [1, 0] and total == 0.0
-    # a real cost difference wins over any tie cost: cluster 1 prefers channel 1 by 1e-3
-    channel, total = rs.match_channels(np.array([[0.0, 0.0], [1e-3, 0.0]]), np.zeros(2), tie, np.zeros(2))
-    assert channel.tolist() == [0, 1] and total == 0.0
+    # a real cost difference wins over the tie term: cluster 1 prefers channel 1 by 1e-6 of the
+    # largest cost (1), far above TIE_RTOL
+    cost = np.array([[1.0, 1.0], [1.0 + 1e-6, 1.0]])
+    channel, total = rs.match_channels(cost, np.zeros(2), *scaled_ties(cost, np.zeros(2), tie, np.ones(2)))
+    assert channel.tolist() == [0, 1] and total == 2.0
     # three clusters, one channel: the upload that lowers the tie cost most (2 → 0.5) wins
     channel, _ = rs.match_channels(np.zeros((3, 1)), np.zeros(3), np.array([[1.5], [0.5], [1.0]]), np.full(3, 2.0))
     assert channel.tolist() == [-1, 0, -1]
@@ -108,7 +117,7 @@ def test_ties_go_to_the_least_tie_cost(seed, N, J):
     cost_none = weight * rng.uniform(0, 1, N)
     tie, tie_none = rng.uniform(0.1, 1, (N, J)), rng.uniform(0.5, 1, N)
     want = least_tie_among_best(cost, cost_none, tie, tie_none)
-    got = rs.match_channels(cost, cost_none, tie, tie_none)
+    got = rs.match_channels(cost, cost_none, *scaled_ties(cost, cost_none, tie, tie_none))
     if want is None:
         return
     channel, total = got

@@ -24,6 +24,15 @@ solved for every candidate bottleneck T (a pair's latency above T is forbidden) 
 V·T + Σ cost is kept; with the drift objective each pair's best power for any T is p_ub (both
 terms fall with p), so this enumeration is exact.
 
+Ties (one rule for this module and the device engine's): with some Y_n = 0 many matchings have
+the same cost (every matching that meets T when all Y_n are 0), and scipy's pick among them is
+arbitrary. Each matching minimises cost + δ ε instead, ε_n = C/(p h_n + I_i) (Eq. 25) at the
+pair's power for T and C/mean(I) without a channel, δ = TIE_RTOL · c / (C / min I) with c the
+largest pair cost of the solve (drift: at p_ub; paper: Y_n p_ub) and C / min I the largest ε:
+among the matchings within N · TIE_RTOL · c of the least cost, the least Σ ε_n (the least Σ Γ_n
+for the fixed S); δ = min I / C when every cost is 0. The objective compared across T stays the
+cost's alone.
+
 Power control with the ``paper`` objective: for a fixed matching, in the upload delays u_n the
 problem  min V·T + Σ_n Y_n p_n(u_n)  s.t.  τ_pipe_n + u_n ≤ T,  u_n ≥ τ^up_n(p_ub)  with
 p_n(u) = (2^{θ/(B u)} − 1)(I + B N0)/h  is convex (exp of a positive multiple of 1/u). It is
@@ -180,16 +189,12 @@ def convergence_gap(up: Uplink, S, p, channel):
 TIE_RTOL = 1e-9
 
 
-def tie_break_weight(cost, tie, rtol: float = TIE_RTOL) -> float:
-    """δ of the tie-break term: rtol · max|c| / max τ over the finite costs c and their tie
-    costs τ (the matching's columns, virtual ones included), so that δ Σ τ ≤ N rtol max|c|
-    never outweighs a real difference of the costs; 1 / max τ when every finite cost is 0
-    (Y = 0: every matching that fits is a tie)."""
-    finite = np.isfinite(cost) & np.isfinite(tie)
-    c_max = float(np.max(np.abs(cost[finite]), initial=0.0))
-    t_max = float(np.max(np.abs(tie[finite]), initial=0.0))
-    t_max = t_max if t_max > 0 else 1.0
-    return rtol * c_max / t_max if c_max > 0 else 1.0 / t_max
+def tie_break_weight(cost_scale: float, noise_max: float, rtol: float = TIE_RTOL) -> float:
+    """δ of the tie-break term δ Σ_n ε_n: rtol · cost_scale / noise_max, where cost_scale bounds
+    every finite pair cost of the solve and noise_max every ε_n, so that δ Σ ε_n ≤
+    N · rtol · cost_scale never outweighs a real difference of the costs; 1 / noise_max when
+    every cost is 0 (Y = 0: every matching that fits is a tie)."""
+    return rtol * cost_scale / noise_max if cost_scale > 0 else 1.0 / noise_max
 
 
 def match_channels(cost: np.ndarray, cost_none: np.ndarray, tie: np.ndarray | None = None,
@@ -200,10 +205,10 @@ def match_channels(cost: np.ndarray, cost_none: np.ndarray, tie: np.ndarray | No
     virtual channel (no upload). Exactly min(N, J) clusters get a real channel. Returns
     (channel[N] with −1 for virtual, total cost), or None when no finite matching exists.
 
-    Ties: with `tie` [N, J] and `tie_none` [N] given, the matching minimises cost + δ tie
-    (δ from `tie_break_weight`): among the matchings whose total cost is within
-    N · TIE_RTOL · max|cost| of the least, the one with the least total tie cost. The total
-    returned is the cost's alone. Without them, ties fall to scipy's order.
+    `tie` [N, J] and `tie_none` [N] (finite), when given, are added to the costs to decide their
+    ties and are small against their real differences (Sub-2's rule: δ ε_n, see
+    `solve_resources`); the total returned is the costs' alone. Without them, ties fall to
+    scipy's order.
     """
     N, J = cost.shape
     n_virtual = max(0, N - J)
@@ -212,9 +217,9 @@ def match_channels(cost: np.ndarray, cost_none: np.ndarray, tie: np.ndarray | No
     if not finite.any():
         return None
     solved = matrix
-    if tie is not None:
-        tie_matrix = np.concatenate([tie, np.repeat(np.asarray(tie_none, float)[:, None], n_virtual, axis=1)], axis=1)
-        solved = matrix + tie_break_weight(matrix, tie_matrix) * np.where(finite, tie_matrix, 0.0)
+    if tie is not None:  # inf + a finite tie term stays inf: forbidden pairs stay forbidden
+        solved = matrix + (np.concatenate([tie, np.repeat(np.asarray(tie_none, float)[:, None], n_virtual, axis=1)], axis=1)
+                           if n_virtual else tie)
     # scipy rejects all-inf rows/infeasible matrices; use a large finite stand-in and check after
     big = (np.abs(solved[finite]).max() + 1.0) * (N + 1) * 10.0
     rows, cols = linear_sum_assignment(np.where(finite, solved, big))
@@ -276,18 +281,23 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
     lat = np.where(ok, tau_pipe[:, None] + delay_ub, np.inf)
     candidates = np.unique(np.concatenate([lat[np.isfinite(lat)], tau_pipe]))
     half_beta = 0.5 * up.beta
-    # ε_n of Eq. 25 per pair at p_ub and without a channel: the drift cost per unit weight, and
-    # the tie-break of both readings (see match_channels)
-    noise_pair = up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :])
-    noise_none = np.full(up.N, up.C_noise / np.mean(up.I_i_w))
+    # ties (module docstring): δ ε_n added to every pair; no ε_n exceeds C / min I (p = 0)
+    noise_max = up.C_noise / float(np.min(up.I_i_w))
     if lyapunov == "drift":
         cost_pair = np.where(ok, Y[:, None] * half_beta * up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :]),
                              np.inf)
         cost_none = Y * half_beta * up.C_noise / np.mean(up.I_i_w)
         floor = float(np.sum(np.minimum(np.min(cost_pair, axis=1), cost_none)))
+        costs = np.concatenate([cost_pair.ravel(), cost_none if up.N > up.J else []])
     else:
         cost_none = np.zeros(up.N)
         floor = 0.0
+        costs = (Y[:, None] * p_safe)[ok]  # a pair's power never exceeds p_ub
+    delta = tie_break_weight(float(np.max(np.abs(costs[np.isfinite(costs)]), initial=0.0)), noise_max)
+    delta_C = delta * up.C_noise
+    tie_none = np.full(up.N, delta_C / np.mean(up.I_i_w))
+    if lyapunov == "drift":
+        tie_pair = delta_C / (p_safe * up.h_n[:, None] + up.I_i_w[None, :])
     if lyapunov == "paper":
         # the least power meeting T changes continuously with T, so the best matching may win
         # only between the candidate bounds: search a dense grid of bounds as well
@@ -302,15 +312,15 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
         if lyapunov == "drift":
             cost = np.where(allowed, cost_pair, np.inf)
             p_pair, delay_pair = p_ub, delay_ub
-            tie_pair = noise_pair
         else:
             p_pair = power_for_delay(up, T - tau_pipe[:, None], n_idx, j_idx, p_cap=np.where(ok, p_ub, 0.0))
             p_pair = np.where(allowed & np.isfinite(p_pair), p_pair, np.nan)
-            cost = np.where(np.isnan(p_pair), np.inf, Y[:, None] * np.nan_to_num(p_pair))
+            p_zero = np.nan_to_num(p_pair)
+            cost = np.where(np.isnan(p_pair), np.inf, Y[:, None] * p_zero)
             delay_pair = upload_delay(up, np.nan_to_num(p_pair, nan=1.0), n_idx, j_idx)
-            tie_pair = up.C_noise / (np.nan_to_num(p_pair) * up.h_n[:, None] + up.I_i_w[None, :])
+            tie_pair = delta_C / (p_zero * up.h_n[:, None] + up.I_i_w[None, :])
         none_cost = np.where(tau_pipe <= T, cost_none, np.inf)
-        matched = match_channels(cost, none_cost, tie_pair, noise_none)
+        matched = match_channels(cost, none_cost, tie_pair, tie_none)
         if matched is None:
             continue
         channel, total = matched
