@@ -73,11 +73,14 @@ def compare(policy, scenario, state, Y, variant, lyapunov):
         return "infeasible"
     assert int(dev.code) == constraints.FEASIBLE, (policy, constraints.name(dev.code))
     np.testing.assert_allclose(dev.objective, ref.objective, rtol=1e-5, err_msg=policy)
-    np.testing.assert_allclose(dev.tau_pipe_s, ref.tau_pipe_s, rtol=1e-5, err_msg=policy)
-    # the same decision where the host's optimum is unique: a different decision must tie
+    # the same decision where the host's optimum is unique: a different decision must tie. With
+    # zero queues under `paper` the objective is V τ alone, so the plans of the clusters that do
+    # not set τ tie as well: τ_pipe is compared through the decision, not on its own
     same = (np.array_equal(dev.delta, [p.delta for p in ref.plans]) and np.array_equal(dev.m, [p.m for p in ref.plans])
             and np.array_equal(dev.channel, ref.channel))
-    if not same:
+    if same:
+        np.testing.assert_allclose(dev.tau_pipe_s, ref.tau_pipe_s, rtol=1e-5, err_msg=policy)
+    else:
         problem = host.round_problem(scenario, state, variant, lyapunov)
         plans = [host.sg.SegmentPlan(tuple(int(v) for v in d), order, int(m), 0.0)
                  for d, order, m in zip(dev.delta, orders(dev), dev.m)]
@@ -167,8 +170,9 @@ def test_rules_sharing_a_program_equal_the_host(policy):
     for d, r in zip(dev["runs"], ref["runs"]):
         np.testing.assert_allclose(d["total_latency_s"], r["total_latency_s"], rtol=1e-4)
         assert d["violations"] == r["violations"]
-        if policy != "dssra-no-queue":  # latency alone leaves which CUs upload a tie, and with it their queues
-            np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
+        # latency alone (dssra-no-queue) leaves which CUs upload a tie: both engines break it by
+        # the same rule (the least Σ ε_n), so the queues agree too
+        np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
 
 
 def dataclass_replace(cfg, **changes):
@@ -265,11 +269,17 @@ def test_thirty_two_seeds_of_thirty_rounds_equal_the_host(variant, lyapunov, tun
     ref = run_schedule_seeds(scenario, cfg)
     for d, r in zip(dev["runs"], ref["runs"]):
         np.testing.assert_allclose(d["total_latency_s"], r["total_latency_s"], rtol=1e-4)
-        if lyapunov == "drift":
-            np.testing.assert_allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)
-        # Eq. 32's objective with Y = 0 leaves every matching that meets the bottleneck a tie; scipy and
-        # the device's matching break it differently, the channels' interference then sets different
-        # Γ and the queues part (measured: up to 2e-3 on queues of 5e-4 to 2e-3), the totals do not
+    # under `paper` with Y = 0 every matching that meets the bottleneck is a tie, and the queues
+    # follow the chosen channels' Γ: both engines break it by the same rule (the least Σ ε_n)
+    parted = [d["seed"] for d, r in zip(dev["runs"], ref["runs"])
+              if not np.allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)]
+    if parted and lyapunov == "paper":
+        # measured: seed 12 parts at round 5 with the same channels: the device's paper-variant
+        # front holds a slower 3-stage plan for cluster 1 (τ_pipe 0.924 s, last device 1) than
+        # the host's (0.908 s, last device 4); at Y = 0 that cluster does not set τ, so the
+        # objectives agree, but its power and Γ, and then the queues, do not
+        pytest.xfail(f"seeds {parted}: the device's Sub-1 front misses a non-bottleneck cluster's fastest plan")
+    assert parted == []
 
 
 @pytest.mark.slow

@@ -174,6 +174,42 @@ def test_matching_equals_scipy_and_brute_force(method, N, J):
             assert host is not None and np.array_equal(host[0], channel[b])  # continuous costs: unique
 
 
+@functools.cache
+def tie_match_fn(method):
+    return jax.jit(jax.vmap(lambda c, cn, t, tn: dr.match_channels(c, cn, method, t, tn)))
+
+
+@pytest.mark.parametrize("method", ["dp", "hungarian"])
+@pytest.mark.parametrize("N,J", [(3, 4), (6, 4)])
+def test_ties_are_broken_as_the_host_breaks_them(method, N, J):
+    """Rows of weight 0 (Y_n = 0; every row in a quarter of the instances) make ties: both
+    methods return the host's matching, the least Σ tie among the least Σ cost."""
+    rng = np.random.default_rng(N * 10 + J + 1)
+    B = 40
+    zero = (rng.uniform(size=(B, N)) < 0.5) | (np.arange(B) % 4 == 0)[:, None]
+    weight = np.where(zero, 0.0, rng.uniform(0.1, 10, (B, N)))
+    cost = weight[:, :, None] * rng.uniform(0, 1, (B, N, J))
+    cost[rng.uniform(size=cost.shape) < 0.2] = np.inf
+    cost_none = weight * rng.uniform(0, 1, (B, N))
+    tie, tie_none = rng.uniform(0.1, 1, (B, N, J)), rng.uniform(0.5, 1, (B, N))
+    # Sub-2's scaling of the tie term: far below the costs' real differences
+    scale = np.max(np.where(np.isfinite(cost), cost, 0.0), axis=(1, 2))
+    delta = np.array([rs.tie_break_weight(s, 1.0) for s in scale])
+    tie, tie_none = delta[:, None, None] * tie, delta[:, None] * tie_none
+    channel, total, ok = map(np.asarray, tie_match_fn(method)(*map(jnp.asarray, (cost, cost_none, tie, tie_none))))
+    untied = 0
+    for b in range(B):
+        host = rs.match_channels(cost[b], cost_none[b], tie[b], tie_none[b])
+        assert bool(ok[b]) == (host is not None)
+        if host is None:
+            continue
+        np.testing.assert_array_equal(channel[b], host[0])
+        assert total[b] == pytest.approx(host[1], rel=1e-12, abs=1e-300)
+        # without the tie-break the methods' own orders may differ from scipy's
+        untied += not np.array_equal(rs.match_channels(cost[b], cost_none[b])[0], host[0])
+    assert untied > 0  # some instances had a tie that the tie costs decided
+
+
 @pytest.mark.parametrize("N,J", [(16, 8), pytest.param(12, 12, marks=pytest.mark.slow)])
 def test_matching_large_shapes_equal_scipy(N, J):
     """Both methods reach scipy's optimum on the larger shapes too."""
@@ -202,7 +238,9 @@ def host_objective(up, lyapunov, V, tau_pipe, S, w, channel, p):
     return V * float(np.max(tau_pipe + tau_up)) + float(extra)
 
 
-def compare_solve(problems, lyapunov, V=10.0, method=None):
+def compare_solve(problems, lyapunov, V=10.0, method=None, zero_weights=False):
+    """The device's Sub-2 against the host's on `problems` (zero_weights: every weight 0 in
+    every other instance, about half of them in the rest: ties the tie-break decides)."""
     ups = [p.uplink for p in problems]
     N, J = ups[0].N, ups[0].J
     p_ub = [rs.power_upper_bounds(u) for u in ups]
@@ -210,6 +248,9 @@ def compare_solve(problems, lyapunov, V=10.0, method=None):
                                                 np.arange(J)[None, :]))) for u, q in zip(ups, p_ub)]
     inputs = [sub1_inputs(b, N, s) for b, s in enumerate(scale)]
     tau, S, w = (np.stack(x) for x in zip(*inputs))
+    if zero_weights:
+        keep = np.random.default_rng(N + J).uniform(size=w.shape) < 0.5
+        w = np.where(keep & (np.arange(len(ups)) % 2 == 1)[:, None], w, 0.0)
     got = solve_fn(lyapunov, method)(stack(ups), jnp.asarray(tau), jnp.asarray(S), jnp.asarray(w), V,
                                      jnp.asarray(np.stack(p_ub)))
     got = jax.tree_util.tree_map(np.asarray, got)
@@ -259,6 +300,14 @@ def check_powers(up, p_ub, channel, p):
 def test_solve_resources_equals_the_host(N, J, fading, lyapunov):
     feasible = compare_solve(instances(N, J, fading, 12), lyapunov)
     assert 0 < feasible < 12  # both kinds of instance were compared
+
+
+@pytest.mark.parametrize("N,J,lyapunov", [(3, 4, "drift"), (3, 4, "paper"), (6, 4, "drift")])
+def test_sub2_with_zero_queues_equals_the_host(N, J, lyapunov):
+    """Y_n = 0 leaves ties (all matchings that meet the bottleneck when every Y_n is 0): the
+    device decides them as the host (the least Σ ε_n), so channels and powers agree."""
+    feasible = compare_solve(instances(N, J, "mean", 12), lyapunov, zero_weights=True)
+    assert feasible > 0
 
 
 @pytest.mark.slow

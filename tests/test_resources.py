@@ -60,6 +60,106 @@ def test_hungarian_with_virtual_channels_equals_brute_force(seed, N, J):
     assert total == pytest.approx(sum(cost[n, c] if c >= 0 else cost_none[n] for n, c in enumerate(channel)))
 
 
+def matchings(N, J):
+    """Every channel vector with exactly min(N, J) uploads and no channel twice (−1: none)."""
+    cols = list(range(J)) + [-1] * max(0, N - J)
+    return sorted(set(itertools.permutations(cols, N)))
+
+
+def least_tie_among_best(cost, cost_none, tie, tie_none):
+    """Brute force of the tie-break: the least Σ tie among the matchings of least Σ cost
+    (equal to 1e-12 relative); None when that is itself a tie or no finite matching exists."""
+    rows = []
+    for perm in matchings(*cost.shape):
+        c = sum(cost[n, j] if j >= 0 else cost_none[n] for n, j in enumerate(perm))
+        t = sum(tie[n, j] if j >= 0 else tie_none[n] for n, j in enumerate(perm))
+        rows.append((c, t, perm))
+    best = min(r[0] for r in rows)
+    if math.isinf(best):
+        return None
+    tied = sorted((t, perm) for c, t, perm in rows if c <= best + 1e-12 * abs(best))
+    if len(tied) > 1 and tied[1][0] <= tied[0][0] * (1 + 1e-12):
+        return None
+    return np.array(tied[0][1])
+
+
+def scaled_ties(cost, cost_none, tie, tie_none):
+    """Sub-2's scaling of the tie term: δ = tie_break_weight(largest finite cost, largest tie)."""
+    finite = np.concatenate([cost[np.isfinite(cost)], cost_none[np.isfinite(cost_none)]])
+    delta = rs.tie_break_weight(float(np.max(finite, initial=0.0)), float(max(tie.max(), tie_none.max())))
+    return delta * tie, delta * tie_none
+
+
+def test_ties_go_to_the_least_tie_cost_by_hand():
+    # every cost 0 (Y = 0): (0→0, 1→1) has tie cost 1 + 5, (0→1, 1→0) has 2 + 3
+    tie = np.array([[1.0, 2.0], [3.0, 5.0]])
+    channel, total = rs.match_channels(np.zeros((2, 2)), np.zeros(2), *scaled_ties(np.zeros((2, 2)), np.zeros(2), tie, np.ones(2)))
+    assert channel.tolist() == [1, 0] and total == 0.0
+    # a real cost difference wins over the tie term: cluster 1 prefers channel 1 by 1e-6 of the
+    # largest cost (1), far above TIE_RTOL
+    cost = np.array([[1.0, 1.0], [1.0 + 1e-6, 1.0]])
+    channel, total = rs.match_channels(cost, np.zeros(2), *scaled_ties(cost, np.zeros(2), tie, np.ones(2)))
+    assert channel.tolist() == [0, 1] and total == 2.0
+    # three clusters, one channel: the upload that lowers the tie cost most (2 → 0.5) wins
+    channel, _ = rs.match_channels(np.zeros((3, 1)), np.zeros(3), np.array([[1.5], [0.5], [1.0]]), np.full(3, 2.0))
+    assert channel.tolist() == [-1, 0, -1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), N=st.integers(1, 4), J=st.integers(1, 4))
+def test_ties_go_to_the_least_tie_cost(seed, N, J):
+    """Rows of weight 0 (Y_n = 0) make ties; the matching is the brute-force least Σ tie among
+    the least Σ cost."""
+    rng = np.random.default_rng(seed)
+    weight = rng.uniform(0, 10, N) * (rng.uniform(size=N) < 0.5)
+    cost = weight[:, None] * rng.uniform(0, 1, (N, J))
+    cost[rng.uniform(size=(N, J)) < 0.2] = np.inf
+    cost_none = weight * rng.uniform(0, 1, N)
+    tie, tie_none = rng.uniform(0.1, 1, (N, J)), rng.uniform(0.5, 1, N)
+    want = least_tie_among_best(cost, cost_none, tie, tie_none)
+    got = rs.match_channels(cost, cost_none, *scaled_ties(cost, cost_none, tie, tie_none))
+    if want is None:
+        return
+    channel, total = got
+    np.testing.assert_array_equal(channel, want)
+    assert total == pytest.approx(brute_matching(cost, cost_none), rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("lyapunov", ["drift", "paper"])
+@pytest.mark.parametrize("N,J", [(3, 4), (4, 2)])
+def test_with_zero_queues_sub2_picks_the_least_noise_of_the_fastest_matchings(lyapunov, N, J):
+    """Y = 0: the objective is V τ alone and every matching meeting the least bottleneck T* is
+    optimal; Sub-2 returns the one with the least Σ ε_n (Eq. 25) at the powers of T* (drift: p_ub;
+    paper: the least power meeting T*), by brute force over the matchings."""
+    checked = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        up = random_uplink(seed, N, J)
+        tau_pipe = rng.uniform(1, 30, N)
+        p_ub = rs.power_upper_bounds(up)
+        n = np.arange(N)
+        rows = []
+        for perm in matchings(N, J):
+            ch = np.array(perm)
+            j = np.clip(ch, 0, None)
+            lat = tau_pipe + np.where(ch >= 0, rs.upload_delay(up, p_ub[n, j], n, j), 0.0)
+            rows.append((float(np.max(lat)), ch))
+        T_star = min(r[0] for r in rows)
+        noise = []
+        for T, ch in rows:
+            if T != T_star:
+                continue
+            j = np.clip(ch, 0, None)
+            p = p_ub[n, j] if lyapunov == "drift" else rs.power_for_delay(up, T_star - tau_pipe, n, j, p_cap=p_ub[n, j])
+            noise.append((float(np.sum(rs.noise_variance(up, np.where(ch >= 0, p, 0.0), n, ch))), ch.tolist()))
+        noise.sort()
+        got = rs.solve_resources(up, tau_pipe, np.ones(N), np.zeros(N), 10.0, lyapunov, p_ub=p_ub)
+        assert got.objective == pytest.approx(10.0 * T_star, rel=1e-9)
+        assert got.channel.tolist() == noise[0][1], noise[:3]
+        checked += len(noise) > 1
+    assert checked >= 3  # draws with a tie to break
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), fading=st.sampled_from(["mean", "rayleigh"]))
 def test_power_upper_bound_is_the_energy_boundary(seed, fading):

@@ -24,6 +24,15 @@ solved for every candidate bottleneck T (a pair's latency above T is forbidden) 
 V·T + Σ cost is kept; with the drift objective each pair's best power for any T is p_ub (both
 terms fall with p), so this enumeration is exact.
 
+Ties (one rule for this module and the device engine's): with some Y_n = 0 many matchings have
+the same cost (every matching that meets T when all Y_n are 0), and scipy's pick among them is
+arbitrary. Each matching minimises cost + δ ε instead, ε_n = C/(p h_n + I_i) (Eq. 25) at the
+pair's power for T and C/mean(I) without a channel, δ = TIE_RTOL · c / (C / min I) with c the
+largest pair cost of the solve (drift: at p_ub; paper: Y_n p_ub) and C / min I the largest ε:
+among the matchings within N · TIE_RTOL · c of the least cost, the least Σ ε_n (the least Σ Γ_n
+for the fixed S); δ = min I / C when every cost is 0. The objective compared across T stays the
+cost's alone.
+
 Power control with the ``paper`` objective: for a fixed matching, in the upload delays u_n the
 problem  min V·T + Σ_n Y_n p_n(u_n)  s.t.  τ_pipe_n + u_n ≤ T,  u_n ≥ τ^up_n(p_ub)  with
 p_n(u) = (2^{θ/(B u)} − 1)(I + B N0)/h  is convex (exp of a positive multiple of 1/u). It is
@@ -175,12 +184,31 @@ def convergence_gap(up: Uplink, S, p, channel):
 # --------------------------------------------------------------------------- matching
 
 
-def match_channels(cost: np.ndarray, cost_none: np.ndarray) -> tuple[np.ndarray, float] | None:
+# ties: a relative tolerance far above float64 rounding (~1e-16 per cost) and far below the
+# tolerances the objective is compared at (1e-7 and looser)
+TIE_RTOL = 1e-9
+
+
+def tie_break_weight(cost_scale: float, noise_max: float, rtol: float = TIE_RTOL) -> float:
+    """δ of the tie-break term δ Σ_n ε_n: rtol · cost_scale / noise_max, where cost_scale bounds
+    every finite pair cost of the solve and noise_max every ε_n, so that δ Σ ε_n ≤
+    N · rtol · cost_scale never outweighs a real difference of the costs; 1 / noise_max when
+    every cost is 0 (Y = 0: every matching that fits is a tie)."""
+    return rtol * cost_scale / noise_max if cost_scale > 0 else 1.0 / noise_max
+
+
+def match_channels(cost: np.ndarray, cost_none: np.ndarray, tie: np.ndarray | None = None,
+                   tie_none: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """Hungarian matching with N − J virtual channels when N > J.
 
     cost[n, j]: cluster n on real channel j (inf = forbidden); cost_none[n]: cluster n on a
     virtual channel (no upload). Exactly min(N, J) clusters get a real channel. Returns
     (channel[N] with −1 for virtual, total cost), or None when no finite matching exists.
+
+    `tie` [N, J] and `tie_none` [N] (finite), when given, are added to the costs to decide their
+    ties and are small against their real differences (Sub-2's rule: δ ε_n, see
+    `solve_resources`); the total returned is the costs' alone. Without them, ties fall to
+    scipy's order.
     """
     N, J = cost.shape
     n_virtual = max(0, N - J)
@@ -188,9 +216,13 @@ def match_channels(cost: np.ndarray, cost_none: np.ndarray) -> tuple[np.ndarray,
     finite = np.isfinite(matrix)
     if not finite.any():
         return None
+    solved = matrix
+    if tie is not None:  # inf + a finite tie term stays inf: forbidden pairs stay forbidden
+        solved = matrix + (np.concatenate([tie, np.repeat(np.asarray(tie_none, float)[:, None], n_virtual, axis=1)], axis=1)
+                           if n_virtual else tie)
     # scipy rejects all-inf rows/infeasible matrices; use a large finite stand-in and check after
-    big = (np.abs(matrix[finite]).max() + 1.0) * (N + 1) * 10.0
-    rows, cols = linear_sum_assignment(np.where(finite, matrix, big))
+    big = (np.abs(solved[finite]).max() + 1.0) * (N + 1) * 10.0
+    rows, cols = linear_sum_assignment(np.where(finite, solved, big))
     if not np.all(finite[rows, cols]):
         return None
     channel = np.where(cols < J, cols, -1)
@@ -249,14 +281,23 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
     lat = np.where(ok, tau_pipe[:, None] + delay_ub, np.inf)
     candidates = np.unique(np.concatenate([lat[np.isfinite(lat)], tau_pipe]))
     half_beta = 0.5 * up.beta
+    # ties (module docstring): δ ε_n added to every pair; no ε_n exceeds C / min I (p = 0)
+    noise_max = up.C_noise / float(np.min(up.I_i_w))
     if lyapunov == "drift":
         cost_pair = np.where(ok, Y[:, None] * half_beta * up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :]),
                              np.inf)
         cost_none = Y * half_beta * up.C_noise / np.mean(up.I_i_w)
         floor = float(np.sum(np.minimum(np.min(cost_pair, axis=1), cost_none)))
+        costs = np.concatenate([cost_pair.ravel(), cost_none if up.N > up.J else []])
     else:
         cost_none = np.zeros(up.N)
         floor = 0.0
+        costs = (Y[:, None] * p_safe)[ok]  # a pair's power never exceeds p_ub
+    delta = tie_break_weight(float(np.max(np.abs(costs[np.isfinite(costs)]), initial=0.0)), noise_max)
+    delta_C = delta * up.C_noise
+    tie_none = np.full(up.N, delta_C / np.mean(up.I_i_w))
+    if lyapunov == "drift":
+        tie_pair = delta_C / (p_safe * up.h_n[:, None] + up.I_i_w[None, :])
     if lyapunov == "paper":
         # the least power meeting T changes continuously with T, so the best matching may win
         # only between the candidate bounds: search a dense grid of bounds as well
@@ -274,10 +315,12 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
         else:
             p_pair = power_for_delay(up, T - tau_pipe[:, None], n_idx, j_idx, p_cap=np.where(ok, p_ub, 0.0))
             p_pair = np.where(allowed & np.isfinite(p_pair), p_pair, np.nan)
-            cost = np.where(np.isnan(p_pair), np.inf, Y[:, None] * np.nan_to_num(p_pair))
+            p_zero = np.nan_to_num(p_pair)
+            cost = np.where(np.isnan(p_pair), np.inf, Y[:, None] * p_zero)
             delay_pair = upload_delay(up, np.nan_to_num(p_pair, nan=1.0), n_idx, j_idx)
+            tie_pair = delta_C / (p_zero * up.h_n[:, None] + up.I_i_w[None, :])
         none_cost = np.where(tau_pipe <= T, cost_none, np.inf)
-        matched = match_channels(cost, none_cost)
+        matched = match_channels(cost, none_cost, tie_pair, tie_none)
         if matched is None:
             continue
         channel, total = matched

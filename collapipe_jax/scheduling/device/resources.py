@@ -13,7 +13,9 @@ How the host's loops become static shapes:
   ``"dp"`` — a dynamic programme over channel subsets (clusters in order, state = the set of
   used channels, 2^J states; exact, for J ≤ `DP_MAX_CHANNELS`), or ``"hungarian"`` —
   `optax.assignment.hungarian_algorithm` on the N × max(N, J) matrix with forbidden pairs as a
-  large finite stand-in, checked after (as the host does with scipy).
+  large finite stand-in, checked after (as the host does with scipy). Both break ties by the
+  host's rule (cost + δ ε: the least Σ ε_n among the matchings of least cost, `match_channels`),
+  so that the engines agree where Y_n = 0 leaves many matchings optimal.
 * The bottleneck enumeration: the host walks the candidate bottlenecks T in ascending order and
   stops once V·T + (a lower bound of the pair costs) cannot beat the best. Here the sorted
   candidates are cut into chunks of `chunk`; every candidate of a chunk is solved at once
@@ -275,15 +277,32 @@ def _match_hungarian(cost, cost_none):
     return channel, jnp.all(finite[rows, cols])
 
 
-def match_channels(cost, cost_none, method: str = "dp"):
+TIE_RTOL = rs.TIE_RTOL
+
+
+def tie_break_weight(cost_scale, noise_max, rtol: float = TIE_RTOL):
+    """δ of the tie-break term δ Σ_n ε_n (host `rs.tie_break_weight`): rtol · cost_scale /
+    noise_max; 1 / noise_max when every cost is 0."""
+    return jnp.where(cost_scale > 0, rtol * cost_scale / noise_max, 1.0 / noise_max)
+
+
+def match_channels(cost, cost_none, method: str = "dp", tie=None, tie_none=None):
     """Min-cost matching of N clusters to J channels plus N − J virtual ones ("no upload") when
     N > J: exactly min(N, J) clusters get a real channel (C6). cost [N, J] (inf = forbidden),
-    cost_none [N]. Returns (channel [N] int32, −1 = none; total; ok = a finite matching exists)."""
+    cost_none [N]. Returns (channel [N] int32, −1 = none; total; ok = a finite matching exists).
+
+    `tie` [N, J] and `tie_none` [N] (finite), when given, are added to the costs to decide their
+    ties, as on the host (`rs.match_channels`; Sub-2's rule: δ ε_n, see the host's
+    `solve_resources`), by either method; the total returned is the costs' alone. In float32
+    δ ε_n is below the costs' resolution unless every cost is 0."""
     N, J = cost.shape
     check_method(method, J)
     # no virtual channels when N ≤ J: every cluster must upload
     cost_none = jnp.asarray(cost_none, cost.dtype) if N > J else jnp.full(N, jnp.inf, cost.dtype)
-    channel, ok = _match_dp(cost, cost_none) if method == "dp" else _match_hungarian(cost, cost_none)
+    solved, solved_none = cost, cost_none
+    if tie is not None:  # inf + a finite tie term stays inf: forbidden pairs stay forbidden
+        solved, solved_none = cost + tie, cost_none + tie_none
+    channel, ok = _match_dp(solved, solved_none) if method == "dp" else _match_hungarian(solved, solved_none)
     total = jnp.where(ok, _matching_total(cost, cost_none, channel), jnp.inf)
     return channel, total, ok
 
@@ -335,6 +354,15 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         cost_pair = jnp.where(ok, w[:, None] * half_beta * up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :]),
                               jnp.inf)
         cost_none = w * half_beta * up.C_noise / jnp.mean(up.I_i_w)
+        costs = jnp.concatenate([cost_pair.reshape(-1), cost_none if N > J else jnp.zeros(0, dtype)])
+    else:
+        costs = jnp.where(ok, w[:, None] * p_safe, 0.0).reshape(-1)  # a pair's power never exceeds p_ub
+    # ties (the host's rule): δ ε_n added to every pair; no ε_n exceeds C / min I (p = 0)
+    cost_scale = jnp.max(jnp.where(jnp.isfinite(costs), jnp.abs(costs), 0.0))
+    delta = tie_break_weight(cost_scale, up.C_noise / jnp.min(up.I_i_w))
+    tie_none = jnp.full(N, delta * up.C_noise / jnp.mean(up.I_i_w))
+    if lyapunov == "drift":
+        tie_pair = delta * up.C_noise / (p_safe * up.h_n[:, None] + up.I_i_w[None, :])
         # the pair costs do not depend on T: the best matching with every latency allowed bounds
         # the cost part of every bound's objective from below (tighter than the host's
         # per-cluster floor, so the walk over bounds stops sooner at the same optimum)
@@ -364,13 +392,15 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         if lyapunov == "drift":
             cost = jnp.where(allowed, cost_pair, jnp.inf)
             p_pair, delay_pair = p_ub, delay_ub
+            ties = tie_pair
         else:
             p_pair = power_for_delay(up, T - tau_pipe[:, None], n_idx, j_idx, p_cap=jnp.where(ok, p_ub, 0.0))
             p_pair = jnp.where(allowed & jnp.isfinite(p_pair), p_pair, jnp.nan)
             cost = jnp.where(jnp.isnan(p_pair), jnp.inf, w[:, None] * jnp.nan_to_num(p_pair))
             delay_pair = upload_delay(up, jnp.where(jnp.isnan(p_pair), 1.0, p_pair), n_idx, j_idx)
+            ties = delta * up.C_noise / (jnp.nan_to_num(p_pair) * up.h_n[:, None] + up.I_i_w[None, :])
         none_cost = jnp.where(tau_pipe <= T, cost_none, jnp.inf)
-        channel, total, found = match_channels(cost, none_cost, method)
+        channel, total, found = match_channels(cost, none_cost, method, ties, tie_none)
         uploads = channel >= 0
         p = jnp.where(uploads, _pick(p_pair, channel), 0.0)
         tau_up = jnp.where(uploads, _pick(delay_pair, channel), 0.0)
