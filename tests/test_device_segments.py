@@ -180,6 +180,20 @@ def test_solve_segments_equals_the_host(case, variant):
         np.testing.assert_array_equal(np.where(got.ok, got.m, 0), m)
 
 
+def test_every_plan_places_all_tebs_outside_jit():
+    """A measured instance (paper-bert, full upload, round 5 of seed 12, cluster 1) where XLA,
+    compiling the m rule's while loop outside jit, rounded the chunk times an ulp apart in the
+    bound and in the fill, and the 3-stage plan lost a TEB (Σ δ = L − 1, a τ below the host's)."""
+    scenario = scenario_preset("paper-bert").replace(tunable="full", E_max_n_j=1e3)
+    problem = ds.round_problem(scenario, draw_state(scenario, round_key(12, 5)), "paper", lyapunov="paper")
+    dev = problem.clusters[1]
+    tau, m, _ = host_front(dev)
+    got, _ = dsg.solve_segments(dsg.cluster_from_host(dev), dev.L, dev.b, "paper")  # eager, not `solve`
+    ok = np.asarray(got.ok)
+    np.testing.assert_array_equal(np.asarray(got.delta).sum(axis=1)[ok], dev.L)
+    np.testing.assert_allclose(np.where(ok, got.tau, np.nan), tau, rtol=RTOL)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_exhaustive_m_rule_equals_the_host(variant):
     _, devs = round_clusters("paper-bert", variant, 6, tight="budgets")

@@ -357,8 +357,14 @@ def _front_greedy(cl: Cluster, m, L: int, b: int, variant: str) -> Front:
         extra = jnp.clip((L - s) - (jnp.cumsum(room) - room), 0, room)
         return jnp.zeros(K, jnp.int32).at[seq].add(jnp.where(member, 1 + extra, 0))
 
-    delta = jax.vmap(fill)(S, last, bound)
-    return _front_from_plans(cl, m, delta, last, jnp.any(found, axis=1), L, b, variant)
+    # Each bound is one of the chunk times, and the fill compares the chunk times with it again.
+    # XLA may compute the chunk times twice (once per consumer, e.g. inside a while loop whose
+    # trip count it folds) with roundings an ulp apart, which dropped a TEB from a plan (Σ δ = L
+    # − 1, measured); a few ulps of slack keep the binding chunk time within its own bound.
+    slack = bound + 4 * jnp.finfo(stage.dtype).eps * jnp.abs(bound)
+    delta = jax.vmap(fill)(S, last, slack)
+    whole = jnp.sum(delta, axis=1) == L  # a plan that does not place every TEB is no plan
+    return _front_from_plans(cl, m, delta, last, jnp.any(found, axis=1) & whole, L, b, variant)
 
 
 def _dp_at(stage, cost, T, L: int, K: int):
