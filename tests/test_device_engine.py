@@ -264,16 +264,25 @@ def test_thirty_two_seeds_of_thirty_rounds_equal_the_host(variant, lyapunov, tun
     scenario = scenario_preset("paper-bert").replace(tunable=tunable)
     if tunable == "full":
         scenario = scenario.replace(E_max_n_j=RELAXED)
-    cfg = ScheduleConfig(rounds=30, variant=variant, lyapunov=lyapunov, seeds="0:32", progress=False)
+    cfg = ScheduleConfig(rounds=30, variant=variant, lyapunov=lyapunov, seeds="0:32", progress=False,
+                         per_round=True)
     dev = run_schedule_seeds(scenario, dataclass_replace(cfg, engine="device"))
     ref = run_schedule_seeds(scenario, cfg)
     for d, r in zip(dev["runs"], ref["runs"]):
         np.testing.assert_allclose(d["total_latency_s"], r["total_latency_s"], rtol=1e-4)
     # under `paper` with Y = 0 every matching that meets the bottleneck is a tie, and the queues
     # follow the chosen channels' Γ: both engines break it by the same rule (the least Σ ε_n)
-    parted = [d["seed"] for d, r in zip(dev["runs"], ref["runs"])
+    parted = [(d, r) for d, r in zip(dev["runs"], ref["runs"])
               if not np.allclose(d["final_Y"], r["final_Y"], rtol=1e-4, atol=1e-9)]
-    assert parted == []
+    if lyapunov == "drift":
+        assert [d["seed"] for d, _ in parted] == []
+    for d, r in parted:
+        # Eq. 32 with small Y_n > 0: two matchings whose objectives differ below the power
+        # solvers' precision (golden section against cvxpy) are a tie the rule cannot break the
+        # same way (measured: seed 12, round 29, clusters 0 and 2 swap channels). A seed may part
+        # only there: every earlier round the same channels, and that round's objective equal.
+        first = next(t for t, (a, b) in enumerate(zip(d["rounds"], r["rounds"])) if a["channel"] != b["channel"])
+        assert float(d["rounds"][first]["objective"]) == pytest.approx(float(r["rounds"][first]["objective"]), rel=1e-6)
 
 
 @pytest.mark.slow
