@@ -23,8 +23,8 @@ Pair i of a setting is drawn from counter-based random numbers: number w of pair
 threefry hash of (i, w) under the setting's key (`pair_uniforms`), mapped to a state exactly as
 `scenario.draw_state` maps its uniforms (`state_from_uniforms`) and to a random plan or a table
 row. Every family and variant sees the same states (paired comparisons; both variants evaluate
-the same pairs; DSSRA, where a scale gives it fewer pairs, the first of them), and the numbers do not depend on the chunk size, the device count or the number
-of processes. The pairs are drawn ON the devices, chunk by chunk, evaluated in the batch-minor
+the same pairs; DSSRA, where a scale gives it fewer pairs, the first of them), and the numbers
+do not depend on the chunk size, the device count or the number of processes. The pairs are drawn ON the devices, chunk by chunk, evaluated in the batch-minor
 layout and reduced there (`system.sharded.chunked_reduction`): per pair τ(t) and E(t) = Σ_n
 (E^com_n + E^pipe_n) go into 2^14-bin log10 histograms over [1e-6, 1e10] with exact sums, minima
 and maxima, and C7/C9'/C11' are counted; nothing of size 10^8 exists anywhere. Quantiles come
@@ -39,8 +39,8 @@ tie at the mean state, and JAX splits the max's gradient evenly between ties).
 Scales (pairs per setting and family, each evaluated under both variants):
 ``quick`` 2^15 (DSSRA, solved on every pair: its first 2^13), 147 456 pairs in all, 8 DSSRA
 reference draws, a 32 × 32 map: about two minutes on two CPU cores shared with other work, most of
-it DSSRA's compile and solves (2^15 solved pairs took 2 × 130 s there). ``paper`` 2^24, 100 663 296 pairs (2 × 10^8 evaluations),
-64 reference draws, a 128 × 128 map: meant for a GPU or TPU; without one it still runs, after a
+it DSSRA's compile and solves (2^15 solved pairs took 2 × 130 s there). ``paper`` 2^24,
+100 663 296 pairs (2 × 10^8 evaluations), 64 reference draws, a 128 × 128 map: meant for a GPU or TPU; without one it still runs, after a
 warning on stderr and an estimate of its duration from the first group's measured rate (1.3e5
 to 4.3e5 pairs/s by family on two CPU cores busy with other work: about 8 minutes).
 The chunk is sized to the device (`chunk_size`); the summary records the device kind and the
