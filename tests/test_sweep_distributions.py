@@ -140,6 +140,12 @@ def test_dssra_family_takes_the_first_solved_pairs():
     assert all(dist.family_pairs(TINY, f) == TINY.pairs for f in dist.FAMILIES)
 
 
+@pytest.mark.parametrize("families", [(), ("uniform", "optimal")])
+def test_families_must_be_known(families):
+    with pytest.raises(ValueError, match="families"):
+        dist.DistributionConfig(pairs=8, references=1, grid=2, families=families)
+
+
 def test_state_mapping_is_draw_states():
     scenario = scenario_preset("paper-bert")
     space = dist.PairSpace.of(scenario)

@@ -99,6 +99,12 @@ class DistributionConfig:
     seed: int = 0
     chunk: int | None = None  # pairs per chunk; None: sized to the device (`chunk_size`)
     solved_pairs: int | None = None  # the DSSRA family's pairs, its first ones (None: `pairs`)
+    families: tuple[str, ...] = FAMILIES  # the decision families drawn, in FAMILIES' order
+
+    def __post_init__(self):
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise ValueError(f"families: {unknown or 'none'} given; expected a non-empty subset of {FAMILIES}")
 
 
 SCALE_CONFIGS = {
@@ -544,13 +550,14 @@ def compute_tables(config: DistributionConfig, progress=lambda n=1: None, mesh=N
     mesh = batch_mesh() if mesh is None else mesh
     info = device_info()
     chunk = config.chunk or chunk_size(info, config.pairs)
-    total = sum(family_pairs(config, f) for f in FAMILIES) * len(settings())
+    total = sum(family_pairs(config, f) for f in config.families) * len(settings())
     rows, hists, references, throughput, grad_rows = [], [], [], [], []
     for s_index, (label, scenario) in enumerate(settings()):
         inputs = setting_inputs(config, s_index, scenario)
         key, space, base, families, counts = (inputs[k] for k in ("key", "space", "base", "families", "counts"))
         references += [{"setting": label, **r} for r in inputs["references"]]
-        for family, (tables, used) in families.items():
+        for family in (f for f in FAMILIES if f in config.families):
+            tables, used = families[family]
             stats, timing = run_group(group_reduction(space, chunk, mesh, solve=family == "dssra"), mesh, key, base,
                                       tables, used, family == "random", family_pairs(config, family), chunk)
             for variant in VARIANTS:
