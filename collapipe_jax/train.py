@@ -216,7 +216,15 @@ def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState) -> tuple[Tra
                                                 same_settings(cfg.fingerprint(), cfg.settings(), ckpt.path))
     state = serialization.from_state_dict(state, restored)
     state = state.replace(Y=np.asarray(state.Y), last_losses=np.asarray(state.last_losses))
-    return state, meta["records"], int(meta["next_round"])
+    return uncommitted(state), meta["records"], int(meta["next_round"])
+
+
+def uncommitted(tree):
+    """The tree's device arrays as a fresh run holds them: not committed to a device. Restored
+    arrays are committed, and jit keys its programs on that: without this a resumed run compiles
+    its round and its evaluation anew instead of reusing (in the process or the persistent cache)
+    the fresh run's programs."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if isinstance(x, jax.Array) else x, tree)
 
 
 RECORD_FILES = ("result.json", "rounds.csv")

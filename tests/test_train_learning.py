@@ -1,6 +1,7 @@
 """Training that learns (docs/design.md §5): local steps, optimizers, resume with adaptive state,
 pre-train → fine-tune (--init-from), LoRA fine-tuning, recipes."""
 
+import dataclasses
 import json
 
 import jax
@@ -11,6 +12,7 @@ from collapipe_jax import train as train_mod
 from collapipe_jax.checkpoints import Checkpoints
 from collapipe_jax.cli import main
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.federated import program
 from collapipe_jax.models import cost
 from collapipe_jax.models.lora import has_lora, lora_adapters
 from collapipe_jax.tasks.data import resolve_data_dir
@@ -38,12 +40,15 @@ def test_resume_with_local_steps_and_adaptive_optimizers(tmp_path, monkeypatch):
     full = train(tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "a"), **ADAPTIVE))
     assert full["local_steps"] == [2, 2] and full["optimizer"]["name"] == "adamw"
     assert full["server_optimizer"]["name"] == "adam" and all(np.isfinite(losses(full)))
-    kill_during_second_evaluation(
-        monkeypatch, tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), **ADAPTIVE))
-    resumed = train(tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), resume=True,
-                         **ADAPTIVE))
+    cfg = tiny(tmp_path, task="toutiao", rounds=3, checkpoint_dir=str(tmp_path / "b"), **ADAPTIVE)
+    round_fn = program.compiled_round(train_mod.build_setup(cfg).round_settings(1))
+    programs = round_fn._cache_size()
+    kill_during_second_evaluation(monkeypatch, cfg)
+    resumed = train(dataclasses.replace(cfg, resume=True))
     np.testing.assert_array_equal(losses(resumed), losses(full))
     assert resumed["final_metrics"] == full["final_metrics"]
+    # the restored state is placed as a fresh run's: the resumed run reuses the compiled round
+    assert round_fn._cache_size() == programs
 
 
 def test_local_steps_are_charged_e_times(tmp_path):
