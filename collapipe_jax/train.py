@@ -181,7 +181,7 @@ def init_from_run(run_dir: str, params: dict, task: TaskData) -> dict:
     out = {"client": match_shapes("client", params["client"], client), "server": params["server"]}
     if source.get("task") == task.name:
         out["server"] = match_shapes("server", params["server"], saved["server"]["server"])
-    return out
+    return uncommitted(out)
 
 
 def match_shapes(name: str, fresh, saved):

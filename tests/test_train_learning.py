@@ -76,6 +76,8 @@ def test_init_from_moves_a_ner_model_into_toutiao_and_refuses_another_vocabulary
     state = train_mod.initial_state(train_mod.build_setup(cfg))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  state.server.client, saved["server"]["client"])
+    # placed as a fresh run's parameters (not committed to a device): the same compiled round
+    assert not any(x.committed for x in jax.tree.leaves(state.server.client))
     head = state.server.server  # toutiao's head is fresh: the NER head has other classes
     assert "cls_head" in head and "cls_head" not in saved["server"]["server"]
     tuned = train(cfg)
