@@ -36,7 +36,9 @@ def _free_port() -> int:
 
 def _run_two_processes(out: pathlib.Path, timeout_s: float = 300) -> None:
     # not the session's compilation cache (tests/conftest.py): the two processes compile the same
-    # programs at the same time, and each sweep keeps its own cache as a user's run does
+    # programs at the same time, and each sweep keeps its own cache as a user's run does. Nor the
+    # session's XLA flags: the two processes compile at XLA's default optimization level, this one
+    # at the suite's (conftest.py), so the comparison also holds the levels to the same numbers
     drop = ("COLLAPIPE_", "XLA_", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
