@@ -9,10 +9,11 @@ Host: `schedule` on the host solvers, wall time per round over a few seeds' roun
 `run_schedules` over a batch of B seeds of T rounds each (B·T rounds); the marginal cost is the
 second call's wall time (the first compiles), in float64 (the host's precision: the equivalence
 mode) and float32. The goal on the 2-core CPU is ≥ 30× the host loop at B = 4,096; on an
-accelerator ≥ 10^6 rounds per second for paper-bert. Measured on the 2-core CPU at a load of ~2.5
-(this module's two functions, nothing else running): 6,976 float64 rounds/s at B = 4,096 and 4,589 at
-B = 64, against 102 and 83 for the host loop before and after (68–84×); most of a round is Sub-1's paper greedy (two m-solves per cluster under vmap, where 95% of
-clusters need one), then one Sub-2 solve. Then the time per round against N, K and J
+accelerator ≥ 10^6 rounds per second for paper-bert. Measured by `make bench` on the 2-core CPU
+with nothing else running (2026-12-04): 11,121 float64 rounds/s at B = 4,096 and 6,500 at B = 64,
+against 147 for the host loop (76×); at N = 16, K = 10, J = 8, L = 24 127 against 24 (5.3×).
+For paper-bert most of a round is Sub-1's paper greedy (two m-solves per cluster under vmap, where
+95% of clusters need one), then one Sub-2 solve. Then the time per round against N, K and J
 (the paper states O(K³ + J³ + N) for Alg. 4).
 """
 
