@@ -94,6 +94,24 @@ def state_digest(state) -> str | None:
     return h.hexdigest()
 
 
+def placed_like(state, target=None):
+    """`state` (restored) placed as `target`'s leaves are. Orbax commits every restored array to
+    a device, but a fresh run's arrays (JAX's default placement) are not committed, and jit keys
+    its programs on that: a resumed run would compile its round again instead of reusing the fresh
+    run's program (in the process or from a persistent compilation cache). So a leaf whose target
+    is not committed — or every single-device leaf when there is no target (`restore_raw`) — comes
+    back uncommitted; a leaf restored onto a target's sharding keeps it."""
+    def place(x, t=None):
+        if not isinstance(x, jax.Array) or not x.is_fully_addressable:
+            return x
+        fresh = (not t.committed) if isinstance(t, jax.Array) else len(x.sharding.device_set) == 1
+        return jax.numpy.asarray(jax.device_get(x)) if fresh else x
+
+    if target is None:
+        return jax.tree.map(place, state)
+    return jax.tree.map(place, state, target)
+
+
 @contextlib.contextmanager
 def _quiet_orbax_threads():
     """Orbax's writer threads log a failure (a full disk) with its traceback through absl before
@@ -267,7 +285,7 @@ class Checkpoints:
         saved = meta.get(DIGEST_KEY)
         if saved is not None and state_digest(state) not in (None, saved):
             raise DamagedCheckpoint("its state does not match the digest saved with it", step, self.path)
-        return state
+        return placed_like(state, target)
 
     def restore(self, step: int, target) -> tuple[dict, dict]:
         """Step `step`'s state (arranged as `target`) and meta; DamagedCheckpoint if damaged."""

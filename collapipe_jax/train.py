@@ -181,7 +181,7 @@ def init_from_run(run_dir: str, params: dict, task: TaskData) -> dict:
     out = {"client": match_shapes("client", params["client"], client), "server": params["server"]}
     if source.get("task") == task.name:
         out["server"] = match_shapes("server", params["server"], saved["server"]["server"])
-    return uncommitted(out)
+    return out
 
 
 def match_shapes(name: str, fresh, saved):
@@ -216,15 +216,7 @@ def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState) -> tuple[Tra
                                                 same_settings(cfg.fingerprint(), cfg.settings(), ckpt.path))
     state = serialization.from_state_dict(state, restored)
     state = state.replace(Y=np.asarray(state.Y), last_losses=np.asarray(state.last_losses))
-    return uncommitted(state), meta["records"], int(meta["next_round"])
-
-
-def uncommitted(tree):
-    """The tree's device arrays as a fresh run holds them: not committed to a device. Restored
-    arrays are committed, and jit keys its programs on that: without this a resumed run compiles
-    its round and its evaluation anew instead of reusing (in the process or the persistent cache)
-    the fresh run's programs."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if isinstance(x, jax.Array) else x, tree)
+    return state, meta["records"], int(meta["next_round"])
 
 
 RECORD_FILES = ("result.json", "rounds.csv")

@@ -437,6 +437,26 @@ def test_state_digest_detects_one_changed_byte_and_ignores_container_types():
     assert state_digest({"a": state["a"].astype(np.float64), "b": state["b"]}) != state_digest(state)
 
 
+def test_restored_arrays_are_placed_as_their_targets(tmp_path):
+    """Fresh (uncommitted) targets get uncommitted arrays back, as does a raw restore; a target
+    sharded over two devices keeps its sharding."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from devices import host_devices
+
+    sharded = NamedSharding(Mesh(np.array(host_devices(2)), ("x",)), PartitionSpec("x"))
+    state = {"fresh": jnp.arange(4.0), "sharded": jax.device_put(jnp.arange(4.0), sharded)}
+    assert not state["fresh"].committed and state["sharded"].committed
+    store = Checkpoints(str(tmp_path / "c"))
+    store.save(0, state, {})
+    for restored in (store.restore(0, state)[0], store.restore_raw(0)[0]):
+        assert not restored["fresh"].committed
+        np.testing.assert_array_equal(np.asarray(restored["sharded"]), np.arange(4.0))
+    assert store.restore(0, state)[0]["sharded"].sharding == sharded
+
+
 def test_stale_temporaries_are_removed_and_a_second_writer_is_refused(base_run, tmp_path):
     directory = copy_run(base_run, tmp_path)
     (directory / "2.orbax-checkpoint-tmp-1234").mkdir()
