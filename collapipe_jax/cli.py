@@ -33,6 +33,7 @@ from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_json
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
 from collapipe_jax.options import memory_budget, option
+from collapipe_jax.programs import compile_failure
 from collapipe_jax.scheduling.schedule import ScheduleConfig
 from collapipe_jax.train_config import TrainConfig, recipe_names
 
@@ -634,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # the environment (disk full, permissions) after the checks at the start
         where = f": {err.filename}" if err.filename else ""
         print(f"collapipe: error: {err.strerror or err}{where}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except Exception as err:  # an XLA compilation out of memory maps or memory: say what to do, in one line
+        if (why := compile_failure(err)) is None:
+            raise
+        print(f"collapipe: error: {why}".replace("\n", " "), file=sys.stderr)
         return 2
     try:
         print(out, flush=True)

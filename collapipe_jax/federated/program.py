@@ -11,7 +11,6 @@ system model. S, δ and the order are data: stage layouts padded to the round's 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -25,6 +24,7 @@ from collapipe_jax.models.lora import freeze_base, lora_trainable_mask
 from collapipe_jax.models.teb import encoder_reference
 from collapipe_jax.pipeline.gpipe import pipelined_encoder, stage_mesh
 from collapipe_jax.pipeline.partition import StageLayout, make_stage_layout, stack_layouts
+from collapipe_jax.programs import program_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +66,14 @@ class RoundSettings:
             head_direction=direction, upload_mask=lora_trainable_mask if self.lora else None)
 
 
-@functools.lru_cache(maxsize=32)
+@program_cache(maxsize=32)
 def compiled_round(settings: RoundSettings):
     """The jitted round for one program shape, shared by every run in the process (a resumed or
     repeated run reuses the compiled executable)."""
     return make_round(settings.spec())
 
 
-@functools.lru_cache(maxsize=8)
+@program_cache(maxsize=8)
 def compiled_centralized(settings: RoundSettings):
     """The jitted centralized round (federated/centralized.py) for the run's settings."""
     return make_centralized_round(settings.spec())
@@ -120,7 +120,7 @@ def replicated(n_stages: int) -> NamedSharding:
     return NamedSharding(stage_mesh(n_stages), PartitionSpec())
 
 
-@functools.lru_cache(maxsize=8)
+@program_cache(maxsize=8)
 def predict_fn(seq_len: int, batch_size: int = 256, dtype: str = "float32"):
     """Jitted predictions of the unsegmented model on a whole test split, in one program
     (greedy decoding with a key/value cache for translation)."""
@@ -133,7 +133,7 @@ def predict_fn(seq_len: int, batch_size: int = 256, dtype: str = "float32"):
     return predict
 
 
-@functools.lru_cache(maxsize=8)
+@program_cache(maxsize=8)
 def jitted_init(model_cfg, model_task: str, n_classes: int | None):
     """The split model's initialiser as one compiled program (rather than hundreds of eagerly
     compiled small ops)."""

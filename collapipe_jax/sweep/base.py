@@ -33,6 +33,7 @@ from tqdm import tqdm
 from collapipe_jax.choices import DEFAULT_TUNABLE, SCALES  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.io import atomic_write_json, check_finite, first_non_finite, read_json, write_csv
+from collapipe_jax.programs import bound_maps
 from collapipe_jax.sweep.claims import check_claim
 
 Tables = dict[str, list[dict]]
@@ -56,6 +57,7 @@ class Progress:
 
     def __call__(self, n: int = 1) -> None:
         self.bar.update(n)
+        bound_maps()  # a step's programs are done with: a safe point to release them (programs.py)
 
     def expect(self, n: int) -> None:
         self.bar.total = (self.bar.total or 0) + n
@@ -179,7 +181,9 @@ def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False,
         tables = sweep.compute(scale, folder, Progress(bar), **extra)
         bar.total = bar.n  # the work announced and the work done agree at the end
     atomic_write_json(folder / "tables.json", {"scale": scale, **extra, "tables": tables})
-    return write_outputs(sweep, tables, folder, scale, time.perf_counter() - start, extra.get("tunable"))
+    summary = write_outputs(sweep, tables, folder, scale, time.perf_counter() - start, extra.get("tunable"))
+    bound_maps()  # the next sweep compiles programs of its own
+    return summary
 
 
 def replot(sweep: Sweep, out: pathlib.Path) -> dict:

@@ -50,7 +50,6 @@ measured pairs/s.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import sys
 import time
@@ -62,6 +61,7 @@ from jax.extend.random import threefry2x32_p
 from jax.sharding import NamedSharding, PartitionSpec
 
 from collapipe_jax.errors import InfeasibleError
+from collapipe_jax.programs import program_cache
 from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, SystemState, default_decision, mean_state
 from collapipe_jax.scheduling.device.dssra import dssra_round
 from collapipe_jax.scheduling.device.problem import EngineConfig
@@ -348,7 +348,7 @@ def draw_pairs(space: PairSpace, base: SystemState, key, index, random, tables, 
     return state, jax.lax.cond(random, random_plans, table_rows)
 
 
-@functools.lru_cache(maxsize=None)
+@program_cache(maxsize=None)
 def group_reduction(space: PairSpace, chunk: int, mesh, solve: bool = False):
     """jit(f(starts, key, n_pairs, base, tables, rows, random)): per variant, the statistics of
     the pairs with indices in [start, start + chunk) ∩ [0, n_pairs) for every start, drawn

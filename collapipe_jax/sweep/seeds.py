@@ -21,6 +21,7 @@ import numpy as np
 
 from collapipe_jax.checkpoints import Checkpoints
 from collapipe_jax.io import atomic_write_json, read_json
+from collapipe_jax.programs import bound_maps
 from collapipe_jax.sweep.claims import mean_ci95
 from collapipe_jax.train import TrainConfig, train
 from collapipe_jax.train_config import seed_range
@@ -83,7 +84,10 @@ def train_seeds(cfg: TrainConfig) -> dict:
     """Train every seed of `cfg.seeds` in turn; result.json (in --log-dir, else --checkpoint-dir)
     holds the summary and names the gap of the mean to `--reference`."""
     seeds = seed_range(cfg.seeds)
-    results = [train(seed_config(cfg, s)) for s in seeds]
+    results = []
+    for s in seeds:
+        results.append(train(seed_config(cfg, s)))
+        bound_maps()  # between runs: release compiled programs once they hold too many memory maps
     summary = seeds_summary(cfg, seeds, results)
     if cfg.reference:
         summary["reference"] = reference_gap(summary, read_json(pathlib.Path(cfg.reference) / "result.json"),

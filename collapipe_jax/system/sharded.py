@@ -11,7 +11,6 @@ whole result back.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.programs import program_cache
 from collapipe_jax.system.model import evaluate
 
 BATCH_AXIS = "batch"
@@ -101,7 +101,7 @@ def map_chunks(per_chunk, mesh: Mesh, n_shared: int = 0, check_vma: bool = True)
                          check_vma=check_vma)
 
 
-@functools.lru_cache(maxsize=None)
+@program_cache(maxsize=None)
 def chunked_evaluator(mesh: Mesh, variant: str, fields: tuple[str, ...] | None = None):
     """jit(shard_map(lax.map(evaluate over one chunk))): chunks split over the mesh's devices.
 
@@ -225,7 +225,7 @@ def _evaluate_across_processes(fn, sharding, mesh: Mesh, batch, chunk: int, proc
     return jax.tree.map(lambda x: x[keep], out)
 
 
-@functools.lru_cache(maxsize=None)
+@program_cache(maxsize=None)
 def chunked_power_grad(mesh: Mesh, variant: str):
     """Like `chunked_evaluator`, returning (τ(t), ∂τ(t)/∂p_n) per configuration.
 

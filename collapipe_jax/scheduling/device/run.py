@@ -17,7 +17,6 @@ later rounds are not charged (the other seeds go on).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 import types
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.programs import program_cache
 from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, draw_state, round_key
 from collapipe_jax.scheduling.device import constraints
 from collapipe_jax.scheduling.device.dssra import RoundDecision
@@ -166,7 +166,7 @@ class RunSpec:
     keep: tuple[str, ...] = ()  # the per-round arrays that leave the device (the totals always do)
 
 
-@functools.lru_cache(maxsize=64)  # the seeded sweeps of one `sweep all` hold ~36 programs
+@program_cache(maxsize=64)  # the seeded sweeps of one `sweep all` hold ~36 programs
 def _program(spec: RunSpec, mesh, x64: bool):  # x64 keys the cache: a program traced in float64 is another program
     """jit(shard_map(lax.map(vmap over a chunk of seeds))) for one spec (cached per mesh)."""
     def per_chunk(batch):  # (seeds, V, Γ^max, knobs, scenario numbers), each [chunk, ...]: the chunk axis last

@@ -1,0 +1,98 @@
+"""Compiled programs and the process's memory maps (docs/design.md §8).
+
+Every XLA executable compiled for the CPU keeps its machine code in memory maps of its own for
+as long as it lives, and JAX's jit caches (and this package's own caches of programs) keep every
+executable alive for the life of the process. A long command — `collapipe sweep all` compiles
+hundreds of programs — therefore grows the process's map count without bound until Linux's
+`vm.max_map_count` (65,530 by default) refuses LLVM a new map and the process crashes (measured
+before this module: 337 → 23,900 maps during the `learning-vs-s-m` sweep alone, then
+"LLVM compilation error: Cannot allocate memory" and a segmentation fault).
+
+The remedy chosen (by measurement, docs/design.md §8): at safe points between units of work
+(after each step of a sweep's progress, between sweeps, between the seeds of `train --seeds`),
+`bound_maps()` reads the map count and, once it passes `MAP_BUDGET`, releases every compiled
+program: JAX's caches and the package's program caches (`program_cache`) are cleared and
+Python's garbage collector returns their maps. Programs needed again are reloaded from the
+persistent compilation cache, or compiled anew. Nothing is released while the count is low, so
+a command that fits under the budget compiles nothing twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+
+# Release compiled programs once the process holds this many maps: a quarter of Linux's default
+# vm.max_map_count, so that the largest unit of work measured between two safe points (one
+# training sweep's run; a few thousand maps) stays far below the limit.
+MAP_BUDGET = 16_384
+
+_CACHES: list = []  # the lru_caches of `program_cache`, cleared by `release_programs`
+
+
+def program_cache(maxsize: int | None):
+    """`functools.lru_cache(maxsize)` for a function that returns a jitted or compiled program:
+    the cache is cleared with JAX's by `release_programs`."""
+
+    def wrap(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+        _CACHES.append(cached)
+        return cached
+
+    return wrap
+
+
+def map_count() -> int | None:
+    """The number of memory maps this process holds (Linux: lines of /proc/self/maps), or None
+    where the system does not say."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return None
+
+
+def map_limit() -> int | None:
+    """Linux's per-process limit on memory maps (vm.max_map_count), or None where unknown."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def release_programs() -> None:
+    """Drop every compiled program this process holds (JAX's caches and the package's program
+    caches), so that their memory maps are returned. Later calls compile or reload them."""
+    import jax
+
+    for cache in _CACHES:
+        cache.cache_clear()
+    jax.clear_caches()
+    gc.collect()
+
+
+def bound_maps(budget: int = MAP_BUDGET) -> bool:
+    """Release the compiled programs if the process holds more than `budget` memory maps (call
+    it only between units of work, never while tracing). Returns whether it released them."""
+    count = map_count()
+    if count is None or count <= budget:
+        return False
+    release_programs()
+    return True
+
+
+# What an XLA compilation that ran out of memory maps (or memory) says: one of these in the error.
+_OUT_OF_MAPS = ("Cannot allocate memory", "Failed to materialize symbols", "RESOURCE_EXHAUSTED")
+
+
+def compile_failure(err: BaseException) -> str | None:
+    """The one-line explanation of a JAX runtime error that is a compilation out of memory maps
+    or memory, or None for any other error."""
+    text = str(err)
+    if not any(marker in text for marker in _OUT_OF_MAPS):
+        return None
+    count, limit = map_count(), map_limit()
+    held = f"; this process holds {count:,} memory maps of vm.max_map_count {limit:,}" if count and limit else ""
+    return (f"XLA could not compile a program: out of memory or memory maps ({text.strip().splitlines()[0][:160]})"
+            f"{held}. Rerun the same command: finished work (sweeps, checkpoints) is reused")
