@@ -21,24 +21,15 @@ import socket
 import time
 
 from collapipe_jax.errors import ValidationError
+from collapipe_jax.options import ASCII_INT_DIGITS, ascii_int
 
 ENV_COORDINATOR = "COLLAPIPE_COORDINATOR"
 ENV_NUM_PROCESSES = "COLLAPIPE_NUM_PROCESSES"
 ENV_PROCESS_ID = "COLLAPIPE_PROCESS_ID"
 ENV_INIT_TIMEOUT = "COLLAPIPE_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT_S = 60  # JAX's own default (300 s) reads as a hang when the coordinator is unreachable
-MAX_DIGITS = 9  # every number here fits 9 decimal digits; longer text is refused before int() reads it
 # commands whose work is spread over every process's devices (the sharded evaluator)
 MULTIHOST_COMMANDS = ("sweep",)
-
-
-def _ascii_int(text: str) -> int | None:
-    """`text` as a non-negative integer written with ASCII digits only, or None: `str.isdigit`
-    accepts "²" and "２", which `int` then refuses or reads, and 5,000 digits would hit Python's
-    limit on integer conversion."""
-    if not text or len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()):
-        return None
-    return int(text)
 
 
 def distributed_config(environ=os.environ) -> dict | None:
@@ -50,14 +41,14 @@ def distributed_config(environ=os.environ) -> dict | None:
             raise ValidationError(ENV_COORDINATOR, f"must be set (HOST:PORT) when {ENV_NUM_PROCESSES} or {ENV_PROCESS_ID} is")
         return None
     host, sep, port_text = coordinator.rpartition(":")
-    port = _ascii_int(port_text)
+    port = ascii_int(port_text)
     if not sep or not host or port is None or not 0 < port < 65536:
         raise ValidationError(ENV_COORDINATOR, "must be HOST:PORT with a port in 1..65535 (ASCII digits)", coordinator)
-    n = _ascii_int(num)
+    n = ascii_int(num)
     if n is None or n < 1:
-        raise ValidationError(ENV_NUM_PROCESSES, f"must be an integer in 1..{10**MAX_DIGITS - 1} (ASCII digits)",
+        raise ValidationError(ENV_NUM_PROCESSES, f"must be an integer in 1..{10**ASCII_INT_DIGITS - 1} (ASCII digits)",
                               num or None)
-    i = _ascii_int(pid)
+    i = ascii_int(pid)
     if i is None or i >= n:
         raise ValidationError(ENV_PROCESS_ID, f"must be an integer in 0..{n - 1} (ASCII digits)", pid or None)
     return {"coordinator_address": coordinator, "num_processes": n, "process_id": i}
@@ -68,7 +59,7 @@ def init_timeout(environ=os.environ) -> int:
     text = environ.get(ENV_INIT_TIMEOUT, "").strip()
     if not text:
         return DEFAULT_INIT_TIMEOUT_S
-    seconds = _ascii_int(text)
+    seconds = ascii_int(text)
     if seconds is None or not 1 <= seconds <= 86400:
         raise ValidationError(ENV_INIT_TIMEOUT, "must be an integer number of seconds in 1..86400", text)
     return seconds
