@@ -464,6 +464,8 @@ def run_sweep_command(args):
         if getattr(args, name) is not None:
             raise ValidationError(name, "sweep runs the paper's own settings; it takes no --preset or --scenario",
                                   getattr(args, name))
+    if args.seed_given:  # each sweep draws its own seeds (the paper's settings): a --seed would change nothing
+        raise ValidationError("seed", "sweep runs each sweep's own fixed seeds; it takes no --seed", args.seed)
     opts = config_from_args(SweepOptions, args)
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
     out = check_output_dir("out", opts.out)
