@@ -5,9 +5,14 @@ Every host starts the same command with
   COLLAPIPE_COORDINATOR=HOST:PORT   process 0's address and a free port on it (the same everywhere)
   COLLAPIPE_NUM_PROCESSES=P         how many processes take part
   COLLAPIPE_PROCESS_ID=i            this process, 0 .. P-1
-  COLLAPIPE_INIT_TIMEOUT=S          optional: seconds to wait for the coordinator (default 60)
+  COLLAPIPE_INIT_TIMEOUT=S          optional: seconds to wait for the other processes (default 60)
 
 and `initialize_from_env` calls `jax.distributed.initialize` before JAX starts its backends.
+First the processes meet on the coordinator's port (a line each way: `collapipe-join i P`, then
+`collapipe-go` or `collapipe-abort WHY`): JAX's client ends the process with a C++ abort and a
+stack dump when its registration fails, so every failure that can be seen before it (a host
+that does not resolve, a missing peer, another program on the port, processes that disagree)
+is found here and becomes one line naming the address.
 Afterwards `jax.devices()` lists every process's devices, and `system.sharded.evaluate_sharded`
 spreads a batch over all of them. On CPUs the processes exchange data through gloo
 (`jax_cpu_collectives_implementation`); GPUs and TPUs use their own collectives.
