@@ -611,9 +611,9 @@ def set_host_devices(argv: list[str]) -> None:
         limit = max_host_devices()
         count = ascii_int(value)  # "²" and "３" pass str.isdigit; 5,000 digits pass it and int() refuses them
         if count is None or not 1 <= count <= limit:
-            raise ValidationError("host-devices", f"must be an integer in [1, {limit}] in ASCII digits (at most {MAX_HOST_DEVICES}, "
-                                                  f"and {HOST_DEVICE_BYTES / 1e6:.2g} MB per device within "
-                                                  f"1/{MEMORY_SHARE} of this machine's memory)", value)
+            raise ValidationError("host-devices", f"must be an integer in [1, {limit}] in ASCII digits (at most "
+                                                  f"{MAX_HOST_DEVICES}, and {HOST_DEVICE_BYTES / 1e6:.2g} MB per device "
+                                                  f"within 1/{MEMORY_SHARE} of this machine's memory)", value)
         if "jax" in sys.modules and jax_started():
             import jax
 

@@ -87,9 +87,13 @@ def check_resolves(address: str, process: str) -> None:
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as err:
-        why = getattr(err, "strerror", None) or type(err).__name__
-        raise ValidationError(ENV_COORDINATOR, f"{process}: the coordinator host {host!r} does not resolve ({why})",
-                              address) from None
+        raise _unresolved(address, process, err) from None
+
+
+def _unresolved(address: str, process: str, err: Exception) -> ValidationError:
+    why = getattr(err, "strerror", None) or type(err).__name__
+    return ValidationError(ENV_COORDINATOR, f"{process}: the coordinator host {split_address(address)[0]!r} does not "
+                                            f"resolve ({why})", address)
 
 
 def _read_line(sock: socket.socket, limit: int = 200) -> str:
@@ -110,8 +114,7 @@ def connect_to_coordinator(address: str, deadline: float, timeout_s: float, proc
         try:
             return socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         except socket.gaierror as err:
-            raise ValidationError(ENV_COORDINATOR, f"{process}: the coordinator host {host!r} does not resolve "
-                                                   f"({err.strerror})", address) from None
+            raise _unresolved(address, process, err) from None
         except (OSError, UnicodeError) as err:
             if time.monotonic() >= deadline:
                 why = getattr(err, "strerror", None) or type(err).__name__
@@ -192,10 +195,11 @@ def _accept_one(server: socket.socket, peers: dict, count: int, deadline: float,
         words = _read_line(conn).split()
     except OSError:
         words = []
-    if len(words) != 3 or words[0] != HELLO or not all(w.isascii() and w.isdigit() and len(w) <= 9 for w in words[1:]):
+    numbers = [ascii_int(w) for w in words[1:]]
+    if len(words) != 3 or words[0] != HELLO or None in numbers:
         conn.close()  # not a collapipe process (a port scanner, a health check): ignored
         return
-    pid, their_count = int(words[1]), int(words[2])
+    pid, their_count = numbers
     if their_count == count and pid not in peers and 1 <= pid < count:
         peers[pid] = conn
         return

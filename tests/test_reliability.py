@@ -949,7 +949,8 @@ def test_infeasible_device_seeds_have_null_totals_as_on_the_host():
 
     totals = {"code": np.array([constraints.FEASIBLE, constraints.C11]), "code_cluster": np.array([-1, 0]),
               "code_round": np.array([-1, 0]), "total_latency_s": np.array([12.5, 0.0]),
-              "total_cmp_s": np.array([4.0, 0.0]), "total_dd_s": np.array([0.5, 0.0]), "total_up_s": np.array([8.0, 0.0]),
+              "total_cmp_s": np.array([4.0, 0.0]), "total_dd_s": np.array([0.5, 0.0]),
+              "total_up_s": np.array([8.0, 0.0]),
               "final_Y": np.zeros((2, 3)), "max_Y": np.array([0.25, 0.0]), "violation_rounds": np.zeros((2, 3), int)}
     feasible, infeasible = runs_json({"totals": totals, "rounds": {}}, [4, 5], None)
     assert feasible["total_latency_s"] == 12.5 and feasible["final_Y"] == [0.0, 0.0, 0.0]
