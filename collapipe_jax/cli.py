@@ -28,11 +28,11 @@ import time
 import typing
 
 from collapipe_jax.choices import DEFAULT_TUNABLE, PRESETS, SCALES, SWEEP_NAMES, TUNABLE_HELP, VARIANTS
-from collapipe_jax.distributed import initialize_from_env
+from collapipe_jax.distributed import ascii_int, initialize_from_env
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_json
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
-from collapipe_jax.options import ascii_int, memory_budget, option
+from collapipe_jax.options import memory_budget, option
 from collapipe_jax.scheduling.schedule import ScheduleConfig
 from collapipe_jax.train_config import TrainConfig, recipe_names
 

@@ -26,7 +26,6 @@ import socket
 import time
 
 from collapipe_jax.errors import ValidationError
-from collapipe_jax.options import ASCII_INT_DIGITS, ascii_int
 
 ENV_COORDINATOR = "COLLAPIPE_COORDINATOR"
 ENV_NUM_PROCESSES = "COLLAPIPE_NUM_PROCESSES"
@@ -35,6 +34,16 @@ ENV_INIT_TIMEOUT = "COLLAPIPE_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT_S = 60  # JAX's own default (300 s) reads as a hang when the coordinator is unreachable
 # commands whose work is spread over every process's devices (the sharded evaluator)
 MULTIHOST_COMMANDS = ("sweep",)
+ASCII_INT_DIGITS = 9  # the numbers read here (and --host-devices) fit 9 digits: longer text is refused before int()
+
+
+def ascii_int(text: str) -> int | None:
+    """`text` as a non-negative integer written with ASCII digits only, or None: `str.isdigit`
+    accepts "²" and "３", which `int` then refuses or reads, and 5,000 digits would hit Python's
+    limit on integer conversion."""
+    if not text or len(text) > ASCII_INT_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def distributed_config(environ=os.environ) -> dict | None:

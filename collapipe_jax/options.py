@@ -121,18 +121,6 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-ASCII_INT_DIGITS = 9  # integers read from text (flags, environment) fit 9 digits; longer text is refused before int()
-
-
-def ascii_int(text: str) -> int | None:
-    """`text` as a non-negative integer written with ASCII digits only, or None: `str.isdigit`
-    accepts "²" and "３", which `int` then refuses or reads, and 5,000 digits would hit Python's
-    limit on integer conversion."""
-    if not text or len(text) > ASCII_INT_DIGITS or not (text.isascii() and text.isdigit()):
-        return None
-    return int(text)
-
-
 def check_int(field: str, value, low: int = 1, high: int | None = None, optional: bool = False) -> None:
     """An integer in [low, high] (None allowed when `optional`); `high` defaults to int32's largest."""
     if optional and value is None:
