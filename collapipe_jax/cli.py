@@ -28,7 +28,7 @@ import time
 import typing
 
 from collapipe_jax.choices import DEFAULT_TUNABLE, PRESETS, SCALES, SWEEP_NAMES, TUNABLE_HELP, VARIANTS
-from collapipe_jax.distributed import initialize_from_env
+from collapipe_jax.distributed import ascii_int, initialize_from_env
 from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_json
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
@@ -465,6 +465,8 @@ def run_sweep_command(args):
         if getattr(args, name) is not None:
             raise ValidationError(name, "sweep runs the paper's own settings; it takes no --preset or --scenario",
                                   getattr(args, name))
+    if args.seed_given:  # each sweep draws its own seeds (the paper's settings): a --seed would change nothing
+        raise ValidationError("seed", "sweep runs each sweep's own fixed seeds; it takes no --seed", args.seed)
     opts = config_from_args(SweepOptions, args)
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
     out = check_output_dir("out", opts.out)
@@ -581,6 +583,22 @@ def jax_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+def check_jax_platforms() -> None:
+    """JAX_PLATFORMS (JAX's own variable) names platforms that start here: a bad name fails when
+    the first computation starts JAX's backends, as a traceback deep in the command; started here,
+    before the command, it is one line naming the variable."""
+    value = os.environ.get("JAX_PLATFORMS", "").strip()
+    if not value:
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except RuntimeError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValidationError("JAX_PLATFORMS", f"JAX cannot start the platform(s) it names: {reason}", value) from None
+
+
 def set_host_devices(argv: list[str]) -> None:
     """XLA reads its flags once, when JAX's backends start: set the host device count before."""
     for i, arg in enumerate(argv):
@@ -592,19 +610,20 @@ def set_host_devices(argv: list[str]) -> None:
         if value is None:
             continue
         limit = max_host_devices()
-        if not value.isdigit() or not 1 <= int(value) <= limit:
-            raise ValidationError("host-devices", f"must be an integer in [1, {limit}] (at most {MAX_HOST_DEVICES}, "
-                                                  f"and {HOST_DEVICE_BYTES / 1e6:.2g} MB per device within "
-                                                  f"1/{MEMORY_SHARE} of this machine's memory)", value)
+        count = ascii_int(value)  # "²" and "３" pass str.isdigit; 5,000 digits pass it and int() refuses them
+        if count is None or not 1 <= count <= limit:
+            raise ValidationError("host-devices", f"must be an integer in [1, {limit}] in ASCII digits (at most "
+                                                  f"{MAX_HOST_DEVICES}, and {HOST_DEVICE_BYTES / 1e6:.2g} MB per device "
+                                                  f"within 1/{MEMORY_SHARE} of this machine's memory)", value)
         if "jax" in sys.modules and jax_started():
             import jax
 
-            if jax.device_count() != int(value) and jax.default_backend() == "cpu":
+            if jax.device_count() != count and jax.default_backend() == "cpu":
                 raise ValidationError("host-devices", "JAX was already started in this process", value)
             return
         flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
                  if not f.startswith("--xla_force_host_platform_device_count")]
-        os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={value}"])
+        os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -615,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     before anything is printed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    _stderr_to_devnull_if_closed()
     if sys.stdout is None or not _is_open(sys.stdout):  # `>&-`: the result could go nowhere
         print("collapipe: error: stdout is closed: the result would be lost (redirect it to a file or /dev/null)",
               file=sys.stderr)
@@ -623,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         set_host_devices(argv)
         initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
         args = parse_args(argv)  # --help prints on stdout and exits here
+        if args.command != "plot":  # the one command that draws without JAX
+            check_jax_platforms()
         args.seed_given = args.seed is not None  # a recipe's seed stands unless --seed is given
         args.seed = 0 if args.seed is None else args.seed
         with redirect_fd(1, 2), contextlib.redirect_stdout(sys.stderr):
@@ -653,6 +675,23 @@ def main(argv: list[str] | None = None) -> int:
     for note in getattr(args, "notes", ()):  # after the result: where a run's records are, ...
         print(note, file=sys.stderr)
     return 0
+
+
+def _stderr_to_devnull_if_closed() -> None:
+    """With stderr closed (`2>&-`) Python sets `sys.stderr` to None, and `print(file=None)` writes
+    the error line to stdout, which must carry only results; and the next file opened would take
+    descriptor 2 and receive what C libraries write there. Descriptor 2 becomes /dev/null: the
+    error lines go nowhere, the exit code still says what happened."""
+    if sys.stderr is not None and _is_open(sys.stderr):
+        return
+    try:
+        os.fstat(2)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 2:
+            os.dup2(fd, 2)
+            os.close(fd)
+    sys.stderr = open(2, "w", closefd=False)
 
 
 def _is_open(stream) -> bool:

@@ -155,6 +155,9 @@ class Scenario:
             raise ValidationError("scenario", f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
         except UnicodeDecodeError as err:
             raise ValidationError("scenario", f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        except ValueError as err:  # an integer past Python's 4,300-digit conversion limit
+            why = str(err).split(":")[0]
+            raise ValidationError("scenario", f"{path}: a number is too long to read ({why})") from None
         except RecursionError:
             raise ValidationError("scenario", f"{path}: JSON nested too deeply") from None
         except OSError as err:

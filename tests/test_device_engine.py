@@ -197,6 +197,9 @@ def test_an_infeasible_seed_is_reported_and_the_others_go_on():
     rounds = [r["infeasible"] and r["infeasible"]["round"] for r in ref["runs"]]
     # some seeds go on to the end, the others break C11' in different rounds
     assert None in rounds and len({r for r in rounds if r is not None}) > 1, rounds
+    for d, r in zip(dev["runs"], ref["runs"]):  # an infeasible seed's totals are null on both engines
+        nulls = [(x["total_latency_s"] is None, x["final_Y"] is None) for x in (d, r)]
+        assert nulls == [(bool(r["infeasible"]),) * 2] * 2, (nulls, r["infeasible"])
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

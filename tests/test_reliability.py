@@ -18,6 +18,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -857,11 +859,14 @@ def test_unreachable_coordinator_is_one_error_naming_it(monkeypatch):
     assert_one_line_error(*run("sweep", "latency-vs-power"), "'nosuch.invalid' does not resolve")
     monkeypatch.setenv("COLLAPIPE_INIT_TIMEOUT", "0")
     assert_one_line_error(*run("sweep", "latency-vs-power"), "invalid COLLAPIPE_INIT_TIMEOUT")
-    with socket.socket() as listener:  # the other outcome: a coordinator that listens is reached at once
+    with socket.socket() as listener:  # the other outcome: a process 0 that answers its go is joined at once
         listener.bind(("localhost", 0))
         listener.listen()
-        left = distributed.wait_for_coordinator(f"localhost:{listener.getsockname()[1]}", 30, "process 1 of 2")
-        assert 1 <= left <= 30
+        address = f"localhost:{listener.getsockname()[1]}"
+        with _answering(listener, distributed.GO + "\n") as heard:
+            started = time.monotonic()
+            distributed.join_coordinator(address, 1, 2, started + 30, 30, "process 1 of 2")
+        assert time.monotonic() - started < 10 and heard == [f"{distributed.HELLO} 1 2"]
 
 
 def test_damaged_cached_tokenizer_is_rebuilt(tmp_path, capsys):
@@ -880,3 +885,301 @@ def test_damaged_cached_tokenizer_is_rebuilt(tmp_path, capsys):
         assert rebuilt.get_vocab() == fresh.get_vocab() and cached.read_text() == good
     vocab.train_bpe(texts, 300, cache_dir=tmp_path)  # an intact cache is read without a word
     assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------- 12. issue 28: numbers, sweeps, plots, streams, hosts
+
+
+@pytest.mark.parametrize("flag", ["--host-devices", "--host-devices="])
+@pytest.mark.parametrize("value", ["²", "３", "1" * 5000], ids=["superscript", "fullwidth", "5000-digits"])
+def test_host_devices_flag_reads_ascii_digits_only(flag, value):
+    """int() reads "３" as 3 and refuses "²" and 5,000 digits with a ValueError: all three are one line."""
+    argv = [flag + value] if flag.endswith("=") else [flag, value]
+    assert_one_line_error(*run("latency", *argv), "invalid host-devices", "ASCII digits")
+
+
+def test_scenario_integer_past_the_conversion_limit(tmp_path):
+    path = tmp_path / "n.json"
+    path.write_text('{"N": ' + "1" * 5000 + "}")
+    assert_one_line_error(*run("latency", "--scenario", path), "invalid scenario", "too long to read")
+
+
+def _closed_stderr(*argv, env=None):
+    """The CLI in a subprocess whose stderr is closed (`2>&-`): (exit code, stdout)."""
+    proc = subprocess.run(["bash", "-c", 'exec "$@" 2>&-', "_", sys.executable, "-m", "collapipe_jax.cli",
+                           *map(str, argv)], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return proc.returncode, proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["latency", "--seed", "nan"], ["train", "--lr", "nan", "--no-progress"],
+                                  ["schedule", "--seeds", "5:2"], ["plot", "/nonexistent-run"]],
+                         ids=["latency", "train", "schedule", "plot"])
+def test_closed_stderr_keeps_the_error_off_stdout(argv):
+    assert _closed_stderr(*argv) == (2, "")
+
+
+def test_bad_jax_platforms_is_one_line_naming_it():
+    proc = subprocess.run([sys.executable, "-m", "collapipe_jax.cli", "latency"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "bogus"})
+    assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "invalid JAX_PLATFORMS", "'bogus'")
+
+
+def test_dtype_applies_to_the_device_engine_only():
+    for argv in (["--dtype", "float32"], ["--engine", "host", "--dtype", "float32", "--seeds", "0:2"]):
+        assert_one_line_error(*run("schedule", "--rounds", "2", *argv), "invalid dtype", "device engine only")
+
+
+@pytest.mark.parametrize("replot", [False, True])
+def test_sweep_refuses_a_seed(tmp_path, replot):
+    out = tmp_path / "out"
+    assert_one_line_error(*run("sweep", "latency-vs-power", "--out", out, "--seed", "7",
+                               *(["--replot"] if replot else [])), "invalid seed", "no --seed")
+    assert not out.exists()  # refused before any work
+
+
+def test_infeasible_device_seeds_have_null_totals_as_on_the_host():
+    """runs_json (the device engine's records) of one feasible and one infeasible seed, from
+    arrays as run_schedules returns them: the infeasible seed's partial sums are null, and the
+    table shows '-', as the host engine's records (schedule._host_runs) do."""
+    from collapipe_jax.cli import format_schedule_runs
+    from collapipe_jax.scheduling.device import constraints
+    from collapipe_jax.scheduling.device.run import runs_json
+    from collapipe_jax.scheduling.schedule import seeds_summary
+
+    totals = {"code": np.array([constraints.FEASIBLE, constraints.C11]), "code_cluster": np.array([-1, 0]),
+              "code_round": np.array([-1, 0]), "total_latency_s": np.array([12.5, 0.0]),
+              "total_cmp_s": np.array([4.0, 0.0]), "total_dd_s": np.array([0.5, 0.0]),
+              "total_up_s": np.array([8.0, 0.0]),
+              "final_Y": np.zeros((2, 3)), "max_Y": np.array([0.25, 0.0]), "violation_rounds": np.zeros((2, 3), int)}
+    feasible, infeasible = runs_json({"totals": totals, "rounds": {}}, [4, 5], None)
+    assert feasible["total_latency_s"] == 12.5 and feasible["final_Y"] == [0.0, 0.0, 0.0]
+    assert infeasible["infeasible"] == {"constraint": "C11'", "cluster": 0, "round": 0}
+    assert all(infeasible[k] is None for k in ("total_latency_s", "total_cmp_s", "total_dd_s", "total_up_s", "max_Y",
+                                               "final_Y"))
+    runs = [feasible, infeasible]
+    result = {"scenario": "s", "tunable": "full", "policy": "dssra", "variant": "paper", "lyapunov": "drift", "V": 1.0,
+              "rounds_per_run": 1, "engine": "device", "device": "cpu", "seconds": 0.1, "runs": runs,
+              "summary": seeds_summary([r["total_latency_s"] for r in runs if r["infeasible"] is None], 2)}
+    rows = format_schedule_runs(result).splitlines()
+    assert rows[3].split()[:3] == ["4", "12.5", "0"] and rows[4].split()[:3] == ["5", "-", "-"]
+    assert rows[-1].startswith("1 of 2 seeds feasible")
+
+
+def test_float32_objective_overflow_is_refused_not_reported_infeasible(monkeypatch):
+    """A float32 device run that reports seeds infeasible at a large V is probed at V = 1 (V
+    enters no constraint): a seed feasible there overflowed V·τ and is refused, naming the
+    largest V its latency allows; a seed infeasible at V = 1 too stays reported infeasible."""
+    from collapipe_jax.options import FLOAT32_MAX
+    from collapipe_jax.scheduling import schedule as sched
+    from collapipe_jax.scheduling.device import constraints
+    from collapipe_jax.scheduling.device import run as device_run
+
+    probes = []
+
+    def probe(scenario, policy, seeds, rounds, config, V, dtype):
+        probes.append((V, dtype))
+        return {"totals": {"code": probe_codes, "total_latency_s": np.array([100.0, 0.0])}}
+
+    monkeypatch.setattr(device_run, "run_schedules", probe)
+    scenario = load_scenario(None, None)
+    at_V = {"totals": {"code": np.array([constraints.C11, constraints.C11])}}
+    cfg = sched.ScheduleConfig(engine="device", dtype="float32", V=3e38, seeds="0:2", rounds=2)
+    probe_codes = np.array([constraints.FEASIBLE, constraints.C11])
+    with pytest.raises(ValidationError, match=r"invalid V: .*seed 0: 100 s over 2 rounds allows V <= 3\.4e\+36\)"):
+        sched.check_objective_range(scenario, cfg, range(0, 2), None, at_V)
+    assert probes == [(sched.PROBE_V, "float32")]
+    probe_codes = np.array([constraints.C11, constraints.C11])  # infeasible whatever V: a true C11'
+    sched.check_objective_range(scenario, cfg, range(0, 2), None, at_V)
+    probes.clear()  # float64, a small V, or no infeasible seed: no probe at all
+    for other in ({"dtype": "float64"}, {"V": FLOAT32_MAX * 1e-21}):
+        sched.check_objective_range(scenario, sched.ScheduleConfig(**{**vars_of(cfg), **other}), range(0, 2), None,
+                                    at_V)
+    sched.check_objective_range(scenario, cfg, range(0, 2), None, {"totals": {"code": np.zeros(2, int)}})
+    assert probes == []
+
+
+def vars_of(cfg) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+@pytest.mark.slow
+def test_float32_large_V_through_the_device_engine():
+    """The issue's command: refused in one line; V = 1e36 (V·τ within float32) gives float64's totals."""
+    argv = ["schedule", "--engine", "device", "--dtype", "float32", "--seeds", "0:2", "--rounds", "2",
+            "--tunable", "lora:8", "--json"]
+    assert_one_line_error(*run(*argv[:-1], "--V", "3e38"), "invalid V", "overflows float32", "--dtype float64")
+    low = assert_finite_json(*run(*argv, "--V", "1e36"))
+    ref = assert_finite_json(*run(*argv, "--V", "1e36", "--dtype", "float64"))
+    assert [r["infeasible"] for r in low["runs"]] == [r["infeasible"] for r in ref["runs"]] == [None, None]
+    np.testing.assert_allclose([r["total_latency_s"] for r in low["runs"]],
+                               [r["total_latency_s"] for r in ref["runs"]], rtol=1e-4)
+
+
+@pytest.mark.parametrize("value, says", [('"NaN"', "'NaN' (a string)"), ('"Infinity"', "'Infinity' (a string)"),
+                                         ("1" * 400, "an integer of about 400 digits")],
+                         ids=["nan-string", "infinity-string", "400-digits"])
+def test_replot_of_unreadable_numbers(power_sweep, tmp_path, value, says):
+    out = tmp_path / "out"
+    shutil.copytree(power_sweep, out)
+    folder = out / "latency-vs-power"
+    saved = json.loads((folder / "tables.json").read_text())
+    saved["tables"]["latency-vs-power"][0]["tau_up_s"] = "@"
+    (folder / "tables.json").write_text(json.dumps(saved).replace('"@"', value))
+    before = _folder_bytes(folder)
+    assert_one_line_error(*run("sweep", "latency-vs-power", "--out", out, "--replot"), "invalid replot", says,
+                          "latency-vs-power[0].tau_up_s")
+    assert _folder_bytes(folder) == before
+
+
+def _rounds_csv(folder: pathlib.Path, rows: list[str], result=None) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rounds.csv").write_text("round,loss,tau_round_s,energy_j,accuracy\n" + "\n".join(rows) + "\n")
+    if result is not None:
+        (folder / "result.json").write_text(json.dumps(result))
+    return str(folder)
+
+
+def test_plot_a_federated_run_beside_a_centralized_one(tmp_path):
+    from collapipe_jax.run_plot import curve, read_run
+
+    fed = _rounds_csv(tmp_path / "fed", ["0,2.0,1.5,1.0,0.2", "1,1.5,2.5,1.0,0.3"],
+                      {"task": "toutiao", "framework": "collapipe", "seed": 0})
+    cen = _rounds_csv(tmp_path / "cen", ["0,1.9,,,0.25", "1,1.2,,,0.5"],  # centralized: no simulated round
+                      {"task": "toutiao", "framework": "centralized", "seed": 0})
+    assert curve(read_run(cen), "accuracy") == ([0.0, 1.0], None, [0.25, 0.5])
+    assert curve(read_run(fed), "accuracy") == ([0.0, 1.0], [1.5, 4.0], [0.2, 0.3])
+    png = tmp_path / "both.png"
+    result = assert_finite_json(*run("plot", fed, cen, "--out", png, "--json"))
+    assert [r["simulated_latency_s"] for r in result["runs"]] == [4.0, None]
+    assert [r["points"] for r in result["runs"]] == [2, 2]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = run("plot", cen, "--out", tmp_path / "alone.png")  # a centralized run alone
+    assert code == 0 and "toutiao/centralized" in out, err
+    mixed = _rounds_csv(tmp_path / "mixed", ["0,2.0,1.5,1.0,0.2", "1,1.5,,,0.3"])
+    assert_one_line_error(*run("plot", mixed), "invalid run", "tau_round_s must be given on every row",
+                          "line 3 differs")
+
+
+@pytest.mark.parametrize("row, says", [("0,2.0,1e308,1.0,0.2", "tau_round_s must be a finite number within float32"),
+                                       ("0,2.0,1.5,1.0,1e308", "accuracy must be a finite number within float32"),
+                                       ("1e308,2.0,1.5,1.0,0.2", "round must be a finite number within float32"),
+                                       ("0.5,2.0,1.5,1.0,0.2", "round must be an integer")],
+                         ids=["tau", "metric", "round", "fractional-round"])
+def test_plot_numbers_past_float32_are_one_line(tmp_path, row, says):
+    folder = _rounds_csv(tmp_path / "run", [row, row.replace("0,2.0", "1,2.0", 1) if row[0] == "0" else row])
+    assert_one_line_error(*run("plot", folder), "invalid run", says)
+    assert not (tmp_path / "run" / "curves.png").exists()
+
+
+def test_plot_draws_dollar_signs_literally(tmp_path):
+    mathtext = "$\\frac{"
+    named = _rounds_csv(tmp_path / f"run {mathtext}x", ["0,2.0,1.5,1.0,0.2"])  # unfinished: labelled by its folder
+    labelled = _rounds_csv(tmp_path / "b", ["0,2.0,1.5,1.0,0.2"], {"task": mathtext, "framework": "$x$$", "seed": 1})
+    result = assert_finite_json(*run("plot", named, labelled, "--out", tmp_path / "p.png", "--json"))
+    assert [r["label"] for r in result["runs"]] == [f"run {mathtext}x (unfinished)", f"{mathtext}/$x$$, seed 1"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# several hosts: the rendezvous before jax.distributed.initialize (bounded, local only)
+
+
+@contextlib.contextmanager
+def _answering(listener: socket.socket, reply: str | None):
+    """A fake process 0 (or another program) on `listener`: accepts one connection, records its
+    first line, answers `reply` (None: says nothing; "": closes at once) and keeps the connection
+    until the block ends."""
+    heard, done = [], threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            heard.append(conn.recv(200).decode().strip())
+            if reply == "":  # closes at once
+                return
+            if reply is not None:
+                conn.sendall(reply.encode())
+            done.wait(15)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield heard
+    finally:
+        done.set()
+        thread.join(20)
+
+
+def _hosts_env(monkeypatch, address: str, process_id: int, timeout_s: int = 1) -> None:
+    for name, value in {"COLLAPIPE_COORDINATOR": address, "COLLAPIPE_NUM_PROCESSES": "2",
+                        "COLLAPIPE_PROCESS_ID": str(process_id), "COLLAPIPE_INIT_TIMEOUT": str(timeout_s)}.items():
+        monkeypatch.setenv(name, value)
+
+
+def _free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_process_0_with_a_host_that_does_not_resolve(monkeypatch, tmp_path):
+    _hosts_env(monkeypatch, "nosuch.invalid:1234", 0)
+    assert_one_line_error(*run("sweep", "latency-vs-power", "--out", tmp_path), "process 0 of 2",
+                          "'nosuch.invalid' does not resolve")
+
+
+def test_process_0_whose_peer_never_comes(monkeypatch, tmp_path):
+    address = f"127.0.0.1:{_free_local_port()}"
+    _hosts_env(monkeypatch, address, 0)
+    started = time.monotonic()
+    assert_one_line_error(*run("sweep", "latency-vs-power", "--out", tmp_path), "process 0 of 2",
+                          f"process(es) 1 did not join at {address} within 1 s")
+    assert time.monotonic() - started < 10
+
+
+def test_process_0_on_a_port_another_program_holds(monkeypatch, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        address = f"127.0.0.1:{other.getsockname()[1]}"
+        _hosts_env(monkeypatch, address, 0)
+        assert_one_line_error(*run("sweep", "latency-vs-power", "--out", tmp_path), "process 0 of 2",
+                              f"port {other.getsockname()[1]} cannot be opened", "another program holds it")
+
+
+@pytest.mark.parametrize("reply, says", [(None, "accepted the connection but sent no go within 1 s"),
+                                         ("SSH-2.0-OpenSSH_9.6\r\n", "is not collapipe's process 0"),
+                                         ("", "is not collapipe's process 0")],
+                         ids=["silent", "another-protocol", "closes"])
+def test_process_1_when_another_program_listens(monkeypatch, tmp_path, reply, says):
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        address = f"127.0.0.1:{other.getsockname()[1]}"
+        _hosts_env(monkeypatch, address, 1)
+        with _answering(other, reply) as heard:
+            line = assert_one_line_error(*run("sweep", "latency-vs-power", "--out", tmp_path), "process 1 of 2",
+                                         address, says)
+        assert heard == ["collapipe-join 1 2"], line
+
+
+def test_processes_that_disagree_are_one_line_on_both_sides(monkeypatch, tmp_path):
+    """Process 0 of 2 and a process that says there are 3: process 0 names the disagreement, and
+    the other process hears that process 0 gave up."""
+    from collapipe_jax import distributed
+
+    address = f"127.0.0.1:{_free_local_port()}"
+    _hosts_env(monkeypatch, address, 0, timeout_s=20)
+    outcome = []
+
+    def other_process():
+        try:
+            distributed.join_coordinator(address, 1, 3, time.monotonic() + 20, 20, "process 1 of 3")
+        except ValidationError as err:
+            outcome.append(str(err))
+
+    thread = threading.Thread(target=other_process, daemon=True)
+    thread.start()
+    assert_one_line_error(*run("sweep", "latency-vs-power", "--out", tmp_path), "invalid COLLAPIPE_NUM_PROCESSES",
+                          "process 1 says there are 3 processes, this one 2")
+    thread.join(30)
+    assert len(outcome) == 1 and "process 0 at" in outcome[0] and "gave up" in outcome[0], outcome

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from collapipe_jax.choices import (LYAPUNOV_VARIANTS, M_RULES, SCHEDULER_POLICIES, SEGMENT_SOLVERS, TUNABLE_HELP,
                                    VARIANTS)
 from collapipe_jax.errors import InfeasibleError, ValidationError
-from collapipe_jax.options import SEED_MAX, check_fields, check_float, check_int, check_seed, option
+from collapipe_jax.options import FLOAT32_MAX, SEED_MAX, check_fields, check_float, check_int, check_seed, option
 from collapipe_jax.stats import mean_ci95
 
 if TYPE_CHECKING:
@@ -95,6 +95,9 @@ class ScheduleConfig:
             tunable_rank(self.tunable)
         if self.seeds is not None:
             parse_seeds(self.seeds)
+        if self.engine != "device" and self.dtype != "float64":  # the host solvers compute in float64 only
+            raise ValidationError("dtype", "applies to the device engine only (--engine device); the host engine "
+                                           "computes in float64", self.dtype)
 
     def seed_range(self) -> range:
         return parse_seeds(self.seeds) if self.seeds is not None else range(self.seed, self.seed + 1)
@@ -222,6 +225,35 @@ def _host_runs(scenario: Scenario, cfg: ScheduleConfig, seeds: range) -> list[di
     return runs
 
 
+# Below this V, V·τ overflows float32 only for a round longer than 1e20 s: the check is skipped
+OVERFLOW_CHECK_V = FLOAT32_MAX * 1e-20
+PROBE_V = 1.0  # a V whose objective cannot overflow: the probe run's
+
+
+def check_objective_range(scenario: Scenario, cfg: ScheduleConfig, seeds: range, config, result: dict) -> None:
+    """In float32 the device rules' objective V·τ + Σ Y Γ is inf once V·τ passes float32's range,
+    and an inf objective reads as "no feasible decision": a large V would report feasible seeds
+    as infeasible, a wrong result. V enters no constraint (C7, C9', C11'), so a seed infeasible
+    at V but feasible at PROBE_V (the same compiled program: V is data) overflowed: refused,
+    naming the largest V that seed's latency allows (docs/design.md §8: representable inputs)."""
+    from collapipe_jax.scheduling.device import constraints
+    from collapipe_jax.scheduling.device.run import run_schedules
+
+    V = scenario.V if cfg.V is None else float(cfg.V)
+    infeasible = result["totals"]["code"] != constraints.FEASIBLE
+    if cfg.dtype != "float32" or V < OVERFLOW_CHECK_V or not infeasible.any():
+        return
+    probe = run_schedules(scenario, cfg.policy, np.arange(seeds.start, seeds.stop), cfg.rounds, config, V=PROBE_V,
+                          dtype=cfg.dtype)["totals"]
+    overflowed = np.flatnonzero(infeasible & (probe["code"] == constraints.FEASIBLE))
+    if overflowed.size:
+        i = int(overflowed[0])
+        total = float(probe["total_latency_s"][i])
+        raise ValidationError("V", f"V x round latency overflows float32 in the device engine's objective (seed "
+                                   f"{seeds.start + i}: {total:.4g} s over {cfg.rounds} rounds allows V <= "
+                                   f"{FLOAT32_MAX / total:.3g}): give a smaller V or --dtype float64", V)
+
+
 def _device_runs(scenario: Scenario, cfg: ScheduleConfig, seeds: range):
     import jax
 
@@ -233,6 +265,7 @@ def _device_runs(scenario: Scenario, cfg: ScheduleConfig, seeds: range):
         raise ValidationError("solver", "the device engine solves Sub-1 exactly (the MILP is host-only)", cfg.solver)
     result = run_schedules(scenario, cfg.policy, np.arange(seeds.start, seeds.stop), cfg.rounds, config,
                            V=cfg.V, per_round=cfg.per_round, dtype=cfg.dtype)
+    check_objective_range(scenario, cfg, seeds, config, result)
     devices = jax.devices()
     label = f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), {cfg.dtype}"
     return runs_json(result, seeds, scenario, cfg.per_round), label

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from collapipe_jax.choices import DEFAULT_TUNABLE, SCALES  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.io import atomic_write_json, check_finite, first_non_finite, read_json, write_csv
+from collapipe_jax.options import as_finite_float
 from collapipe_jax.programs import bound_maps
 from collapipe_jax.sweep.claims import check_claim
 
@@ -137,6 +138,26 @@ def tables_problem(saved) -> str | None:
             return f"has a table {table!r} whose rows are not flat"
     if (hit := first_non_finite(saved["tables"])) is not None:
         return f"holds the non-finite number {hit[0]} = {hit[1]}"
+    for table, rows in saved["tables"].items():
+        for i, row in enumerate(rows):
+            for key, value in row.items():
+                if (why := _unreadable_number(value)) is not None:
+                    return f"holds {why} at {table}[{i}].{key}"
+    return None
+
+
+def _unreadable_number(value) -> str | None:
+    """Why a table value would not come back as a finite number, or None: a string that the
+    figures' float() reads as NaN or inf ("NaN", "Infinity", "1e999"), an integer past float's
+    range (a 400-digit integer: OverflowError in the figures)."""
+    if isinstance(value, str):
+        try:
+            x = float(value)
+        except ValueError:
+            return None  # a label
+        return None if math.isfinite(x) else f"the non-finite number {value!r} (a string)"
+    if isinstance(value, int) and not isinstance(value, bool) and as_finite_float(value) is None:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits, past a float's range"
     return None
 
 
@@ -200,7 +221,7 @@ def replot(sweep: Sweep, out: pathlib.Path) -> dict:
         try:
             check_finite(sweep.findings(tables))
             sweep.plot(tables, pathlib.Path(tmp))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as err:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError) as err:
             if isinstance(err, ValidationError):
                 raise
             raise ValidationError("replot", f"{path} does not hold the tables of this sweep ({type(err).__name__}: "

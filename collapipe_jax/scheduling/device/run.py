@@ -235,7 +235,8 @@ def run_schedules(scenario: Scenario, policy: str, seeds, rounds: int, config: E
 def runs_json(result: dict, seeds, scenario: Scenario, per_round: bool = False) -> list[dict]:
     """The `schedule --seeds` records, one per seed: seed, total_latency_s, final_Y, violations
     (rounds per constraint the decisions broke), infeasible (null, or the constraint, cluster
-    and round where no feasible decision existed)."""
+    and round where no feasible decision existed; the totals and queues of such a seed are null,
+    as on the host engine)."""
     t = result["totals"]
     out = []
     for i, seed in enumerate(np.asarray(seeds).reshape(-1)):
@@ -243,11 +244,14 @@ def runs_json(result: dict, seeds, scenario: Scenario, per_round: bool = False) 
         infeasible = None if code == constraints.FEASIBLE else {
             "constraint": constraints.name(code), "cluster": int(t["code_cluster"][i]),
             "round": int(t["code_round"][i])}
+        # an infeasible seed stopped charging at its infeasible round: its partial sums are no
+        # run's totals, so they are null, as the host engine reports them (the table shows '-')
+        done = infeasible is None
         record = {
-            "seed": int(seed), "total_latency_s": float(t["total_latency_s"][i]),
-            "total_cmp_s": float(t["total_cmp_s"][i]), "total_dd_s": float(t["total_dd_s"][i]),
-            "total_up_s": float(t["total_up_s"][i]), "final_Y": [float(v) for v in t["final_Y"][i]],
-            "max_Y": float(t["max_Y"][i]),
+            "seed": int(seed),
+            **{key: float(t[key][i]) if done else None
+               for key in ("total_latency_s", "total_cmp_s", "total_dd_s", "total_up_s", "max_Y")},
+            "final_Y": [float(v) for v in t["final_Y"][i]] if done else None,
             "violations": [{"constraint": name, "rounds": int(n)}
                            for name, n in zip(VIOLATIONS, t["violation_rounds"][i]) if n > 0],
             "infeasible": infeasible,
