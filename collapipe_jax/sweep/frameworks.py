@@ -143,7 +143,7 @@ def plot(tables: dict, out) -> None:
     names = list(dict.fromkeys(r["framework"] for r in rows))
     y = np.arange(len(names))
     fig, axes = plots.figure(len(settings), 2 + len(uploads), panel=(3.6, 2.6), sharey="row")
-    with_interval = False
+    with_interval = hatched = False
     for row, (figure_id, model, variant) in zip(axes, settings):
         head = f"{figure_id.replace('fig', 'Fig. ')}, {model}, {variant}"
         g0 = by.get((figure_id, model, uploads[0], variant), {})
@@ -152,6 +152,7 @@ def plot(tables: dict, out) -> None:
                    for u in uploads if (figure_id, model, u, variant) in by
                    for n in names if n in g0 for f in ("total_cmp_s", "total_dd_s"))
         shown = uploads[:1] if same else uploads
+        hatched |= len(shown) > 1
         h = 0.8 / len(shown)
         for j, (field, part, color) in enumerate(PARTS[:2]):
             ax = row[j]
@@ -186,10 +187,20 @@ def plot(tables: dict, out) -> None:
     plots.figure_legend(fig, axes, title=f"Fig. 7/8: accumulated time of each framework over {rounds} rounds")
     plots.note(fig, ["The upload is most of Σ τ(t): the first two columns show the computation and D2D times "
                      "the Fig. 7/8 claims compare on scales of their own.",
-                     "full upload: E_n^max raised to 1000 J (Table II cannot pay for it); hatched bars: the second "
-                     "upload where its computation differs." + (" Error bars: 95% interval over seeds."
-                                                                if with_interval else "")])
+                     "full upload: E_n^max raised to 1000 J (Table II cannot pay for it); "
+                     + upload_bars_note(uploads, hatched)
+                     + (" Error bars: 95% interval over seeds." if with_interval else "")])
     plots.save_figure(fig, out / "frameworks.png")
+
+
+def upload_bars_note(uploads: list[str], hatched: bool) -> str:
+    """What the first two columns' bars stand for: one bar per framework where the computation and
+    D2D times are the same under every upload, a hatched second bar where they differ."""
+    if hatched:
+        return f"hatched bars: the {uploads[1]} upload, where its computation and D2D times differ."
+    if len(uploads) > 1:
+        return f"computation and D2D times are the same under the {' and '.join(uploads)} uploads in every setting."
+    return ""
 
 
 def change_of(changes: list[dict], key, name: str, ref: str, quantity: str) -> dict:
