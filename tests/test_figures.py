@@ -438,7 +438,7 @@ def hatched_bars(fig) -> int:
 def test_frameworks_caption_names_hatched_bars_only_where_they_are_drawn():
     """A second (hatched) bar per framework where the lora:8 upload's computation differs from
     the full upload's, and the caption says so; where it never differs, one bar and the caption
-    says the times are the same (issue 28: it named hatched bars that were not drawn)."""
+    says the times are the same (it once named hatched bars that were not drawn)."""
     differs, same = drawn("frameworks")["frameworks.png"], drawn("frameworks-same")["frameworks.png"]
     computation = [ax for ax in differs.axes if ": computation" in title(ax)]
     assert hatched_bars(differs) == 2 * len(computation) * len(frameworks.ENTRANTS)  # computation and D2D columns

@@ -352,7 +352,7 @@ def test_cluster_chunk_gives_the_same_run(tmp_path, toutiao_runs):
         tiny(tmp_path, task="toutiao", cluster_chunk=0)
 
 
-# ---------------------------------------------------------------- a run without --config (issue 28)
+# ---------------------------------------------------------------- a run without --config
 
 
 @pytest.mark.parametrize("task", ["toutiao", "ner", "multi30k"])

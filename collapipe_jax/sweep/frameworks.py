@@ -231,11 +231,15 @@ def framework_claims(rows: list[dict], changes: list[dict]) -> list[dict]:
         changes_pct = {base: c["change_pct"] for base, c in per_base.items()}
         worst = max(changes_pct, key=changes_pct.get)
         ci = [per_base[worst]["change_pct_lo"], per_base[worst]["change_pct_hi"]]
-        # an "at least" claim: the least reduction (and its whole interval) must reach the bound
+        # an "at least" claim: the least reduction, i.e. the largest change (and its whole interval),
+        # must reach the bound; named as changes, so that a positive one reads as slower
         ok = ci[1] <= ABSTRACT_BOUND
-        out.append(claim("abstract-latency", "CollaPipe's end-to-end latency Σ τ(t) vs every framework (the least "
-                         "reduction must reach 48.98%)", f"≤ {ABSTRACT_BOUND}",
-                         {"least_reduction_pct": changes_pct[worst], **{f"vs_{k}_pct": v for k, v in changes_pct.items()}},
+        out.append(claim("abstract-latency", "CollaPipe's change of the end-to-end latency Σ τ(t) against every "
+                         "framework, in % (negative = faster, positive = slower); the largest change (against the "
+                         f"framework it gains least on) must be ≤ {ABSTRACT_BOUND}%, a reduction of at least "
+                         f"{-ABSTRACT_BOUND}%", f"≤ {ABSTRACT_BOUND}",
+                         {"largest_change_pct": changes_pct[worst],
+                          **{f"change_vs_{k}_pct": v for k, v in changes_pct.items()}},
                          f"{setting}, {per_base[worst]['n']} seeds" + breach_note(*(g[b] for b in BASELINE_FRAMEWORKS)),
                          ok, "" if ok else latency_why(g, changes_pct), n=per_base[worst]["n"], ci95=ci))
     return out
@@ -277,11 +281,13 @@ def computation_why(a: dict, b: dict, variant: str, ci=None) -> str:
 
 
 def latency_why(g: dict, changes: dict) -> str:
-    """Why the least reduction of Σ τ(t) falls short of 48.98%, from the rows of one setting."""
+    """Why CollaPipe's largest change of Σ τ(t) is above −48.98% (a reduction short of 48.98%,
+    or slower), from the rows of one setting."""
     c = g["collapipe"]
     worst = max(changes, key=changes.get)
     w = g[worst]
-    facts = [f"the least reduction is against {worst} ({changes[worst]:+.1f}%)"]
+    pace = "slower" if changes[worst] > 0 else "faster"
+    facts = [f"the largest change is against {worst}: {changes[worst]:+.1f}% (CollaPipe {pace})"]
     if worst == "pipeline" and w["total_up_s"] < 0.5 * c["total_up_s"]:
         facts.append("PipeLine has no federated aggregation and uploads only z^enc, not θ^enc, so its upload "
                      f"({w['total_up_s']:.4g} s) is far below CollaPipe's ({c['total_up_s']:.4g} s)")
