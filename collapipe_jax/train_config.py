@@ -248,7 +248,7 @@ def load_recipe(path: str) -> dict:
     return values
 
 
-# A bare `collapipe train` (no --config) learns on the CPU: the task's CPU recipe
+# A bare `collapipe train` (no --config) learns on the CPU (docs/design.md §5): the task's CPU recipe
 # (sweeps/recipes/<task>-cpu.json) gives these settings, with BARE_ROUNDS rounds and the default
 # model. Left out: the recipe's model, sequence length and evaluation interval (its rounds are
 # minutes each with the small model), and its gradient clipping, which no flag can turn off again.
