@@ -69,8 +69,8 @@ def option_help(field: dataclasses.Field) -> str:
     meta, default = field.metadata, field.default
     choices = meta.get("choices")
     text = meta["help"] + (f" ({'|'.join(map(str, choices))})" if choices else "")
-    if bare_default_note(field):  # train without --config: the task's CPU recipe's
-        return f"{text} {bare_default_note(field)}"
+    if note := bare_default_note(field):  # train without --config: the task's CPU recipe's
+        return f"{text} {note}"
     if default is None or re.search(r"[\[(]default\b", meta["help"]):
         return text
     return f"{text} [default: {default}]"
