@@ -35,7 +35,7 @@ from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_field
 from collapipe_jax.options import memory_budget, option
 from collapipe_jax.programs import compile_failure
 from collapipe_jax.scheduling.schedule import ScheduleConfig
-from collapipe_jax.train_config import TrainConfig, recipe_names
+from collapipe_jax.train_config import TrainConfig, bare_default_note, recipe_names, settings_source
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +70,8 @@ def option_help(field: dataclasses.Field) -> str:
     meta, default = field.metadata, field.default
     choices = meta.get("choices")
     text = meta["help"] + (f" ({'|'.join(map(str, choices))})" if choices else "")
+    if note := bare_default_note(field):  # train without --config: the task's CPU recipe's
+        return f"{text} {note}"
     if default is None or re.search(r"[\[(]default\b", meta["help"]):
         return text
     return f"{text} [default: {default}]"
@@ -406,7 +408,7 @@ def format_train(cfg, result: dict) -> str:
     table = format_table(["round", "loss", "sim_latency[s]", "sim_energy[J]", "wall[s]", *metric_names], rows)
     return "\n".join([
         f"task {cfg.task}, framework {cfg.framework} (policy {cfg.resolved_policy}), model {result['model']}, "
-        f"N={result['clusters']}, pipelined={result['pipelined']}", table,
+        f"N={result['clusters']}, pipelined={result['pipelined']}", settings_source(cfg), table,
         "sim_latency, sim_energy: the simulated wireless-edge latency τ(t) and energy the system model charges for "
         "the round's decision (Eq. 26; 12, 14, 16), not wall time",
         "wall: the seconds this process took for the round (round 0 includes compiling); '-': not evaluated",
@@ -430,7 +432,7 @@ def seeds_output(cfg: TrainConfig, result: dict):
     rows = [[r["seed"], r["final_loss"], *[r["final_metrics"].get(n) for n in names]] for r in result["per_seed"]]
     table = format_table(["seed", "final loss", *names], rows)
     lines = [f"task {cfg.task}, framework {cfg.framework}, model {result['model']}, N={result['clusters']}, "
-             f"{result['n']} seeds", table,
+             f"{result['n']} seeds", settings_source(cfg), table,
              "mean (95% interval): " + ", ".join(f"{n} = {result['final_metrics'][n]:.4g} "
                                                  f"[{result['ci95'][n][0]:.4g}, {result['ci95'][n][1]:.4g}]"
                                                  for n in names)]
@@ -549,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_argument("--host-devices", dest="host_devices", help="number of XLA host (CPU) devices, set before "
                                                                     "JAX starts")
     for name, help_text, handler, cls, skip in COMMANDS:
-        epilog = f"recipes for --config (sweeps/recipes/): {', '.join(recipe_names())}" if name == "train" else None
+        epilog = (f"without --config, a run takes the learning settings of its task's CPU recipe (<task>-cpu: "
+                  f"each option's [default without --config]); recipes for --config (sweeps/recipes/): "
+                  f"{', '.join(recipe_names())}") if name == "train" else None
         p = sub.add_parser(name, parents=[shared], help=help_text, epilog=epilog)
         add_config_arguments(p, cls, skip)
         if name == "sensitivity":

@@ -95,13 +95,11 @@ def measured_range(group: list[dict]) -> str:
     return text
 
 
-def short_why(text: str, limit: int = 160) -> str:
-    """The first clause of a why (up to its first ';' or the end of its first sentence, never
-    inside "Eq. 38"), cut at a word boundary beyond `limit` characters, for the summary table."""
-    text = re.split(r"; |(?<=[a-z0-9%)'])\. (?=[A-Z])", text.strip(), maxsplit=1)[0].rstrip(".")
-    if len(text) > limit:
-        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
-    return text
+def short_why(text: str) -> str:
+    """The first clause of a why, whole (up to its first ';' or the end of its first sentence,
+    never inside "Eq. 38"), for the summary table: never cut mid-sentence; the
+    numbered note holds the rest."""
+    return re.split(r"; |(?<=[a-z0-9%)'])\. (?=[A-Z])", text.strip(), maxsplit=1)[0].rstrip(".")
 
 
 def number_whys(claims: list[dict]) -> dict[str, int]:
@@ -129,7 +127,7 @@ def summary_rows(claims: list[dict]) -> list[dict]:
     for cid, group in group_by_id(claims).items():
         whys = [c["why"] for c in group if c["why"] and not c["reproduced"]] or [c["why"] for c in group if c["why"]]
         refs = sorted({notes[w] for w in whys})
-        # the most frequent why among the settings that failed, shortened; the notes hold the rest
+        # the most frequent why among the settings that failed, its first clause; the notes hold the rest
         why = short_why(max(whys, key=whys.count)) if whys else ""
         rows.append({"id": cid, "claim": group[0]["claim"], "paper": group[0]["paper"],
                      "measured": measured_range(group), "k": sum(c["reproduced"] for c in group),

@@ -16,7 +16,7 @@ from collapipe_jax.models.teb import encoder_reference
 from collapipe_jax.tasks.batching import gather, local_batches
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, train
-from train_helpers import kill_during_second_evaluation
+from train_helpers import LIBRARY_DEFAULTS, kill_during_second_evaluation
 
 DATA = resolve_data_dir()
 TINY = dict(task="toutiao", rounds=2, batch=4, clusters=2, micro_batches=2, max_examples=24, max_eval_examples=8,
@@ -145,7 +145,7 @@ def test_reference_of_another_task_is_refused(tmp_path, capsys):
 
 
 def test_seeds_run_each_seed_and_give_the_mean_and_student_t_interval(tmp_path, capsys):
-    code = main(["train", "--task", "toutiao", "--seeds", "0:2", "--rounds", "1", "--batch", "4", "--clusters", "2",
+    code = main(["train", *LIBRARY_DEFAULTS, "--task", "toutiao", "--seeds", "0:2", "--rounds", "1", "--batch", "4", "--clusters", "2",
                  "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8", "--seq-len", "16",
                  "--no-pipeline", "--policy", "default", "--no-progress", "--data-dir", str(DATA),
                  "--log-dir", str(tmp_path / "runs"), "--json"])

@@ -30,11 +30,15 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
-def microbatch_tables():
+def microbatch_tables(std_share: float | None = None):
+    """Means from 1 to 33 s; the standard deviation 0.01 s (bands thinner than the lines), or
+    `std_share` of each mean."""
     r = rng(1)
-    return {"latency-vs-microbatches": [
-        {"preset": p, "variant": v, "m": m, "tau_pipe_s_mean": float(1 + r.random() * m), "tau_pipe_s_std": 0.1,
-         "draws": 8} for p in ("paper-bert", "paper-transformer") for v in VARIANTS for m in (1, 2, 4, 8, 16, 32)]}
+    rows = [{"preset": p, "variant": v, "m": m, "tau_pipe_s_mean": float(1 + r.random() * m), "tau_pipe_s_std": 0.01,
+             "draws": 8} for p in ("paper-bert", "paper-transformer") for v in VARIANTS for m in (1, 2, 4, 8, 16, 32)]
+    for row in rows if std_share is not None else ():
+        row["tau_pipe_s_std"] = std_share * row["tau_pipe_s_mean"]
+    return {"latency-vs-microbatches": rows}
 
 
 def power_tables():
@@ -129,7 +133,10 @@ def policy_tables(seeds: bool = False):
     return {"policies": totals, "policies-per-round": per_round}
 
 
-def framework_tables(intervals: bool = False):
+def framework_tables(intervals: bool = False, same_computation: bool = False):
+    """Random times per framework and upload; `same_computation`: each lora:8 row takes the full
+    upload's computation and D2D times (what the engine gives when the decisions do not depend on
+    the upload)."""
     r = rng(4)
     rows = []
     for figure, model in frameworks.FIGURES:
@@ -146,6 +153,12 @@ def framework_tables(intervals: bool = False):
                             row.update({f"{f}_lo": 0.9 * row[f"{f}_s"], f"{f}_hi": 1.1 * row[f"{f}_s"]})
                         row["n"] = 5
                     rows.append(row)
+    if same_computation:
+        full = {(r["figure"], r["variant"], r["framework"]): r for r in rows if r["tunable"] == "full"}
+        for row in rows:
+            twin = full[(row["figure"], row["variant"], row["framework"])]
+            row.update(total_cmp_s=twin["total_cmp_s"], total_dd_s=twin["total_dd_s"])
+            row["total_latency_s"] = row["total_cmp_s"] + row["total_dd_s"] + row["total_up_s"]
     return {"frameworks": rows}
 
 
@@ -216,6 +229,8 @@ TABLES = {
 VARIANTS_OF = {  # the schemas the compute will grow into: seeds and intervals, the centralized reference
     "policies-seeded": ("policies", lambda: policy_tables(seeds=True)),
     "frameworks-intervals": ("frameworks", lambda: framework_tables(intervals=True)),
+    "frameworks-same": ("frameworks", lambda: framework_tables(same_computation=True)),
+    "microbatches-wide": ("latency-vs-microbatches", lambda: microbatch_tables(std_share=0.3)),
     "training-centralized": ("training", lambda: training_tables(centralized=True, ner_at_floor=False)),
 }
 CASES = {**{name: (name, make) for name, make in TABLES.items()}, **VARIANTS_OF}
@@ -413,6 +428,55 @@ def test_frameworks_show_computation_apart_from_the_upload_and_error_bars_with_i
     assert not any(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers)
     fig = drawn("frameworks-intervals")["frameworks.png"]
     assert any(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers)
+
+
+def hatched_bars(fig) -> int:
+    return sum(1 for ax in fig.axes for c in ax.containers if isinstance(c, BarContainer)
+               for bar in c.patches if bar.get_hatch())
+
+
+def test_frameworks_caption_names_hatched_bars_only_where_they_are_drawn():
+    """A second (hatched) bar per framework where the lora:8 upload's computation differs from
+    the full upload's, and the caption says so; where it never differs, one bar and the caption
+    says the times are the same (it once named hatched bars that were not drawn)."""
+    differs, same = drawn("frameworks")["frameworks.png"], drawn("frameworks-same")["frameworks.png"]
+    computation = [ax for ax in differs.axes if ": computation" in title(ax)]
+    assert hatched_bars(differs) == 2 * len(computation) * len(frameworks.ENTRANTS)  # computation and D2D columns
+    assert "hatched bars: the lora:8 upload" in " ".join(differs._supxlabel.get_text().split())
+    assert hatched_bars(same) == 0
+    caption = " ".join(same._supxlabel.get_text().split())
+    assert "hatched" not in caption and "the same under the full and lora:8 uploads" in caption
+
+
+def test_microbatch_bands_are_drawn_and_the_note_says_when_they_are_too_thin_to_see():
+    for case, thin in (("latency-vs-microbatches", True), ("microbatches-wide", False)):
+        fig = drawn(case)["latency-vs-microbatches.png"]
+        rows = CASES[case][1]()["latency-vs-microbatches"]
+        for ax in fig.axes:  # one band per variant, ± 1 SD around the mean
+            bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+            assert len(bands) == len(VARIANTS)
+            preset = title(ax).split(":")[0]
+            top = max(r["tau_pipe_s_mean"] + r["tau_pipe_s_std"] for r in rows if r["preset"] == preset)
+            assert math.isclose(max(b.get_paths()[0].vertices[:, 1].max() for b in bands), top, rel_tol=1e-6)
+        note = " ".join(fig._supxlabel.get_text().split())
+        widest = max(r["tau_pipe_s_std"] for r in rows)
+        assert f"at most {widest:.2g} s" in note
+        assert ("not visible" in note) == thin, note
+
+
+def test_scaling_titles_name_the_scenario_and_coinciding_markers_stay_visible():
+    from collapipe_jax.sweep import scaling
+
+    figures = drawn("scaling")
+    assert set(figures) == {f"scaling-{axis}.png" for axis, _ in scaling.AXES["paper"]}
+    for fig in figures.values():
+        head = " ".join(fig.legends[0].get_title().get_text().split())
+        assert "paper-bert, lora:8 upload" in head
+        curves = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("DSSRA vs")]
+        sizes = [line.get_markersize() for line in curves]
+        # drawn in order, each later curve's markers smaller and on top: one inside the other
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+        assert [line.get_zorder() for line in curves] == sorted(line.get_zorder() for line in curves)
 
 
 def test_training_leaves_out_metrics_at_the_floor_and_draws_the_centralized_reference():

@@ -40,11 +40,12 @@ from collapipe_jax.tasks import data
 from collapipe_jax.tasks.batching import check_local_work
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, train
+from train_helpers import LIBRARY_DEFAULTS
 
 DATA = resolve_data_dir()
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RELAXED = str(REPO / "sweeps" / "scenarios" / "paper-bert-relaxed.json")  # DSSRA feasible every round
-TRAIN_ARGS = ["--task", "toutiao", "--model", "tiny", "--batch", "4", "--clusters", "2", "--micro-batches", "2",
+TRAIN_ARGS = [*LIBRARY_DEFAULTS, "--task", "toutiao", "--model", "tiny", "--batch", "4", "--clusters", "2", "--micro-batches", "2",
               "--max-examples", "24", "--max-eval-examples", "8", "--seq-len", "16", "--no-pipeline", "--no-progress"]
 
 

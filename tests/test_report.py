@@ -83,7 +83,8 @@ def test_short_why_keeps_equation_numbers_whole():
     assert short_why(WHY_A) == "the upload carries the same bits for every policy"
     assert short_why(WHY_B) == "one device is best at m = 1"
     assert short_why("m = 1: Eq. 38's stationary m is below 2; more") == "m = 1: Eq. 38's stationary m is below 2"
-    assert short_why("word " * 100).endswith(" …") and len(short_why("word " * 100)) <= 162
+    # a long first clause stays whole: the summary never cuts a sentence
+    assert short_why("word " * 100 + "end; more") == ("word " * 100 + "end")
 
 
 def test_seeds_render_as_mean_and_interval_and_their_absence_does_not_break(tmp_path):
@@ -149,3 +150,32 @@ def test_v_effect_is_read_from_the_policies_table(tmp_path):
     assert "V changes nothing at N = 3" in finding
     assert "N = 3: DSSRA's total latency is the same for every V, its largest queue Y_n is 0" in finding
     assert "N = 6: DSSRA's total latency moves by at most 0.5% over V, its largest queue Y_n is 0.5" in finding
+
+
+def test_summary_why_is_a_whole_clause_however_long(tmp_path):
+    """The summary's why column was once cut mid-sentence ("… of their …")."""
+    long_why = ("synchronous GPipe gives every S and m the gradient of the unsegmented model, so the runs differ "
+                "only in the upload noise of their decisions and in nothing the plans choose, over many words; "
+                "the second clause stays in the note")
+    text = render(tmp_path, [claim("fig11-vs-random", "DSSRA vs random", -7.12, -0.3, "N=6", False, long_why)])
+    (row,) = table_rows(text, "## Claims")
+    assert row[5] == long_why.split("; ")[0] + "; note 1" and "…" not in row[5]
+
+
+def test_abstract_latency_names_a_change_whose_positive_sign_reads_slower():
+    """The summary once read "least reduction +2,444%" as a reduction: the claim names changes
+    (negative = faster) and its why says slower when CollaPipe is slower."""
+    from collapipe_jax.sweep.frameworks import latency_why
+
+    def row(name, up, total):
+        return {"framework": name, "total_up_s": up, "total_dd_s": 0.0, "total_latency_s": total,
+                "violating_rounds": 0, "violated": "", "rounds": 30}
+
+    g = {"collapipe": row("collapipe", 900.0, 1000.0), "pipeline": row("pipeline", 50.0, 100.0),
+         "vanilla-fl": row("vanilla-fl", 950.0, 1100.0)}
+    changes = {"pipeline": 900.0, "vanilla-fl": 100 * (1000.0 / 1100.0 - 1)}
+    why = latency_why(g, changes)
+    assert why.startswith("the largest change is against pipeline: +900.0% (CollaPipe slower)")
+    assert "reduction" not in why.split(";")[0]
+    changes = {"pipeline": -20.0, "vanilla-fl": -9.1}
+    assert latency_why(g, changes).startswith("the largest change is against vanilla-fl: -9.1% (CollaPipe faster)")

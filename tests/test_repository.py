@@ -67,3 +67,43 @@ def test_every_cited_section_of_docs_design_md_exists():
     cited = {(rel, int(n)) for rel, text in _texts() for n in CITATION.findall(text)}
     assert len(cited) > 20  # the docstrings do cite it
     assert [(rel, n) for rel, n in sorted(cited) if n not in sections] == []
+
+
+# The README is the first screen (what it is, `make sweep`, `make test`, a ten-line tour, links);
+# the reference parts live in docs/ and are linked from it.
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", flags=re.MULTILINE | re.DOTALL)
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings (code blocks left out): lower case,
+    punctuation but '-' and '_' dropped, spaces to '-'."""
+    titles = re.findall(r"^#+ (.+)$", FENCE.sub("", markdown), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", t.strip().lower()).replace(" ", "-") for t in titles}
+
+
+def test_the_readme_and_docs_link_only_to_files_and_headings_that_exist():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken, checked = [], 0
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for target in LINK.findall(FENCE.sub("", text)):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: outside the clone
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            checked += 1
+            if not file.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text(encoding="utf-8")):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert checked > 20 and broken == []
+
+
+def test_the_readme_is_one_screen_that_links_every_reference_page():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 80
+    assert "make sweep" in text and "make test" in text
+    linked = set(LINK.findall(text))
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"docs/{page.name}" in linked, page.name

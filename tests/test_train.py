@@ -13,7 +13,7 @@ from collapipe_jax.federated import program
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.tasks.data import resolve_data_dir
 from collapipe_jax.train import TrainConfig, train
-from train_helpers import kill_during_second_evaluation
+from train_helpers import LIBRARY_DEFAULTS, kill_during_second_evaluation
 
 # $COLLAPIPE_DATA if set, else the repository's own data/
 DATA = resolve_data_dir()
@@ -214,7 +214,7 @@ def test_cli_train_json(tmp_path, capsys, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # the default records go to ./runs/
     # the settings of test_ner_run, so the compiled programs are reused
-    argv = ["train", "--task", "ner", "--no-pipeline", "--policy", "default", "--rounds", "1", "--batch", "4",
+    argv = ["train", *LIBRARY_DEFAULTS, "--task", "ner", "--no-pipeline", "--policy", "default", "--rounds", "1", "--batch", "4",
             "--clusters", "2", "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8",
             "--seq-len", "16", "--data-dir", str(DATA), "--no-progress"]
     code = cli.main(argv + ["--json"])
@@ -281,10 +281,13 @@ def test_train_table_names_simulated_time():
               "metrics": {"accuracy": 0.5}}
     result = {"rounds": [record], "model": "tiny", "clusters": 2, "pipelined": True, "final_metrics": {"accuracy": 0.5}}
     text = format_train(TrainConfig(), result)
-    header = text.splitlines()[1].split()
+    header = text.splitlines()[2].split()
     assert header == ["round", "loss", "sim_latency[s]", "sim_energy[J]", "wall[s]", "accuracy"]
-    assert text.splitlines()[3].split() == ["0", "1", "2.5", "3", "0.25", "0.5"]
+    assert text.splitlines()[4].split() == ["0", "1", "2.5", "3", "0.25", "0.5"]
     assert "not wall time" in text and "tau_round" not in text
+    # the line above the table names the recipe whose settings the run took
+    assert text.splitlines()[1].startswith("settings: the toutiao-cpu recipe's")
+    assert format_train(TrainConfig(recipe="ner-cpu"), result).splitlines()[1].startswith("settings: recipe ner-cpu")
 
 
 def test_scheduler_policies_in_the_loop(tmp_path, monkeypatch):
@@ -347,3 +350,51 @@ def test_cluster_chunk_gives_the_same_run(tmp_path, toutiao_runs):
     np.testing.assert_allclose(losses(grouped), losses(toutiao_runs[1]), rtol=1e-5)
     with pytest.raises(ValidationError, match="cluster-chunk"):
         tiny(tmp_path, task="toutiao", cluster_chunk=0)
+
+
+# ---------------------------------------------------------------- a run without --config
+
+
+@pytest.mark.parametrize("task", ["toutiao", "ner", "multi30k"])
+def test_a_run_without_config_takes_the_learning_settings_of_its_tasks_cpu_recipe(tmp_path, monkeypatch, capsys,
+                                                                                   task):
+    """A bare `collapipe train --task T` learns on the CPU: the optimizer, schedule, local steps,
+    batch, dropout and evaluation size of sweeps/recipes/T-cpu.json (read here from the file),
+    20 rounds and the default model; its table names the recipe. No training: `train` is
+    replaced by a stub that records the config it was given."""
+    from collapipe_jax import cli
+
+    recipe = json.loads((train_mod.RECIPE_DIR / f"{task}-cpu.json").read_text())
+    seen = []
+
+    def stub(cfg):
+        seen.append(cfg)
+        return {"rounds": [], "model": cfg.model, "clusters": 3, "pipelined": True, "final_metrics": {}}
+
+    monkeypatch.setattr("collapipe_jax.train.train", stub)  # the command imports it on use
+    assert cli.main(["train", "--task", task, "--log-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    cfg = seen.pop()
+    for name in ("optimizer", "lr", "weight_decay", "lr_schedule", "warmup_steps", "local_steps", "batch",
+                 "client_state", "dropout", "max_eval_examples"):
+        assert getattr(cfg, name) == recipe[name], name
+    assert cfg.label_smoothing == recipe.get("label_smoothing", 0.0)
+    assert (cfg.rounds, cfg.model, cfg.seq_len, cfg.eval_every, cfg.clip_norm) == (20, "tiny", None, 1, None)
+    assert cfg.recipe is None and TrainConfig().optimizer == "sgd"  # the library's own defaults are unchanged
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"settings: the {task}-cpu recipe's") and "no --config" in out[1]
+    # a flag given replaces the recipe's value; --local-epochs replaces its local steps
+    assert cli.main(["train", "--task", task, "--optimizer", "sgd", "--rounds", "3", "--local-epochs", "1",
+                     "--log-dir", str(tmp_path / "run2"), "--no-progress"]) == 0
+    cfg = seen.pop()
+    assert (cfg.optimizer, cfg.rounds, cfg.local_steps, cfg.local_epochs) == ("sgd", 3, None, 1.0)
+    assert cfg.lr == recipe["lr"]
+
+
+def test_help_states_the_defaults_of_a_run_without_config():
+    from test_cli import subcommand_help
+
+    text = " ".join(subcommand_help("train").split())
+    assert "--optimizer OPTIMIZER client optimizer" in text
+    assert "[default without --config: adamw (the task's CPU recipe's); with a --config that leaves it out: sgd]" in text
+    assert "--rounds ROUNDS number of rounds [default without --config: 20; with a --config that leaves it out: 2]" in text
+    assert "without --config, a run takes the learning settings of its task's CPU recipe" in text

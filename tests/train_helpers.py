@@ -1,4 +1,7 @@
-"""Shared by the training tests: a run killed part-way, as a crash or Ctrl-C would."""
+"""Shared by the training tests: a run killed part-way, as a crash or Ctrl-C would; the flags of
+a command-line run with the library's defaults."""
+
+import pathlib
 
 import pytest
 
@@ -20,3 +23,8 @@ def kill_during_second_evaluation(monkeypatch, cfg) -> None:
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg)
     monkeypatch.setattr(train_mod, "evaluate_model", real_eval)
+
+
+# `--config` of an empty recipe: a command-line run with TrainConfig's own defaults, not the
+# task's CPU recipe's settings a run without --config takes (train_config.bare_defaults).
+LIBRARY_DEFAULTS = ["--config", str(pathlib.Path(__file__).with_name("library-defaults.json"))]

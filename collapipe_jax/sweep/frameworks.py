@@ -143,7 +143,7 @@ def plot(tables: dict, out) -> None:
     names = list(dict.fromkeys(r["framework"] for r in rows))
     y = np.arange(len(names))
     fig, axes = plots.figure(len(settings), 2 + len(uploads), panel=(3.6, 2.6), sharey="row")
-    with_interval = False
+    with_interval = hatched = False
     for row, (figure_id, model, variant) in zip(axes, settings):
         head = f"{figure_id.replace('fig', 'Fig. ')}, {model}, {variant}"
         g0 = by.get((figure_id, model, uploads[0], variant), {})
@@ -152,6 +152,7 @@ def plot(tables: dict, out) -> None:
                    for u in uploads if (figure_id, model, u, variant) in by
                    for n in names if n in g0 for f in ("total_cmp_s", "total_dd_s"))
         shown = uploads[:1] if same else uploads
+        hatched |= len(shown) > 1
         h = 0.8 / len(shown)
         for j, (field, part, color) in enumerate(PARTS[:2]):
             ax = row[j]
@@ -186,10 +187,20 @@ def plot(tables: dict, out) -> None:
     plots.figure_legend(fig, axes, title=f"Fig. 7/8: accumulated time of each framework over {rounds} rounds")
     plots.note(fig, ["The upload is most of Σ τ(t): the first two columns show the computation and D2D times "
                      "the Fig. 7/8 claims compare on scales of their own.",
-                     "full upload: E_n^max raised to 1000 J (Table II cannot pay for it); hatched bars: the second "
-                     "upload where its computation differs." + (" Error bars: 95% interval over seeds."
-                                                                if with_interval else "")])
+                     "full upload: E_n^max raised to 1000 J (Table II cannot pay for it); "
+                     + upload_bars_note(uploads, hatched)
+                     + (" Error bars: 95% interval over seeds." if with_interval else "")])
     plots.save_figure(fig, out / "frameworks.png")
+
+
+def upload_bars_note(uploads: list[str], hatched: bool) -> str:
+    """What the first two columns' bars stand for: one bar per framework where the computation and
+    D2D times are the same under every upload, a hatched second bar where they differ."""
+    if hatched:
+        return f"hatched bars: the {uploads[1]} upload, where its computation and D2D times differ."
+    if len(uploads) > 1:
+        return f"computation and D2D times are the same under the {' and '.join(uploads)} uploads in every setting."
+    return ""
 
 
 def change_of(changes: list[dict], key, name: str, ref: str, quantity: str) -> dict:
@@ -220,11 +231,15 @@ def framework_claims(rows: list[dict], changes: list[dict]) -> list[dict]:
         changes_pct = {base: c["change_pct"] for base, c in per_base.items()}
         worst = max(changes_pct, key=changes_pct.get)
         ci = [per_base[worst]["change_pct_lo"], per_base[worst]["change_pct_hi"]]
-        # an "at least" claim: the least reduction (and its whole interval) must reach the bound
+        # an "at least" claim: the least reduction, i.e. the largest change (and its whole interval),
+        # must reach the bound; named as changes, so that a positive one reads as slower
         ok = ci[1] <= ABSTRACT_BOUND
-        out.append(claim("abstract-latency", "CollaPipe's end-to-end latency Σ τ(t) vs every framework (the least "
-                         "reduction must reach 48.98%)", f"≤ {ABSTRACT_BOUND}",
-                         {"least_reduction_pct": changes_pct[worst], **{f"vs_{k}_pct": v for k, v in changes_pct.items()}},
+        out.append(claim("abstract-latency", "CollaPipe's change of the end-to-end latency Σ τ(t) against every "
+                         "framework, in % (negative = faster, positive = slower); the largest change (against the "
+                         f"framework it gains least on) must be ≤ {ABSTRACT_BOUND}%, a reduction of at least "
+                         f"{-ABSTRACT_BOUND}%", f"≤ {ABSTRACT_BOUND}",
+                         {"largest_change_pct": changes_pct[worst],
+                          **{f"change_vs_{k}_pct": v for k, v in changes_pct.items()}},
                          f"{setting}, {per_base[worst]['n']} seeds" + breach_note(*(g[b] for b in BASELINE_FRAMEWORKS)),
                          ok, "" if ok else latency_why(g, changes_pct), n=per_base[worst]["n"], ci95=ci))
     return out
@@ -266,11 +281,13 @@ def computation_why(a: dict, b: dict, variant: str, ci=None) -> str:
 
 
 def latency_why(g: dict, changes: dict) -> str:
-    """Why the least reduction of Σ τ(t) falls short of 48.98%, from the rows of one setting."""
+    """Why CollaPipe's largest change of Σ τ(t) is above −48.98% (a reduction short of 48.98%,
+    or slower), from the rows of one setting."""
     c = g["collapipe"]
     worst = max(changes, key=changes.get)
     w = g[worst]
-    facts = [f"the least reduction is against {worst} ({changes[worst]:+.1f}%)"]
+    pace = "slower" if changes[worst] > 0 else "faster"
+    facts = [f"the largest change is against {worst}: {changes[worst]:+.1f}% (CollaPipe {pace})"]
     if worst == "pipeline" and w["total_up_s"] < 0.5 * c["total_up_s"]:
         facts.append("PipeLine has no federated aggregation and uploads only z^enc, not θ^enc, so its upload "
                      f"({w['total_up_s']:.4g} s) is far below CollaPipe's ({c['total_up_s']:.4g} s)")

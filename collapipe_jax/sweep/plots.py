@@ -83,6 +83,12 @@ def style(i: int) -> dict:
             "markerfacecolor": "none" if i % 2 else COLORS[i % len(COLORS)]}
 
 
+def nested_style(i: int, count: int) -> dict:
+    """`style(i)` with markers from large (the first of `count` curves) to small (the last, drawn
+    last): curves whose points coincide show every marker, one inside the other."""
+    return {**style(i), "markersize": 4 + 2 * (count - 1 - i), "zorder": 2 + i}
+
+
 def markevery(i: int, points: int, marks: int = 8) -> tuple[int, int]:
     """(start, step) for about `marks` markers on `points` points, the start shifted by curve i."""
     step = max(points // marks, 1)

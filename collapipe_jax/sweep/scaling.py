@@ -34,8 +34,11 @@ SCALES = {"quick": (64, 30), "paper": (1024, 100)}
 AXIS_LABELS = {"N": "clusters N", "K": "devices per cluster K", "J": "uplink channels J", "V": "Lyapunov weight V"}
 
 
+PRESET, TUNABLE = "paper-bert", "lora:8"  # the scenario of every point, named in the figures' titles
+
+
 def point_scenario(N: int, K: int, J: int):
-    return scenario_preset("paper-bert").replace(N=N, K=K, J=J, tunable="lora:8")
+    return scenario_preset(PRESET).replace(N=N, K=K, J=J, tunable=TUNABLE)
 
 
 def compute(scale: str, work_dir, progress) -> dict:
@@ -78,7 +81,9 @@ def plot(tables: dict, out) -> None:
         for i, rule in enumerate(rules):
             sel = [g for g in gains if g["axis"] == axis and g["baseline"] == rule]
             x = [g["value"] for g in sel]
-            line = left.plot(x, [g["change_pct"] for g in sel], label=f"DSSRA vs {rule}", **plots.style(i))[0]
+            # nested markers: the rules' changes can coincide (random and loss-only at every V)
+            line = left.plot(x, [g["change_pct"] for g in sel], label=f"DSSRA vs {rule}",
+                             **plots.nested_style(i, len(rules)))[0]
             plots.band(left, x, [g["change_pct_lo"] for g in sel], [g["change_pct_hi"] for g in sel], line.get_color())
         sel = [r for r in rows if r["axis"] == axis and r["policy"] == "dssra"]
         x = [r["value"] for r in sel]
@@ -97,8 +102,8 @@ def plot(tables: dict, out) -> None:
                     if axis != "V" else AXIS_LABELS[axis] + " [unitless]", "change of Σ τ(t) [%]")
         plots.label(right, f"DSSRA's queues ({others})", AXIS_LABELS[axis] + " [count]"
                     if axis != "V" else AXIS_LABELS[axis] + " [unitless]", "max over t, n of Y_n(t) [unitless]")
-        plots.figure_legend(fig, axes, title=f"DSSRA against the other rules as {AXIS_LABELS[axis]} grows "
-                                             f"(mean over {n} seeds)")
+        plots.figure_legend(fig, axes, title=f"DSSRA against the other rules as {AXIS_LABELS[axis]} grows: "
+                                             f"{PRESET}, {TUNABLE} upload (mean over {n} seeds)")
         plots.note(fig, ["Bands: 95% interval of the mean over seeds (Student-t); a change below 0 means DSSRA "
                          "is faster."])
         plots.save_figure(fig, out / f"scaling-{axis}.png")

@@ -67,8 +67,23 @@ def microbatch_plot(tables: dict, out) -> None:
                     "pipeline latency τ^pipe [s]")
     plots.figure_legend(fig, axes)
     plots.note(fig, f"Lines: mean over {draws} seeded draws of Table II's device ranges; bands: ± 1 standard "
-               "deviation over the draws.")
+               f"deviation over the draws{band_width_note(rows, axes[0])}.")
     plots.save_figure(fig, out / "latency-vs-microbatches.png")
+
+
+def band_width_note(rows: list[dict], axes) -> str:
+    """How wide the ± 1 SD bands are, and, when every band is thinner than a line on its panel's
+    scale (under 1% of the y range), that they cannot be seen (the CSV holds the values)."""
+    if not rows:
+        return ""
+    widest = max(rows, key=lambda r: r["tau_pipe_s_std"])
+    relative = max(r["tau_pipe_s_std"] / r["tau_pipe_s_mean"] for r in rows if r["tau_pipe_s_mean"] > 0)
+    spans = {preset: np.subtract(*ax.get_ylim()[::-1]) for preset, ax in zip(PRESETS, axes)}
+    hidden = all(2 * r["tau_pipe_s_std"] < 0.01 * spans[r["preset"]] for r in rows if r["preset"] in spans)
+    text = (f", at most {widest['tau_pipe_s_std']:.2g} s ({widest['preset']}, {widest['variant']} variant, "
+            f"m = {widest['m']}), at most {relative:.1%} of the mean")
+    return text + (": thinner than the lines on these scales, so not visible (values in "
+                   "latency-vs-microbatches.csv)" if hidden else "")
 
 
 def microbatch_findings(tables: dict) -> dict:
