@@ -59,12 +59,30 @@ def parse_seeds(text: str) -> range:
     return range(a, b)
 
 
+def check_policy_name(policy: str) -> None:
+    """A registry name or a user rule's FILE.py:FUNCTION / package.module:function (loaded when
+    the run starts: this module imports no JAX)."""
+    if policy not in SCHEDULER_POLICIES and ":" not in policy:
+        raise ValidationError("policy", f"must be one of {list(SCHEDULER_POLICIES)}, or a rule of yours as "
+                                        "FILE.py:FUNCTION or package.module:function", policy)
+
+
+def resolved_policy(policy: str):
+    """The host context's policy: the name, or the loaded user rule (`user_policy.load_policy`)."""
+    if ":" not in policy:
+        return policy
+    from collapipe_jax.scheduling.user_policy import load_policy
+
+    return load_policy(policy)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     rounds: int = option(100, "number of rounds T")
     V: float | None = option(None, "Lyapunov weight V (default: the scenario's)")
-    policy: str = option("dssra", "scheduling policy (uniform = CollaPipe w/o segment scheduling, "
-                                  "default = no optimisation)", choices=SCHEDULER_POLICIES)
+    policy: str = option("dssra", f"scheduling policy: {'|'.join(SCHEDULER_POLICIES)} (uniform = CollaPipe w/o "
+                                  "segment scheduling, default = no optimisation), or your own JAX rule as "
+                                  "FILE.py:FUNCTION or package.module:function (docs/extending.md)")
     variant: str = option("paper", "system model: Eq. 15 as printed (paper) or b̂-scaled with the exact GPipe "
                                    "makespan (consistent)", choices=VARIANTS)
     lyapunov: str = option("drift", "per-round objective: V τ + Σ Y Γ (drift) or Eq. 32's V τ + Σ Y (S + p) (paper)",
@@ -86,6 +104,7 @@ class ScheduleConfig:
 
     def __post_init__(self):
         check_fields(self)
+        check_policy_name(self.policy)
         check_int("rounds", self.rounds)
         check_float("V", self.V, low=0.0, optional=True)
         check_seed("seed", self.seed)
@@ -112,7 +131,13 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
     check_rounds(scenario, cfg.rounds)
     if cfg.tunable is not None:
         scenario = scenario.replace(tunable=cfg.tunable)
-    ctx = HostContext(scenario, cfg.policy, cfg.seed, cfg.variant, cfg.lyapunov, cfg.V, cfg.solver, cfg.m_rule)
+    policy = resolved_policy(cfg.policy)
+    if not isinstance(policy, str):  # its shapes and dtypes, before the first round
+        from collapipe_jax.scheduling.device.problem import EngineConfig
+        from collapipe_jax.scheduling.user_policy import check_policy_shapes
+
+        check_policy_shapes(policy, scenario, EngineConfig.of(scenario, variant=cfg.variant, lyapunov=cfg.lyapunov))
+    ctx = HostContext(scenario, policy, cfg.seed, cfg.variant, cfg.lyapunov, cfg.V, cfg.solver, cfg.m_rule)
     Y = np.zeros(scenario.N)
     out_rounds = []
     bar = tqdm(range(cfg.rounds), desc=f"schedule {cfg.policy}", file=sys.stderr,
