@@ -33,6 +33,7 @@ from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_json
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
 from collapipe_jax.options import memory_budget, option
+from collapipe_jax.comparison import CompareConfig
 from collapipe_jax.scheduling.schedule import ScheduleConfig
 from collapipe_jax.train_config import TrainConfig, recipe_names
 
@@ -348,6 +349,16 @@ def format_schedule(result: dict) -> str:
     return "\n".join([head, table, tail])
 
 
+def run_compare_command(args):
+    from collapipe_jax.comparison import CompareConfig, format_compare, run_compare
+    from collapipe_jax.scenario import load_scenario
+
+    if args.seed_given:
+        raise ValidationError("seed", "compare runs every seed of --seeds A:B; it takes no --seed", args.seed)
+    result = run_compare(load_scenario(args.preset, args.scenario), config_from_args(CompareConfig, args))
+    return result, format_compare(result, format_table)
+
+
 def run_train_command(args):
     from collapipe_jax.train import config_with_recipe, train
 
@@ -530,6 +541,8 @@ COMMANDS = (
     ("sensitivity", "∂τ/∂p_n by jax.grad, hard and smooth max", run_sensitivity, DecisionOptions, ()),
     ("schedule", "run DSSRA or a baseline policy for T rounds", run_schedule_command, ScheduleConfig, ()),
     ("train", "federated CollaPipe training on a real task", run_train_command, TrainConfig, ()),
+    ("compare", "several policies on the same seeds, each paired seed by seed with the first", run_compare_command,
+     CompareConfig, ()),
     ("sweep", "reproduce the paper's figures and tables", run_sweep_command, SweepOptions, ()),
 )
 

@@ -185,7 +185,8 @@ def load_policy(spec: str) -> UserPolicy:
     module = _module_of_file(spec, where) if where.endswith(".py") or "/" in where else _module_of_name(spec, where)
     fn = getattr(module, name, None)
     if fn is None:
-        names = [k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_")]
+        names = [k for k, v in vars(module).items()
+                 if inspect.isfunction(v) and v.__module__ == module.__name__ and not k.startswith("_")]
         close = difflib.get_close_matches(name, names, n=len(names), cutoff=0.0)
         raise _bad(spec, f"has no function {name!r} (functions there: {', '.join(close) or 'none'})")
     if not callable(fn):
