@@ -169,7 +169,7 @@ def bad_file(tmp_path_factory):
     ("wrong_dtype", ["returned channel of dtype float32", "integer"]),
     ("not_a_decision", ["must return a collapipe_jax.Decision", "not dict"]),
     ("raises", ["raised RuntimeError: my bug"]),
-    ("missing", ["has no function 'missing'", "functions there: raises"]),
+    ("missing", ["has no function 'missing'", "functions there, the closest first: raises"]),
 ])
 def test_a_wrong_rule_is_one_error_line_naming_the_policy(bad_file, function, fragments):
     spec = f"{bad_file}:{function}"

@@ -120,7 +120,9 @@ class ScheduleConfig:
 
 
 def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), losses=None) -> dict:
-    """Run `cfg.policy` for `cfg.rounds` rounds; returns the JSON-able result of `collapipe schedule`.
+    """Run `cfg.policy` for `cfg.rounds` rounds of seed `cfg.seed` on the host; returns the
+    JSON-able result of `collapipe schedule`: per round the decision, τ(t) (Eq. 26), Γ_n (Eq. 28)
+    and the queues Y(t) → Y(t+1) (Eq. 29); `total_latency_s` = Σ_t τ(t).
 
     `losses`: fixed per-cluster losses handed to the policy every round (loss-only), else none.
     """
@@ -186,7 +188,10 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
 
 
 def run_schedule_seeds(scenario: Scenario, cfg: ScheduleConfig, device_label: str = "") -> dict:
-    """One independent schedule per seed of `cfg.seed_range()` on `cfg.engine` (module docstring)."""
+    """One independent schedule per seed of `cfg.seed_range()` on `cfg.engine` (module docstring):
+    per seed Σ_t τ(t) (Eq. 26), the final queues (Eq. 29), the constraints broken and the
+    infeasible round if any; `summary` the mean Σ_t τ(t) over the feasible seeds with its
+    Student-t 95% interval."""
     import time
 
     from collapipe_jax.scenario import check_rounds

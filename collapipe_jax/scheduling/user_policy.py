@@ -27,7 +27,6 @@ shapes, dtypes or a non-finite power is one `ValidationError` naming the policy.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import importlib
@@ -176,19 +175,32 @@ def _module_of_name(spec: str, dotted: str):
         raise _bad(spec, f"cannot be imported: {type(err).__name__}: {err}") from None
 
 
-@functools.lru_cache(maxsize=32)
 def load_policy(spec: str) -> UserPolicy:
-    """The rule named by FILE.py:FUNCTION or package.module:function (one load per spec)."""
+    """The rule named by FILE.py:FUNCTION (the file is run once per process), or by
+    package.module:function (looked up on every call, so that `__main__:function` follows a
+    notebook's redefinition; an unchanged function keeps its compiled programs)."""
     where, _, name = str(spec).rpartition(":")
     if not where or not name.isidentifier():
         raise _bad(spec, "must be FILE.py:FUNCTION or package.module:function")
-    module = _module_of_file(spec, where) if where.endswith(".py") or "/" in where else _module_of_name(spec, where)
+    if where.endswith(".py") or "/" in where:
+        return _file_policy(spec, where, name)
+    return _policy_of(spec, _module_of_name(spec, where), name)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_policy(spec: str, where: str, name: str) -> UserPolicy:
+    return _policy_of(spec, _module_of_file(spec, where), name)
+
+
+def _policy_of(spec: str, module, name: str) -> UserPolicy:
     fn = getattr(module, name, None)
     if fn is None:
         names = [k for k, v in vars(module).items()
                  if inspect.isfunction(v) and v.__module__ == module.__name__ and not k.startswith("_")]
-        close = difflib.get_close_matches(name, names, n=len(names), cutoff=0.0)
-        raise _bad(spec, f"has no function {name!r} (functions there: {', '.join(close) or 'none'})")
+        from collapipe_jax.scenario import closest_first
+
+        raise _bad(spec, f"has no function {name!r} (functions there, the closest first: "
+                         f"{', '.join(closest_first(name, names)) or 'none'})")
     if not callable(fn):
         raise _bad(spec, f"{name!r} is not a function")
     try:
