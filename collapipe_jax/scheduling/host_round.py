@@ -125,9 +125,11 @@ def _user_round(ctx: HostContext, t: int, Y, state, problem, started) -> HostRou
     (C1–C11', `user_policy.decision_flags`), never an InfeasibleError."""
     from collapipe_jax.scheduling import user_policy
     from collapipe_jax.scheduling.device.problem import EngineConfig
+    from collapipe_jax.scheduling.device.run import policy_key
 
     config = EngineConfig.of(ctx.scenario, variant=ctx.variant, lyapunov=ctx.lyapunov)
-    result, violations = user_policy.host_round_result(ctx.policy, problem, state, Y, ctx.seed, t, config)
+    result, violations = user_policy.host_round_result(ctx.policy, problem, state, Y, ctx.seed, t,
+                                                       policy_key(ctx.seed, t), config)
     metrics = evaluate(state, result.decision, ctx.variant)
     if (bad := first_non_finite(metrics_dict(metrics))) is not None:
         raise NonFiniteError(f"round {t}: {bad[0]}", bad[1])

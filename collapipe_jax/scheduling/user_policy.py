@@ -1,7 +1,7 @@
 """A researcher's own scheduling rule: one JAX function, run by both engines (docs/extending.md).
 
 The rule's signature is the stable, user-facing one; it names nothing of the engine's internals
-(which issue 26 may reshape):
+(free to change):
 
     rule(inputs: RoundInputs) -> Decision
 
@@ -336,19 +336,18 @@ def _host_program(policy: UserPolicy, config):
     return jax.jit(lambda *args: charged_round(policy, *args, config))
 
 
-def host_round_result(policy: UserPolicy, problem, state, Y, seed: int, t: int, config):
+def host_round_result(policy: UserPolicy, problem, state, Y, seed: int, t: int, key, config):
     """(RoundResult, violations) of one round on the host engine: the rule jitted on the host's
     CPU (float64, as the host's solvers), its decision packaged as the host's `dssra.RoundResult`
     with the system model's charge; what it breaks is in `violations` (one entry per cluster
-    and constraint), never an error."""
-    from collapipe_jax.scheduling.device.run import policy_key
+    and constraint), never an error. `key`: the round's `run.policy_key(seed, t)`, as on the device."""
     from collapipe_jax.scheduling.dssra import RoundResult
     from collapipe_jax.scheduling.segments import SegmentPlan
 
     started = time.perf_counter()
     with jax.enable_x64(True):
         fn = _host_program(policy, config)
-        out = fn(state, jnp.asarray(Y, jnp.float64), jnp.float64(problem.V), jnp.int32(t), policy_key(seed, t))
+        out = fn(state, jnp.asarray(Y, jnp.float64), jnp.float64(problem.V), jnp.int32(t), key)
         decision, metrics, flags, objective = jax.tree.map(np.asarray, out)
     if not np.all(np.isfinite(decision.p_n_w)):
         raise _bad(policy.spec, f"returned a non-finite p_n_w {decision.p_n_w.tolist()} (seed {seed}, round {t})")
