@@ -215,3 +215,22 @@ def test_a_module_path_loads_the_same_rule_once():
         from collapipe_jax.scheduling.user_policy import check_policy_shapes
 
         check_policy_shapes(rule, scenario(), EngineConfig.of(scenario()))
+
+
+def test_train_takes_a_user_rule(tmp_path):
+    """`train --policy FILE.py:FUNCTION` (the settings of test_train's CLI run, so its compiled
+    training step is reused): the rule decides every round, and its decision is the one charged."""
+    import json
+
+    from tests.test_train import DATA
+
+    argv = ["train", "--task", "ner", "--no-pipeline", "--policy", BEST_CHANNEL, "--rounds", "1", "--batch", "4",
+            "--clusters", "2", "--micro-batches", "2", "--max-examples", "24", "--max-eval-examples", "8",
+            "--seq-len", "16", "--data-dir", str(DATA), "--no-progress", "--log-dir", str(tmp_path / "run"), "--json"]
+    code, out, err = run(*argv)
+    assert code == 0, err[-800:]
+    result = json.loads(out)
+    assert result["policy"] == BEST_CHANNEL and result["rounds"][0]["tau_round_s"] > 0
+    bad = run(*[a if a != BEST_CHANNEL else BEST_CHANNEL.replace("best_channel.py:", "best_channel.py:nope")
+                for a in argv[:-3]])
+    assert_one_line_error(*bad, "invalid policy", "has no function 'nope'")

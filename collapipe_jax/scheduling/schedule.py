@@ -67,13 +67,17 @@ def check_policy_name(policy: str) -> None:
                                         "FILE.py:FUNCTION or package.module:function", policy)
 
 
-def resolved_policy(policy: str):
-    """The host context's policy: the name, or the loaded user rule (`user_policy.load_policy`)."""
+def host_policy(policy: str, scenario: Scenario, variant: str = "paper", lyapunov: str = "drift"):
+    """The host context's policy: the registry name, or the user's rule loaded and its shapes
+    and dtypes checked on the scenario before the first round (`user_policy`)."""
     if ":" not in policy:
         return policy
-    from collapipe_jax.scheduling.user_policy import load_policy
+    from collapipe_jax.scheduling.device.problem import EngineConfig
+    from collapipe_jax.scheduling.user_policy import check_policy_shapes, load_policy
 
-    return load_policy(policy)
+    rule = load_policy(policy)
+    check_policy_shapes(rule, scenario, EngineConfig.of(scenario, variant=variant, lyapunov=lyapunov))
+    return rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +137,7 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
     check_rounds(scenario, cfg.rounds)
     if cfg.tunable is not None:
         scenario = scenario.replace(tunable=cfg.tunable)
-    policy = resolved_policy(cfg.policy)
-    if not isinstance(policy, str):  # its shapes and dtypes, before the first round
-        from collapipe_jax.scheduling.device.problem import EngineConfig
-        from collapipe_jax.scheduling.user_policy import check_policy_shapes
-
-        check_policy_shapes(policy, scenario, EngineConfig.of(scenario, variant=cfg.variant, lyapunov=cfg.lyapunov))
+    policy = host_policy(cfg.policy, scenario, cfg.variant, cfg.lyapunov)
     ctx = HostContext(scenario, policy, cfg.seed, cfg.variant, cfg.lyapunov, cfg.V, cfg.solver, cfg.m_rule)
     Y = np.zeros(scenario.N)
     out_rounds = []
