@@ -231,6 +231,6 @@ def test_train_takes_a_user_rule(tmp_path):
     assert code == 0, err[-800:]
     result = json.loads(out)
     assert result["policy"] == BEST_CHANNEL and result["rounds"][0]["tau_round_s"] > 0
-    bad = run(*[a if a != BEST_CHANNEL else BEST_CHANNEL.replace("best_channel.py:", "best_channel.py:nope")
-                for a in argv[:-3]])
+    missing = f"{ROOT}/examples/policies/best_channel.py:nope"
+    bad = run(*[missing if a == BEST_CHANNEL else a for a in argv[:-3]])
     assert_one_line_error(*bad, "invalid policy", "has no function 'nope'")
