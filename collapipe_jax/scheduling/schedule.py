@@ -206,7 +206,8 @@ def run_schedule_seeds(scenario: Scenario, cfg: ScheduleConfig, device_label: st
     if cfg.engine == "device":
         runs, device = _device_runs(scenario, cfg, seeds)
     else:
-        runs, device = _host_runs(scenario, cfg, seeds), "host (NumPy float64)"
+        runs = _host_runs(scenario, cfg, seeds)
+        device = "host (NumPy float64)" if ":" not in cfg.policy else "host (the rule jitted on the CPU, float64)"
     totals = [r["total_latency_s"] for r in runs if r["infeasible"] is None]
     V = scenario.V if cfg.V is None else float(cfg.V)
     return {"policy": cfg.policy, "tunable": scenario.tunable, "variant": cfg.variant, "lyapunov": cfg.lyapunov,
