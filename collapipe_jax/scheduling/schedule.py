@@ -18,6 +18,10 @@ With `--seeds A:B` (or `--engine device`) one independent schedule runs per seed
 `--per-round`. A seed whose round has no feasible decision reports `infeasible` (constraint,
 cluster, round) and the others go on.
 
+`--policy FILE.py:FUNCTION` (or package.module:function) runs a user's JAX rule on either engine
+(`user_policy.py`, docs/extending.md): what its decisions break is reported in `violations`,
+checked against C1–C11' on every round.
+
 `ScheduleConfig` is read without JAX (`collapipe schedule --help` is built from it):
 `run_schedule` imports the scheduler.
 """

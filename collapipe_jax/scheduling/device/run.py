@@ -10,6 +10,11 @@ Y ← max(Y + Γ_n − Γ^max, 0)). A round with no feasible decision (where the
 InfeasibleError) stops that seed's schedule: its code, round and cluster are reported and its
 later rounds are not charged (the other seeds go on).
 
+A user's rule (`scheduling/user_policy.py`, given as FILE.py:FUNCTION or a `UserPolicy`) is a
+program of its own: its decision is charged the same way, never infeasible, and what it breaks
+is flagged by `user_policy.decision_flags` (the eight names of `USER_VIOLATIONS`, which the
+result then carries as `violation_names`); a non-finite power in any round is an error.
+
 `run_schedules` returns NumPy arrays with a leading seed axis; `runs_json` turns them into the
 `schedule --seeds` JSON contract (docs/design.md §6).
 """
