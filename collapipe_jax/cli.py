@@ -33,6 +33,7 @@ from collapipe_jax.errors import InfeasibleError, ValidationError
 from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_json
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
 from collapipe_jax.options import memory_budget, option
+from collapipe_jax.comparison import CompareConfig
 from collapipe_jax.programs import compile_failure
 from collapipe_jax.scheduling.schedule import ScheduleConfig
 from collapipe_jax.train_config import TrainConfig, bare_default_note, recipe_names, settings_source
@@ -351,6 +352,40 @@ def format_schedule(result: dict) -> str:
     return "\n".join([head, table, tail])
 
 
+def run_compare_command(args):
+    from collapipe_jax.comparison import CompareConfig, format_compare, run_compare
+    from collapipe_jax.scenario import load_scenario
+
+    if args.seed_given:
+        raise ValidationError("seed", "compare runs every seed of --seeds A:B; it takes no --seed", args.seed)
+    result = run_compare(load_scenario(args.preset, args.scenario), config_from_args(CompareConfig, args))
+    return result, format_compare(result, format_table)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioOptions:
+    fields: bool = option(False, "list every scenario field with its unit, default and meaning")
+    tunable: str | None = option(None, TUNABLE_HELP)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def run_scenario_command(args):
+    """The resolved scenario (--preset/--scenario/--tunable), or with --fields its fields' table."""
+    from collapipe_jax.scenario import load_scenario
+    from collapipe_jax.scenario_fields import field_rows
+
+    opts = config_from_args(ScenarioOptions, args)
+    if opts.fields:
+        rows = field_rows()
+        result = {"fields": [dict(zip(("field", "unit", "default", "meaning"), row)) for row in rows]}
+        return result, format_table(["field", "unit", "default", "meaning"], [list(r) for r in rows])
+    scenario = load_scenario(args.preset, args.scenario, opts.tunable)
+    result = scenario.to_dict()
+    return result, format_table(["field", "value"], [[k, str(v)] for k, v in result.items()])
+
+
 def run_train_command(args):
     from collapipe_jax.train import config_with_recipe, train
 
@@ -535,6 +570,10 @@ COMMANDS = (
     ("sensitivity", "∂τ/∂p_n by jax.grad, hard and smooth max", run_sensitivity, DecisionOptions, ()),
     ("schedule", "run DSSRA or a baseline policy for T rounds", run_schedule_command, ScheduleConfig, ()),
     ("train", "federated CollaPipe training on a real task", run_train_command, TrainConfig, ()),
+    ("scenario", "a scenario's values, or (--fields) every field with unit, default and meaning",
+     run_scenario_command, ScenarioOptions, ()),
+    ("compare", "several policies on the same seeds, each paired seed by seed with the first", run_compare_command,
+     CompareConfig, ()),
     ("sweep", "reproduce the paper's figures and tables", run_sweep_command, SweepOptions, ()),
 )
 

@@ -136,7 +136,8 @@ class Scenario:
             base["name"] = f"{data['preset']} (modified)"
         unknown = sorted(set(data) - known - {"preset"})
         if unknown:
-            raise ValidationError("scenario", f"unknown field(s) {unknown}")
+            raise ValidationError("scenario", f"unknown field(s) {unknown}; the valid fields, closest first: "
+                                              f"{', '.join(closest_first(unknown[0], sorted(known | {'preset'})))}")
         merged = {**base, **{k: v for k, v in data.items() if k != "preset"}}
         for key in RANGE_FIELDS:
             if key in merged:
@@ -163,6 +164,14 @@ class Scenario:
         except OSError as err:
             raise ValidationError("scenario", f"{path}: cannot be read ({err.strerror})") from None
         return cls.from_dict(data)
+
+
+def closest_first(name: str, names: list[str]) -> list[str]:
+    """Every name of `names`, the closest to `name` first (difflib's similarity, case-blind)."""
+    import difflib
+
+    score = {n: difflib.SequenceMatcher(None, name.lower(), n.lower()).ratio() for n in names}
+    return sorted(names, key=lambda n: -score[n])
 
 
 def _as_range(name: str, value) -> tuple[float, float]:

@@ -45,6 +45,7 @@ from collapipe_jax.scenario import Scenario, load_scenario, orders_of, tunable_r
 from collapipe_jax.scheduling.frameworks import FRAMEWORKS
 from collapipe_jax.scheduling.host_round import HostContext, run_host_round
 from collapipe_jax.scheduling.policies import LOSS_POLICIES
+from collapipe_jax.scheduling.schedule import host_policy
 from collapipe_jax.tasks import TaskData, load_task
 from collapipe_jax.tasks.batching import check_local_work, gather, local_batches, split_clusters
 from collapipe_jax.train_config import (MODEL_SIZES, RECIPE_DIR, TASK_MODEL, TASK_SCENARIO,  # noqa: F401 (re-exported)
@@ -323,7 +324,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     check_local_work(setup.local_steps, cfg.batch, setup.task.train)
     sc, task = setup.scenario, setup.task
     ctx = None if cfg.centralized else HostContext(
-        sc, cfg.resolved_policy, cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=cfg.federated,
+        sc, host_policy(cfg.resolved_policy, sc, cfg.variant, cfg.lyapunov), cfg.seed, cfg.variant, cfg.lyapunov, uploads_model=cfg.federated,
         local_steps=tuple(int(e) for e in setup.local_steps), stages=cfg.plan_stages,
         micro_batches=cfg.plan_micro_batches)
     state = initial_state(setup)

@@ -49,8 +49,9 @@ class TrainConfig:
                                          "upload or aggregation", choices=TRAIN_FRAMEWORKS)
     model: str = option("tiny", "model size (paper: paper-transformer for multi30k, paper-bert otherwise)",
                         choices=MODEL_SIZES)
-    policy: str | None = option(None, "collapipe's scheduler (default dssra; uniform = w/o segment scheduling; "
-                                      "default = no optimisation)", choices=SCHEDULER_POLICIES)
+    policy: str | None = option(None, f"collapipe's scheduler: {'|'.join(SCHEDULER_POLICIES)} (default dssra; "
+                                      "uniform = w/o segment scheduling; default = no optimisation), or your own JAX "
+                                      "rule as FILE.py:FUNCTION or package.module:function (docs/extending.md)")
     plan_stages: int | None = option(None, "policy default only: split the encoder evenly over the first S devices "
                                            "(learning vs S)")
     plan_micro_batches: int | None = option(None, "policy default only: charge m micro-batches (learning vs m; set "
@@ -139,6 +140,10 @@ class TrainConfig:
         require(self.label_smoothing < 1.0, "label-smoothing", "must be < 1", self.label_smoothing)
         check_float("clip-norm", self.clip_norm, low=0.0, strict_low=True, optional=True)
         check_float("local-epochs", self.local_epochs, low=0.0, strict_low=True, optional=True)
+        if self.policy is not None:
+            from collapipe_jax.scheduling.schedule import check_policy_name
+
+            check_policy_name(self.policy)
         if self.centralized:
             require(self.policy is None, "policy", "the centralized framework has no scheduler", self.policy)
             require(self.plan_stages is None and self.plan_micro_batches is None, "plan-stages",

@@ -25,6 +25,8 @@ SMALL = {
     "scheduler": {"ROUNDS": 3, "V_VALUES": (1e-6, 1e-4)},
     # the committed snapshot, whatever `make sweep` may have left in results/
     "reproduce": {"RESULTS": "docs/results"},
+    # test_device_engine's seeded setting: DSSRA's compiled program is reused
+    "own_policy": {"SEEDS": "0:4", "ROUNDS": 6},
 }
 CELL_TIMEOUT_S = 600  # a guard against a hung kernel, not a speed requirement
 

@@ -14,13 +14,14 @@ LAYERS = [
     {"io", "options", "distributed", "stats", "choices"},
     {"models", "tasks", "checkpoints"},
     {"pipeline", "scenario"},
+    {"scenario_fields"},
     {"federated", "system"},
     {"scheduling"},
     {"train_config"},
     {"train_records", "run_plot"},
     {"train"},
     {"sweep"},
-    {"report"},
+    {"report", "comparison"},
     {"cli"},
 ]
 

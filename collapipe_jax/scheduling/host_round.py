@@ -55,7 +55,7 @@ class HostContext:
     """
 
     scenario: Scenario
-    policy: str = "dssra"
+    policy: str = "dssra"  # a registry name, or a user's rule (`user_policy.UserPolicy`)
     seed: int = 0
     variant: str = "paper"
     lyapunov: str = "drift"
@@ -101,6 +101,8 @@ def _host_round(ctx: HostContext, t: int, Y, losses) -> HostRound:
         state = state.replace(local_steps=jnp.asarray(ctx.local_steps, jnp.float32))
     problem = round_problem(sc, state, ctx.variant, ctx.lyapunov, ctx.V)
     Y = np.asarray(Y, np.float64)
+    if not isinstance(ctx.policy, str):  # a user's JAX rule (scheduling/user_policy.py), jitted on the host
+        return _user_round(ctx, t, Y, state, problem, started)
     try:
         plan = {k: v for k, v in (("stages", ctx.stages), ("micro_batches", ctx.micro_batches)) if v is not None}
         result = POLICIES[ctx.policy](problem, Y, policy_rng(ctx.seed, t), losses, solver=ctx.solver,
@@ -114,5 +116,23 @@ def _host_round(ctx: HostContext, t: int, Y, losses) -> HostRound:
         raise NonFiniteError(f"round {t}: {bad[0]}", bad[1])
     violations = constraint_violations(state, result.decision, metrics)
     Y_next = lyapunov.update_queues(Y, np.asarray(metrics.Gamma, np.float64), sc.Gamma_max)
+    split = time_split(result.decision, metrics, ctx.variant)
+    return HostRound(t, state, result, metrics, violations, split, Y, Y_next, 1e3 * (time.perf_counter() - started))
+
+
+def _user_round(ctx: HostContext, t: int, Y, state, problem, started) -> HostRound:
+    """Steps 2–4 for a user's rule: its decision with every constraint it breaks in `violations`
+    (C1–C11', `user_policy.decision_flags`), never an InfeasibleError."""
+    from collapipe_jax.scheduling import user_policy
+    from collapipe_jax.scheduling.device.problem import EngineConfig
+    from collapipe_jax.scheduling.device.run import policy_key
+
+    config = EngineConfig.of(ctx.scenario, variant=ctx.variant, lyapunov=ctx.lyapunov)
+    result, violations = user_policy.host_round_result(ctx.policy, problem, state, Y, ctx.seed, t,
+                                                       policy_key(ctx.seed, t), config)
+    metrics = evaluate(state, result.decision, ctx.variant)
+    if (bad := first_non_finite(metrics_dict(metrics))) is not None:
+        raise NonFiniteError(f"round {t}: {bad[0]}", bad[1])
+    Y_next = lyapunov.update_queues(Y, np.asarray(metrics.Gamma, np.float64), ctx.scenario.Gamma_max)
     split = time_split(result.decision, metrics, ctx.variant)
     return HostRound(t, state, result, metrics, violations, split, Y, Y_next, 1e3 * (time.perf_counter() - started))

@@ -18,6 +18,10 @@ With `--seeds A:B` (or `--engine device`) one independent schedule runs per seed
 `--per-round`. A seed whose round has no feasible decision reports `infeasible` (constraint,
 cluster, round) and the others go on.
 
+`--policy FILE.py:FUNCTION` (or package.module:function) runs a user's JAX rule on either engine
+(`user_policy.py`, docs/extending.md): what its decisions break is reported in `violations`,
+checked against C1–C11' on every round.
+
 `ScheduleConfig` is read without JAX (`collapipe schedule --help` is built from it):
 `run_schedule` imports the scheduler.
 """
@@ -59,12 +63,34 @@ def parse_seeds(text: str) -> range:
     return range(a, b)
 
 
+def check_policy_name(policy: str) -> None:
+    """A registry name or a user rule's FILE.py:FUNCTION / package.module:function (loaded when
+    the run starts: this module imports no JAX)."""
+    if policy not in SCHEDULER_POLICIES and ":" not in policy:
+        raise ValidationError("policy", f"must be one of {list(SCHEDULER_POLICIES)}, or a rule of yours as "
+                                        "FILE.py:FUNCTION or package.module:function", policy)
+
+
+def host_policy(policy: str, scenario: Scenario, variant: str = "paper", lyapunov: str = "drift"):
+    """The host context's policy: the registry name, or the user's rule loaded and its shapes
+    and dtypes checked on the scenario before the first round (`user_policy`)."""
+    if ":" not in policy:
+        return policy
+    from collapipe_jax.scheduling.device.problem import EngineConfig
+    from collapipe_jax.scheduling.user_policy import check_policy_shapes, load_policy
+
+    rule = load_policy(policy)
+    check_policy_shapes(rule, scenario, EngineConfig.of(scenario, variant=variant, lyapunov=lyapunov))
+    return rule
+
+
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     rounds: int = option(100, "number of rounds T")
     V: float | None = option(None, "Lyapunov weight V (default: the scenario's)")
-    policy: str = option("dssra", "scheduling policy (uniform = CollaPipe w/o segment scheduling, "
-                                  "default = no optimisation)", choices=SCHEDULER_POLICIES)
+    policy: str = option("dssra", f"scheduling policy: {'|'.join(SCHEDULER_POLICIES)} (uniform = CollaPipe w/o "
+                                  "segment scheduling, default = no optimisation), or your own JAX rule as "
+                                  "FILE.py:FUNCTION or package.module:function (docs/extending.md)")
     variant: str = option("paper", "system model: Eq. 15 as printed (paper) or b̂-scaled with the exact GPipe "
                                    "makespan (consistent)", choices=VARIANTS)
     lyapunov: str = option("drift", "per-round objective: V τ + Σ Y Γ (drift) or Eq. 32's V τ + Σ Y (S + p) (paper)",
@@ -86,6 +112,7 @@ class ScheduleConfig:
 
     def __post_init__(self):
         check_fields(self)
+        check_policy_name(self.policy)
         check_int("rounds", self.rounds)
         check_float("V", self.V, low=0.0, optional=True)
         check_seed("seed", self.seed)
@@ -104,7 +131,9 @@ class ScheduleConfig:
 
 
 def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), losses=None) -> dict:
-    """Run `cfg.policy` for `cfg.rounds` rounds; returns the JSON-able result of `collapipe schedule`.
+    """Run `cfg.policy` for `cfg.rounds` rounds of seed `cfg.seed` on the host; returns the
+    JSON-able result of `collapipe schedule`: per round the decision, τ(t) (Eq. 26), Γ_n (Eq. 28)
+    and the queues Y(t) → Y(t+1) (Eq. 29); `total_latency_s` = Σ_t τ(t).
 
     `losses`: fixed per-cluster losses handed to the policy every round (loss-only), else none.
     """
@@ -115,7 +144,8 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
     check_rounds(scenario, cfg.rounds)
     if cfg.tunable is not None:
         scenario = scenario.replace(tunable=cfg.tunable)
-    ctx = HostContext(scenario, cfg.policy, cfg.seed, cfg.variant, cfg.lyapunov, cfg.V, cfg.solver, cfg.m_rule)
+    policy = host_policy(cfg.policy, scenario, cfg.variant, cfg.lyapunov)
+    ctx = HostContext(scenario, policy, cfg.seed, cfg.variant, cfg.lyapunov, cfg.V, cfg.solver, cfg.m_rule)
     Y = np.zeros(scenario.N)
     out_rounds = []
     bar = tqdm(range(cfg.rounds), desc=f"schedule {cfg.policy}", file=sys.stderr,
@@ -164,7 +194,10 @@ def run_schedule(scenario: Scenario, cfg: ScheduleConfig = ScheduleConfig(), los
 
 
 def run_schedule_seeds(scenario: Scenario, cfg: ScheduleConfig, device_label: str = "") -> dict:
-    """One independent schedule per seed of `cfg.seed_range()` on `cfg.engine` (module docstring)."""
+    """One independent schedule per seed of `cfg.seed_range()` on `cfg.engine` (module docstring):
+    per seed Σ_t τ(t) (Eq. 26), the final queues (Eq. 29), the constraints broken and the
+    infeasible round if any; `summary` the mean Σ_t τ(t) over the feasible seeds with its
+    Student-t 95% interval."""
     import time
 
     from collapipe_jax.scenario import check_rounds
@@ -180,7 +213,8 @@ def run_schedule_seeds(scenario: Scenario, cfg: ScheduleConfig, device_label: st
     if cfg.engine == "device":
         runs, device = _device_runs(scenario, cfg, seeds)
     else:
-        runs, device = _host_runs(scenario, cfg, seeds), "host (NumPy float64)"
+        runs = _host_runs(scenario, cfg, seeds)
+        device = "host (NumPy float64)" if ":" not in cfg.policy else "host (the rule jitted on the CPU, float64)"
     totals = [r["total_latency_s"] for r in runs if r["infeasible"] is None]
     V = scenario.V if cfg.V is None else float(cfg.V)
     return {"policy": cfg.policy, "tunable": scenario.tunable, "variant": cfg.variant, "lyapunov": cfg.lyapunov,

@@ -51,7 +51,16 @@ def channel_view(state: SystemState, channel):
 
 
 def _evaluate(state: SystemState, decision: Decision, variant: str = "paper") -> Metrics:
-    """Latency, energy and convergence gap of one decision in one round's state."""
+    """Latency, energy and convergence gap of one decision in one round's state (docs/design.md §3).
+
+    `state`: the round's draw (`scenario.draw_state`); `decision`: X(t) = [m, S, δ, order, I, p]
+    (`scenario.Decision`); `variant`: "paper" (Eq. 15 as printed) or "consistent" (b̂-scaled,
+    the exact GPipe makespan). Returns `Metrics`, float32, per cluster [N] unless said:
+    tau_cmp_s, tau_dd_s [N, K] (Eq. 13, 15/33 per micro-batch), tau_pipe_s (Eq. 15/33),
+    tau_up_s (Eq. 10–11), tau_round_s τ(t) = max_n (τ^pipe_n + τ^up_n) (Eq. 26, a scalar),
+    E_com_j (Eq. 12), E_sch_j [N, K] and E_pipe_j (Eq. 14/16), eps ε_n (Eq. 25), Gamma Γ_n
+    (Eq. 28), n_stages S_n. Jitted; differentiable in the continuous inputs (p_n, p_k, f_k, ...).
+    """
     latency.check_variant(variant)
     delta = decision.delta.astype(jnp.float32)
     m = decision.m.astype(jnp.float32)
@@ -112,7 +121,9 @@ def to_batch_minor(tree):
 
 def round_latency_of_power(p_n_w, state: SystemState, decision: Decision, variant: str = "paper",
                            temperature: float | None = None):
-    """τ(t) as a function of the CUs' transmit powers (for `jax.grad`); smooth max if T given."""
+    """τ(t) (Eq. 26) as a function of the CUs' transmit powers p_n [N], for `jax.grad`
+    (∂τ/∂p_n, nonzero only for the slowest cluster); with `temperature` T the smooth upper bound
+    T · logsumexp((τ^pipe + τ^up)/T) instead of the max (exact as T → 0)."""
     metrics = evaluate(state, decision.replace(p_n_w=p_n_w), variant)
     if temperature is None:
         return metrics.tau_round_s

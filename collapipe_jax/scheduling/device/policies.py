@@ -191,8 +191,11 @@ SHARED_PROGRAM_DRIFT = {"dssra": ("dssra-family", QUEUES), "dssra-no-queue": ("d
                         "dssra-loss-weighted": ("dssra-family", LOSS_WEIGHTED)}
 
 
-def program_of(policy: str, lyapunov: str) -> tuple[str, int]:
-    """(the compiled program's rule, its knob) of a policy: a family where one serves it."""
+def program_of(policy, lyapunov: str) -> tuple[str, int]:
+    """(the compiled program's rule, its knob) of a policy: a family where one serves it; a
+    user's rule (`scheduling/user_policy.UserPolicy`) is its own program."""
+    if not isinstance(policy, str):
+        return policy, 0
     shared = dict(SHARED_PROGRAM, **(SHARED_PROGRAM_DRIFT if lyapunov == "drift" else {}))
     return shared.get(policy, (policy, 0))
 

@@ -10,6 +10,11 @@ Y ← max(Y + Γ_n − Γ^max, 0)). A round with no feasible decision (where the
 InfeasibleError) stops that seed's schedule: its code, round and cluster are reported and its
 later rounds are not charged (the other seeds go on).
 
+A user's rule (`scheduling/user_policy.py`, given as FILE.py:FUNCTION or a `UserPolicy`) is a
+program of its own: its decision is charged the same way, never infeasible, and what it breaks
+is flagged by `user_policy.decision_flags` (the eight names of `USER_VIOLATIONS`, which the
+result then carries as `violation_names`); a non-finite power in any round is an error.
+
 `run_schedules` returns NumPy arrays with a leading seed axis; `runs_json` turns them into the
 `schedule --seeds` JSON contract (docs/design.md §6).
 """
@@ -27,6 +32,7 @@ import numpy as np
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.programs import program_cache
 from collapipe_jax.scenario import RANGE_FIELDS, Decision, Scenario, draw_state, round_key
+from collapipe_jax.scheduling import user_policy
 from collapipe_jax.scheduling.device import constraints
 from collapipe_jax.scheduling.device.dssra import RoundDecision
 from collapipe_jax.scheduling.device.policies import DEVICE_POLICIES, program_of, program_rule
@@ -97,31 +103,44 @@ def schedule_one(scenario, program: str, config: EngineConfig, rounds: int, seed
     """One seed's schedule of `rounds` rounds: a pytree of per-round arrays [T, ...] and totals.
     `scenario`: a `Scenario`, or what `scenario_view` makes of its numbers; `program`, `knob`: a
     rule's program and its knob (`policies.program_of`)."""
-    rule = program_rule(program)
+    user = None if isinstance(program, str) else program  # a user's rule (scheduling/user_policy.py)
+    rule = program_rule(program) if user is None else None
     dt = jnp.asarray(V).dtype
 
     def step(carry, t):
-        Y, alive, code, code_round, code_cluster = carry
+        Y, alive, carried_code, code_round, code_cluster = carry
         state = draw_state(scenario, round_key(seed, t))
         if not config.uploads_model:  # PipeLine: no FL aggregation, only z^enc goes up
             state = state.replace(theta_enc_bits=state.theta_enc_bits * 0.0)
-        dec = rule(round_problem(state, config), Y, V, policy_key(seed, t), None, config, knob)
-        decision = to_decision(dec)
-        metrics, cmp, dd, broken = charge(state, decision, config.variant)
+        if user is None:
+            dec = rule(round_problem(state, config), Y, V, policy_key(seed, t), None, config, knob)
+            decision = to_decision(dec)
+            metrics, cmp, dd, broken = charge(state, decision, config.variant)
+            code, cluster, objective, iterations = dec.code, dec.code_cluster, dec.objective, dec.iterations
+            p_n_w = dec.p_n_w
+            extra = {}
+        else:  # never infeasible: what the decision breaks is flagged (user_policy.decision_flags)
+            decision, _, flags, objective = user_policy.charged_round(user, state, Y, V, t, policy_key(seed, t),
+                                                                      config)
+            metrics, cmp, dd, _ = charge(state, decision, config.variant)
+            broken = jnp.any(flags, axis=0)
+            code, cluster, iterations = jnp.int32(constraints.FEASIBLE), jnp.int32(-1), jnp.int32(1)
+            p_n_w = decision.p_n_w.astype(dt)
+            extra = {"finite": user_policy.finite_power(decision) | ~alive}
         Y_next = jnp.maximum(Y + metrics.Gamma.astype(dt) - Gamma_max, 0.0)
-        failed = alive & (dec.code != constraints.FEASIBLE)
+        failed = alive & (code != constraints.FEASIBLE)
         charged = alive & ~failed
         keep = lambda new, old: jnp.where(charged, new, old)  # noqa: E731
         record = dict(
             charged=charged, S=jnp.sum(decision.delta > 0, axis=1), m=decision.m, delta=decision.delta,
-            rank=decision.rank, channel=decision.channel, p_n_w=dec.p_n_w, tau_pipe_s=metrics.tau_pipe_s,
+            rank=decision.rank, channel=decision.channel, p_n_w=p_n_w, tau_pipe_s=metrics.tau_pipe_s,
             tau_up_s=metrics.tau_up_s, tau_pipe_cmp_s=cmp, tau_pipe_dd_s=dd,
             round_cmp_s=jnp.where(charged, jnp.max(cmp), 0.0), round_dd_s=jnp.where(charged, jnp.max(dd), 0.0),
             round_up_s=jnp.where(charged, jnp.max(metrics.tau_up_s), 0.0),
             tau_round_s=jnp.where(charged, metrics.tau_round_s, 0.0), Y=Y, Y_next=keep(Y_next, Y),
-            Gamma=metrics.Gamma, objective=dec.objective, iterations=dec.iterations, broken=broken & charged)
-        carry = (keep(Y_next, Y), charged, jnp.where(failed, dec.code, code), jnp.where(failed, t, code_round),
-                 jnp.where(failed, dec.code_cluster, code_cluster))
+            Gamma=metrics.Gamma, objective=objective, iterations=iterations, broken=broken & charged, **extra)
+        carry = (keep(Y_next, Y), charged, jnp.where(failed, code, carried_code), jnp.where(failed, t, code_round),
+                 jnp.where(failed, cluster, code_cluster))
         return carry, record
 
     N = config.N
@@ -135,6 +154,9 @@ def schedule_one(scenario, program: str, config: EngineConfig, rounds: int, seed
                   violation_rounds=jnp.sum(per_round["broken"], axis=0),
                   mean_Gamma=jnp.sum(jnp.where(per_round["charged"], jnp.mean(per_round["Gamma"], axis=-1), 0.0))
                   / jnp.maximum(jnp.sum(per_round["charged"]), 1))
+    if user is not None:  # the first round whose decision had a non-finite power (−1: none)
+        finite = per_round.pop("finite")
+        totals["nonfinite_round"] = jnp.where(jnp.all(finite), -1, jnp.argmin(finite)).astype(jnp.int32)
     return totals, per_round
 
 
@@ -181,8 +203,8 @@ def _program(spec: RunSpec, mesh, x64: bool):  # x64 keys the cache: a program t
     return jax.jit(sharded.map_chunks(per_chunk, mesh, check_vma=False))
 
 
-def check_policy(policy: str) -> None:
-    if policy not in DEVICE_POLICIES:
+def check_policy(policy) -> None:
+    if not user_policy.is_user_policy(policy) and policy not in DEVICE_POLICIES:
         raise ValidationError("policy", f"must be one of {sorted(DEVICE_POLICIES)} on the device engine "
                                         "(random-feasible is host-only)", policy)
 
@@ -216,6 +238,9 @@ def run_schedules(scenario: Scenario, policy: str, seeds, rounds: int, config: E
     keep = PER_ROUND if per_round is True else tuple(per_round or ())
     if not set(keep) <= set(PER_ROUND):
         raise ValidationError("per_round", f"must name arrays among {list(PER_ROUND)}", keep)
+    if user_policy.is_user_policy(policy):  # loaded once per spec, its shapes checked before compiling
+        policy = user_policy.as_policy(policy)
+        user_policy.check_policy_shapes(policy, scenario, config)
     program, knob = program_of(policy, config.lyapunov)
     spec = RunSpec(Shape.of(scenario), program, config, int(rounds), keep)
     x64 = dtype == "float64"
@@ -229,6 +254,9 @@ def run_schedules(scenario: Scenario, policy: str, seeds, rounds: int, config: E
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharded.BATCH_AXIS))
         totals, rounds_out = sharded.run_chunked(fn, sharding, mesh, batch, chunk)
         totals, rounds_out = jax.tree.map(np.asarray, (totals, rounds_out))
+    if isinstance(policy, user_policy.UserPolicy):
+        user_policy.check_device_result(policy, totals, seeds)
+        return {"totals": totals, "rounds": rounds_out, "violation_names": user_policy.USER_VIOLATIONS}
     return {"totals": totals, "rounds": rounds_out}
 
 
@@ -238,6 +266,7 @@ def runs_json(result: dict, seeds, scenario: Scenario, per_round: bool = False) 
     and round where no feasible decision existed; the totals and queues of such a seed are null,
     as on the host engine)."""
     t = result["totals"]
+    names = result.get("violation_names", VIOLATIONS)
     out = []
     for i, seed in enumerate(np.asarray(seeds).reshape(-1)):
         code = int(t["code"][i])
@@ -253,16 +282,16 @@ def runs_json(result: dict, seeds, scenario: Scenario, per_round: bool = False) 
                for key in ("total_latency_s", "total_cmp_s", "total_dd_s", "total_up_s", "max_Y")},
             "final_Y": [float(v) for v in t["final_Y"][i]] if done else None,
             "violations": [{"constraint": name, "rounds": int(n)}
-                           for name, n in zip(VIOLATIONS, t["violation_rounds"][i]) if n > 0],
+                           for name, n in zip(names, t["violation_rounds"][i]) if n > 0],
             "infeasible": infeasible,
         }
         if per_round:
-            record["rounds"] = rounds_json(result["rounds"], i)
+            record["rounds"] = rounds_json(result["rounds"], i, names)
         out.append(record)
     return out
 
 
-def rounds_json(per_round: dict, i: int) -> list[dict]:
+def rounds_json(per_round: dict, i: int, names=VIOLATIONS) -> list[dict]:
     """Seed i's charged rounds in the keys of `schedule`'s per-round records."""
     r = jax.tree.map(lambda x: x[i], per_round)
     out = []
@@ -279,7 +308,7 @@ def rounds_json(per_round: dict, i: int) -> list[dict]:
                ("tau_pipe_s", "tau_up_s", "tau_pipe_cmp_s", "tau_pipe_dd_s", "Y", "Y_next", "Gamma")},
             **{key: float(r[key][t]) for key in ("round_cmp_s", "round_dd_s", "round_up_s", "tau_round_s", "objective")},
             "iterations": int(r["iterations"][t]),
-            "violations": [{"constraint": name} for name, b in zip(VIOLATIONS, r["broken"][t]) if b],
+            "violations": [{"constraint": name} for name, b in zip(names, r["broken"][t]) if b],
         })
     return out
 
