@@ -92,6 +92,7 @@ def run_compare(scenario, cfg: CompareConfig) -> dict:
     """`compare` for a parsed `CompareConfig` (module docstring)."""
     import numpy as np
 
+    from collapipe_jax.programs import bound_maps
     from collapipe_jax.scheduling.schedule import run_schedule_seeds, seeds_summary
     from collapipe_jax.sweep.seeded import paired_change
 
@@ -103,6 +104,7 @@ def run_compare(scenario, cfg: CompareConfig) -> dict:
                              tunable=cfg.tunable, engine=cfg.engine, seeds=cfg.seeds, dtype=cfg.dtype, progress=False)
         result = run_schedule_seeds(scenario, one)
         runs[name], device, tunable = result["runs"], result["device"], result["tunable"]
+        bound_maps()  # between policies: release compiled programs once they hold too many memory maps
 
     def totals(name):  # per seed: the total where feasible (by its flag), NaN elsewhere
         return np.array([np.nan if r["infeasible"] is not None else float(r["total_latency_s"]) for r in runs[name]])
