@@ -372,9 +372,13 @@ def run_train_command(args):
         if made is not None:
             remove_unused_run_dir(made)
         raise
-    result["log_dir"] = cfg.log_dir or cfg.checkpoint_dir
-    args.notes = [f"records of this run (result.json, rounds.csv): {result['log_dir']} "
-                  f"(draw them with: collapipe plot {result['log_dir']})"]
+    result["log_dir"] = where = cfg.log_dir or cfg.checkpoint_dir
+    if cfg.seeds is not None:
+        seeds = " ".join(f"{where}/seed-{s}" for s in result["seeds"][:3]) + (" ..." if len(result["seeds"]) > 3 else "")
+        args.notes = [f"records of this run: {where}/result.json (the seeds' mean), each seed's in {where}/seed-<s>/ "
+                      f"(draw them with: collapipe plot {seeds})"]
+    else:
+        args.notes = [f"records of this run (result.json, rounds.csv): {where} (draw them with: collapipe plot {where})"]
     return result, text
 
 

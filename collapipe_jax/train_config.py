@@ -107,7 +107,8 @@ class TrainConfig:
     resume: bool = option(False, "continue the run in --checkpoint-dir")
     log_dir: str | None = option(None, "rounds.csv and result.json (default: --checkpoint-dir, else a new "
                                        "runs/<task>-<framework>-<UTC time>/)")
-    force: bool = option(False, "overwrite the records (result.json, rounds.csv) of another run in --log-dir")
+    force: bool = option(False, "overwrite the records (result.json, rounds.csv) of another run in --log-dir (they "
+                                "stay until this run has written its first round)")
     data_dir: str | None = option(None, "data sets (default: $COLLAPIPE_DATA, else the repository's data/)")
     progress: bool = option(True, "progress bar on stderr", off_help="hide the progress bar")
     recipe: str | None = option(None, "JSON recipe (sweeps/recipes/): its values replace the defaults, the flags "

@@ -174,7 +174,7 @@ def check_records(cfg: TrainConfig) -> list[pathlib.Path]:
     replaces: they stay until this run has records of its own to write (`replace_records`), so a
     run that never starts or diverges in its first round leaves them as they were."""
     directory = records_dir(cfg)
-    if not directory or cfg.resume:
+    if not directory or (cfg.resume and not cfg.force):
         return []
     found = [directory / name for name in RECORD_FILES if (directory / name).exists()]
     require(cfg.force or not found, "log-dir",
@@ -199,7 +199,7 @@ def logged_rounds(directory: pathlib.Path) -> list[tuple[int, float]] | None:
         if table.is_file():
             with open(table, newline="", encoding="utf-8") as f:
                 return [(int(row["round"]), float(row["loss"])) for row in csv.DictReader(f)]
-        if result.exists():
+        if result.is_file():  # a FIFO would block the read
             rounds = read_json(result)["rounds"]
             return [(int(r["round"]), float(r["loss"])) for r in rounds]
     except (OSError, ValueError, KeyError, TypeError):
@@ -212,14 +212,15 @@ def check_resumed_records(cfg: TrainConfig, records: list[dict]) -> None:
     the checkpoint's (the same rounds with the same losses, as far as both go), else they are
     another run's and are refused, not replaced (docs/design.md §8)."""
     directory = records_dir(cfg)
-    theirs = logged_rounds(directory) if directory else None
+    theirs = logged_rounds(directory) if directory and not cfg.force else None
     if theirs is None:
         return
     ours = [(int(r["round"]), float(r["loss"])) for r in records]
     n = min(len(theirs), len(ours))
     require(n > 0 and theirs[:n] == ours[:n], "log-dir",
             f"holds another run's records (their rounds and losses are not those of the checkpoint in "
-            f"{cfg.checkpoint_dir}): resume with the run's own --log-dir, or choose another", str(directory))
+            f"{cfg.checkpoint_dir}): resume with the run's own --log-dir, choose another, or pass --force to replace "
+            "them", str(directory))
 
 
 def load_reference(run_dir: str, task: str) -> dict:

@@ -97,7 +97,8 @@ def check_resumed_summary(cfg: TrainConfig) -> None:
     directory = records_dir(cfg)
     if directory is None:
         return
-    summary = read_json(directory / "result.json") if (directory / "result.json").exists() else {"per_seed": []}
+    file = directory / "result.json"
+    summary = {"per_seed": []} if not file.exists() else read_json(file) if file.is_file() else None  # no FIFO read
     require(not (directory / "rounds.csv").exists() and isinstance(summary, dict) and "per_seed" in summary,
             "log-dir", "holds another run's records (a single run's, not a multi-seed summary): resume with the "
                        "multi-seed run's own --log-dir, or choose another", str(directory))
