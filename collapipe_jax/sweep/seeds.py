@@ -113,7 +113,7 @@ def train_seeds(cfg: TrainConfig) -> dict:
         check_output_dir(field, directory)
         lock_directory(directory, field)
     try:
-        if cfg.resume:
+        if cfg.resume and not cfg.force:
             check_resumed_summary(cfg)
             earlier = []
         else:
