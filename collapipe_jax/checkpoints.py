@@ -113,9 +113,11 @@ def placed_like(state, target=None):
 
 
 @contextlib.contextmanager
-def _quiet_orbax_threads():
-    """Orbax's writer threads log a failure (a full disk) with its traceback through absl before
-    `save` raises it; the error line names the cause instead."""
+def _quiet_absl():
+    """Orbax logs through absl what this module reports itself: its writer threads log a failure
+    (a full disk) with its traceback before `save` raises it, and opening a directory whose step
+    has a truncated `_CHECKPOINT_METADATA` logs `ERROR:absl:Failed to json parse ...` beside the
+    step's one warning line (the file list finds it damaged). Quiet inside the block only."""
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -148,8 +150,10 @@ def file_list(directory: pathlib.Path) -> dict[str, list]:
     return listed
 
 
-def lock_directory(path: pathlib.Path) -> None:
-    """Take the exclusive lock of a checkpoint directory for this process, or refuse in one line."""
+def lock_directory(path: pathlib.Path, field: str = "checkpoint-dir") -> None:
+    """Take the exclusive lock of a run's directory (its checkpoints, or its log directory) for
+    this process, or refuse in one line naming `field`."""
+    path = pathlib.Path(path).resolve()
     if fcntl is None or path in _HELD or jax.process_index() != 0:
         return  # one host of a multi-host run writes for all
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -157,13 +161,13 @@ def lock_directory(path: pathlib.Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise ValidationError("checkpoint-dir", "is in use by another run (it holds the directory's lock); wait "
-                                                "for it to end or use another directory", str(path)) from None
+        raise ValidationError(field, "is in use by another run (it holds the directory's lock); wait "
+                                     "for it to end or use another directory", str(path)) from None
     _HELD[path] = fd
 
 
 def unlock_directory(path: pathlib.Path) -> None:
-    fd = _HELD.pop(path, None)
+    fd = _HELD.pop(pathlib.Path(path).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the flock
 
@@ -179,11 +183,17 @@ def remove_stale_temporaries(path: pathlib.Path) -> list[str]:
     return [p.name for p in stale]
 
 
-def same_settings(fingerprint: str, settings: dict, where) -> Callable[[dict], None]:
+def same_settings(fingerprint: str, settings: dict, where, vocab_id: str | None = None) -> Callable[[dict], None]:
     """A check of a checkpoint's meta: refuse (one line naming what differs) a checkpoint that
-    a run with other settings wrote."""
+    a run with other settings wrote, or (given `vocab_id`) with other data: --data-dir is not a
+    setting (the data may move), but data with another vocabulary give arrays of other shapes,
+    which Orbax would report in pages of tracebacks, finding every step unreadable."""
 
     def check(meta: dict) -> None:
+        if vocab_id is not None and meta.get("vocab_id") != vocab_id:
+            raise ValidationError("resume", f"the data differ from the run's: the checkpoint in {where} was written "
+                                            f"with the vocabulary {meta.get('vocab_id')}, the data here give "
+                                            f"{vocab_id}; resume with the run's --data-dir")
         if meta.get("fingerprint") == fingerprint:
             return
         saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -206,10 +216,11 @@ class Checkpoints:
             self.path.mkdir(parents=True, exist_ok=True)
             lock_directory(self.path)
             remove_stale_temporaries(self.path)
-        self.manager = ocp.CheckpointManager(
-            self.path,
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=exclusive, enable_async_checkpointing=False),
-        )
+        with _quiet_absl():  # reads every step's _CHECKPOINT_METADATA
+            self.manager = ocp.CheckpointManager(
+                self.path,
+                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=exclusive, enable_async_checkpointing=False),
+            )
 
     def close(self) -> None:
         """Release the directory's lock (the process's exit does it too)."""
@@ -228,7 +239,7 @@ class Checkpoints:
         no trace of the step and is one ValidationError naming the directory."""
         meta = {**meta, DIGEST_KEY: state_digest(state)}
         try:
-            with _quiet_orbax_threads():
+            with _quiet_absl():
                 self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                 meta=ocp.args.JsonSave(meta)))
                 self.manager.wait_until_finished()
@@ -256,8 +267,8 @@ class Checkpoints:
         missing or differs (a step without its list was not finished, or was tampered with)."""
         directory = self.path / str(step)
         listed = read_json(directory / FILES_NAME)
-        if not isinstance(listed, dict):
-            raise DamagedCheckpoint(f"its file list {FILES_NAME} is missing or unreadable", step, self.path)
+        if not isinstance(listed, dict) or not listed:  # an empty list would check nothing
+            raise DamagedCheckpoint(f"its file list {FILES_NAME} is missing, empty or unreadable", step, self.path)
         found = file_list(directory)
         for name, entry in listed.items():
             if name not in found:
@@ -265,6 +276,9 @@ class Checkpoints:
             if found[name] != entry:
                 raise DamagedCheckpoint(f"its file {name} was changed or truncated (size or SHA-256 differs)", step,
                                         self.path)
+        unlisted = sorted(set(found) - set(listed))  # the list is made of every file once the step is written
+        if unlisted:
+            raise DamagedCheckpoint(f"its file {unlisted[0]} is not in its file list", step, self.path)
 
     def read_meta(self, step: int) -> dict:
         """The step's JSON meta alone (no array is read), after its files are checked."""
@@ -324,5 +338,6 @@ class Checkpoints:
         """Rename a damaged step out of Orbax's sight (kept for inspection); returns the new name."""
         name = f"damaged-{step}-{time.strftime('%Y%m%dT%H%M%S')}"
         os.replace(self.path / str(step), self.path / name)
-        self.manager.reload()
+        with _quiet_absl():
+            self.manager.reload()
         return name

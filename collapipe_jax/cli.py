@@ -23,6 +23,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import sys
 import time
 import typing
@@ -393,28 +394,42 @@ def run_train_command(args):
     shared = {"seed": args.seed if args.seed_given else None, "preset": args.preset, "scenario": args.scenario}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None and k not in shared}
     cfg = config_with_recipe({**given, **{k: v for k, v in shared.items() if v is not None}})
-    if cfg.seeds is not None:
-        from collapipe_jax.sweep.seeds import train_seeds
-
-        if args.seed_given:
-            raise ValidationError("seeds", "give --seed or --seeds, not both", cfg.seeds)
-        return seeds_output(cfg, train_seeds(cfg))
     made = None
     if cfg.log_dir is None and cfg.checkpoint_dir is None:  # every run from the command line leaves a record
         made = new_run_dir(cfg.task, cfg.framework)
         cfg = dataclasses.replace(cfg, log_dir=str(made))
     try:
-        result = train(cfg)
+        if cfg.seeds is not None:
+            from collapipe_jax.sweep.seeds import train_seeds
+
+            result, text = seeds_output(cfg, train_seeds(cfg))
+        else:
+            result = train(cfg)
+            text = format_train(cfg, result)
     except BaseException:
-        if made is not None and not any(made.iterdir()):  # failed before its first round: no empty record
-            made.rmdir()
-            with contextlib.suppress(OSError):  # runs/ too, when this run made it and nothing else is there
-                made.parent.rmdir()
+        if made is not None:
+            remove_unused_run_dir(made)
         raise
-    result["log_dir"] = cfg.log_dir or cfg.checkpoint_dir
-    args.notes = [f"records of this run (result.json, rounds.csv): {result['log_dir']} "
-                  f"(draw them with: collapipe plot {result['log_dir']})"]
-    return result, format_train(cfg, result)
+    result["log_dir"] = where = cfg.log_dir or cfg.checkpoint_dir
+    if cfg.seeds is not None:
+        seeds = " ".join(f"{where}/seed-{s}" for s in result["seeds"][:3]) + (" ..." if len(result["seeds"]) > 3 else "")
+        args.notes = [f"records of this run: {where}/result.json (the seeds' mean), each seed's in {where}/seed-<s>/ "
+                      f"(draw them with: collapipe plot {seeds})"]
+    else:
+        args.notes = [f"records of this run (result.json, rounds.csv): {where} (draw them with: collapipe plot {where})"]
+    return result, text
+
+
+def remove_unused_run_dir(made: pathlib.Path) -> None:
+    """A default run directory whose run failed before its first round holds no record (only
+    lock files and empty seed-<s>/ folders): removed, runs/ too when nothing else is there."""
+    from collapipe_jax.checkpoints import LOCK_NAME
+
+    if any(p.is_file() and p.name != LOCK_NAME for p in made.rglob("*")):
+        return
+    shutil.rmtree(made, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        made.parent.rmdir()
 
 
 def new_run_dir(task: str, framework: str, root: str = "runs") -> pathlib.Path:

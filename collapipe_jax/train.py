@@ -31,12 +31,12 @@ import numpy as np
 from flax import serialization, struct
 from tqdm import tqdm
 
-from collapipe_jax.checkpoints import Checkpoints, same_settings
+from collapipe_jax.checkpoints import Checkpoints, lock_directory, same_settings, unlock_directory
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated import program
 from collapipe_jax.federated.centralized import centralized_indices, init_centralized_state
 from collapipe_jax.federated.rounds import LocalWork, ServerState, Uploads, init_server_state
-from collapipe_jax.io import check_output_dir, read_json
+from collapipe_jax.io import check_output_dir
 from collapipe_jax.models import cost
 from collapipe_jax.models.config import ModelConfig, model_preset
 from collapipe_jax.models.lora import add_lora
@@ -49,8 +49,9 @@ from collapipe_jax.scheduling.schedule import host_policy
 from collapipe_jax.tasks import TaskData, load_task
 from collapipe_jax.tasks.batching import check_local_work, gather, local_batches, split_clusters
 from collapipe_jax.train_config import (MODEL_SIZES, RECIPE_DIR, TASK_MODEL, TASK_SCENARIO,  # noqa: F401 (re-exported)
-                                        NonFiniteLossError, TrainConfig, config_with_recipe, load_recipe)
-from collapipe_jax.train_records import (centralized_record, reference_gap, result_dict, round_record,
+                                        NonFiniteLossError, TrainConfig, check_plan, config_with_recipe, load_recipe)
+from collapipe_jax.train_records import (centralized_record, check_records, check_resumed_records, load_reference,
+                                         reference_gap, replace_records, result_dict, round_record,
                                          trainable_parameters, write_logs)
 
 @dataclasses.dataclass
@@ -137,6 +138,7 @@ def build_setup(cfg: TrainConfig) -> Setup:
     if cfg.tunable is not None:
         overrides["tunable"] = cfg.tunable
     scenario = base.replace(**overrides)
+    check_plan(cfg, scenario.K, scenario.L, scenario.b)
     clusters = split_clusters(task.n_train, scenario.N, seed=cfg.seed, labels=task.partition_labels,
                               non_iid=cfg.non_iid, alpha=cfg.dirichlet_alpha)
     sizes = np.array([len(c) for c in clusters])
@@ -210,70 +212,43 @@ def evaluate_model(setup: Setup, client, server, eval_batch: int = EVAL_BATCH) -
     return setup.task.score(np.asarray(predict(client, server, jnp.asarray(setup.task.test["tokens"]))))
 
 
-def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState) -> tuple[TrainState, list[dict], int]:
-    """The newest intact checkpoint's state, records and next round; refuses other settings
-    (checked on the checkpoint's meta, before any array is read)."""
+def restore(ckpt: Checkpoints, cfg: TrainConfig, state: TrainState,
+            vocab_id: str) -> tuple[TrainState, list[dict], int]:
+    """The newest intact checkpoint's state, records and next round; refuses other settings or
+    other data (checked on the checkpoint's meta, before any array is read)."""
     restored, meta = ckpt.restore_newest_intact(serialization.to_state_dict(state),
-                                                same_settings(cfg.fingerprint(), cfg.settings(), ckpt.path))
+                                                same_settings(cfg.fingerprint(), cfg.settings(), ckpt.path, vocab_id))
     state = serialization.from_state_dict(state, restored)
     state = state.replace(Y=np.asarray(state.Y), last_losses=np.asarray(state.last_losses))
     return state, meta["records"], int(meta["next_round"])
 
 
-RECORD_FILES = ("result.json", "rounds.csv")
-
-
-def check_records(cfg: TrainConfig) -> None:
-    """A run's records never replace another run's without a word: a log directory holding
-    result.json or rounds.csv is refused unless the run resumes (the same run, continuing) or
-    `--force` is given (then the old records are removed now, so none are mixed with this run's)."""
-    directory = cfg.log_dir or cfg.checkpoint_dir
-    if not directory or cfg.resume:
-        return
-    found = [name for name in RECORD_FILES if (pathlib.Path(directory) / name).exists()]
-    if cfg.force:
-        for name in found:
-            (pathlib.Path(directory) / name).unlink()
-        return
-    require(not found, "log-dir", f"holds another run's records ({', '.join(found)}): pass --resume to continue "
-                                  "that run, --force to overwrite them, or choose another --log-dir", directory)
-
-
 def open_run_dirs(cfg: TrainConfig) -> Checkpoints | None:
-    """Check the run's output places (one-line errors) and lock its checkpoint directory."""
+    """Check the run's output places (one-line errors) and lock them: the checkpoint directory,
+    and the log directory (a second run writing into either is refused at once)."""
     if cfg.resume:
         require(pathlib.Path(cfg.checkpoint_dir).is_dir(), "resume", "--checkpoint-dir does not exist: nothing to "
                                                                       "resume", cfg.checkpoint_dir)
     if cfg.log_dir:
         check_output_dir("log-dir", cfg.log_dir)
-    if not cfg.checkpoint_dir:
-        check_records(cfg)
-        return None
-    check_output_dir("checkpoint-dir", cfg.checkpoint_dir)
-    ckpt = Checkpoints(cfg.checkpoint_dir, exclusive=True)
-    if cfg.resume:
-        require(ckpt.latest() is not None, "resume",
-                "--checkpoint-dir holds no checkpoint to resume (drop --resume to start a new run)", str(ckpt.path))
-    else:
-        require(ckpt.latest() is None, "checkpoint-dir",
-                "holds a checkpoint: pass --resume to continue it, or use an empty directory", str(ckpt.path))
-    check_records(cfg)
+    ckpt = None
+    if cfg.checkpoint_dir:
+        check_output_dir("checkpoint-dir", cfg.checkpoint_dir)
+        ckpt = Checkpoints(cfg.checkpoint_dir, exclusive=True)
+        if cfg.resume:
+            require(ckpt.latest() is not None, "resume",
+                    "--checkpoint-dir holds no checkpoint to resume (drop --resume to start a new run)", str(ckpt.path))
+        else:
+            require(ckpt.latest() is None, "checkpoint-dir",
+                    "holds a checkpoint: pass --resume to continue it, or use an empty directory", str(ckpt.path))
+    if cfg.log_dir:
+        lock_directory(pathlib.Path(cfg.log_dir), "log-dir")  # held already when it is the checkpoint directory
     return ckpt
 
 
 def needs_losses(policy: str) -> bool:
     """Whether round t+1's decision needs round t's losses (then it cannot overlap round t)."""
     return policy in LOSS_POLICIES
-
-
-def load_reference(run_dir: str, task: str) -> dict:
-    """result.json of a finished run of `task` in `run_dir` (its --log-dir), checked."""
-    result = read_json(pathlib.Path(run_dir) / "result.json") if pathlib.Path(run_dir).is_dir() else None
-    require(isinstance(result, dict) and isinstance(result.get("final_metrics"), dict), "reference",
-            "must be the log directory of a finished run (with its result.json)", run_dir)
-    require(result.get("task") == task, "reference", f"is a run of task {result.get('task')!r}, this run's task is "
-                                                     f"{task!r}", run_dir)
-    return result
 
 
 def centralized_step(setup: Setup, state: TrainState, t: int, key):
@@ -319,6 +294,28 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     losses are read (loss-only, which decides from those losses, runs in series). The
     centralized run has no host round."""
     ckpt = open_run_dirs(cfg)  # before any work: bad places and a second writer fail at once
+    try:
+        earlier = check_records(cfg)
+        result = run_rounds(cfg, setup, ckpt, earlier)
+    finally:  # the log directory's lock (the checkpoint directory's stays until the process ends on an error)
+        if cfg.log_dir and (ckpt is None or ckpt.path != pathlib.Path(cfg.log_dir).resolve()):
+            unlock_directory(pathlib.Path(cfg.log_dir))
+    if ckpt is not None:
+        ckpt.close()  # the directory's lock (an error keeps it until the process ends)
+    return result
+
+
+def close_bar(bar) -> None:
+    """Clear the progress bar and end its line before an error line: in a file or a pipe the
+    bar's updates (separated by carriage returns) are one line, which the error line must not continue."""
+    shown = not bar.disable
+    bar.close()
+    if shown:
+        print(file=sys.stderr, flush=True)
+
+
+def run_rounds(cfg: TrainConfig, setup: Setup | None, ckpt: Checkpoints | None, earlier: list[pathlib.Path]) -> dict:
+    """The body of `train` once its directories are open and locked."""
     reference = load_reference(cfg.reference, cfg.task) if cfg.reference else None
     setup = setup or build_setup(cfg)
     check_local_work(setup.local_steps, cfg.batch, setup.task.train)
@@ -331,7 +328,8 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     records: list[dict] = []
     start = 0
     if ckpt is not None and cfg.resume:
-        state, records, start = restore(ckpt, cfg, state)
+        state, records, start = restore(ckpt, cfg, state, task.vocab_id)
+        check_resumed_records(cfg, records)
     work = LocalWork(jnp.asarray(setup.local_steps, jnp.int32), jnp.asarray(0, jnp.int32))
 
     bar = tqdm(total=cfg.rounds, initial=min(start, cfg.rounds), file=sys.stderr, leave=False,
@@ -356,7 +354,7 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
         loss = float(np.sum(weights * losses) / np.sum(weights))
         if not (np.isfinite(losses).all() and bool(out.params_finite)):
             kept = f"last good checkpoint (round {t - 1}) kept in {ckpt.path}" if ckpt and t > 0 else "no checkpoint written"
-            bar.close()  # cleared first: the error line must not follow the bar on its line
+            close_bar(bar)
             raise NonFiniteLossError("loss", f"non-finite training loss at round {t} (cluster losses {losses.tolist()}); "
                                              f"training stopped, {kept}")
         state = TrainState(new_server, state.Y if hr is None else hr.Y_next, losses)
@@ -376,8 +374,10 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
                           {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "records": records,
                            "next_round": t + 1, "vocab_id": task.vocab_id})
             write_logs(cfg, records)
+            replace_records(earlier)  # --force: this run's records are there, the earlier ones go
+            earlier = []
         except (ValidationError, OSError):  # disk full: the bar cleared before the error line
-            bar.close()
+            close_bar(bar)
             raise
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
@@ -388,6 +388,4 @@ def train(cfg: TrainConfig, setup: Setup | None = None) -> dict:
     if reference is not None:
         result["reference"] = reference_gap(result, reference, cfg.reference)
     write_logs(cfg, records, result)
-    if ckpt is not None:
-        ckpt.close()  # the directory's lock (an error keeps it until the process ends)
     return result

@@ -18,7 +18,8 @@ from collapipe_jax.choices import (CLIENT_OPTIMIZERS, CLIENT_STATES, COMPUTE_DTY
                                    LR_SCHEDULES, LYAPUNOV_VARIANTS, NOISE_MODES, PRESETS, SCHEDULER_POLICIES,
                                    SERVER_OPTIMIZERS, TUNABLE_HELP, VARIANTS)
 from collapipe_jax.errors import ValidationError
-from collapipe_jax.options import INT32_MAX, check_fields, check_float, check_int, check_seed, check_type, field_types
+from collapipe_jax.options import (INT32_MAX, SEED_MAX, check_fields, check_float, check_int, check_seed, check_type,
+                                   field_types)
 from collapipe_jax.options import option, require
 
 MODEL_SIZES = ("tiny", "small", "paper")
@@ -27,6 +28,7 @@ TASK_SCENARIO = {"multi30k": "paper-transformer", "ner": "paper-bert", "toutiao"
 # the reference beside the paper's frameworks: one device, the same samples, no pipeline/upload/aggregation
 CENTRALIZED = "centralized"
 TRAIN_FRAMEWORKS = (*FRAMEWORK_NAMES, CENTRALIZED)
+MAX_TRAIN_SEEDS = 1000  # --seeds: each seed is a whole training run; result.json lists every seed's
 
 
 def framework_of(name: str):
@@ -108,14 +110,17 @@ class TrainConfig:
     resume: bool = option(False, "continue the run in --checkpoint-dir")
     log_dir: str | None = option(None, "rounds.csv and result.json (default: --checkpoint-dir, else a new "
                                        "runs/<task>-<framework>-<UTC time>/)")
-    force: bool = option(False, "overwrite the records (result.json, rounds.csv) of another run in --log-dir")
+    force: bool = option(False, "overwrite the records (result.json, rounds.csv) of another run in --log-dir (they "
+                                "stay until this run has written its first round)")
     data_dir: str | None = option(None, "data sets (default: $COLLAPIPE_DATA, else the repository's data/)")
     progress: bool = option(True, "progress bar on stderr", off_help="hide the progress bar")
     recipe: str | None = option(None, "JSON recipe (sweeps/recipes/): its values replace the defaults, the flags "
                                       "given replace its values", flag="config")
-    seeds: str | None = option(None, "A:B: train seeds A, A+1, ..., B-1 (as Python's range) one after the other, "
-                                       "each into seed-<s>/ of the log and checkpoint directories; result.json holds "
-                                       "every seed's result and the mean with its 95% interval")
+    seeds: str | None = option(None, f"A:B: train seeds A, A+1, ..., B-1 (as Python's range, at most "
+                                       f"{MAX_TRAIN_SEEDS}) one after the other, each into seed-<s>/ of the log and "
+                                       "checkpoint directories (default log directory: a new runs/<task>-<framework>-"
+                                       "<UTC time>/); result.json holds every seed's result and the mean with its 95% "
+                                       "interval")
     reference: str | None = option(None, "the log directory of a finished run of the same task (a centralized run): "
                                          "result.json names the gap of this run's final metrics to it")
     seed: int = option(0, "seed", cli=False)
@@ -209,14 +214,29 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_plan(cfg: TrainConfig, K: int, L: int, b: int) -> None:
+    """The `default` rule's fixed plan is used as given or refused: it would otherwise clamp
+    --plan-stages to min(K, L) and --plan-micro-batches to b without a word (docs/design.md §8)."""
+    most = min(K, L)
+    require(cfg.plan_stages is None or cfg.plan_stages <= most, "plan-stages",
+            f"must be <= min(K, L) = {most} (K = {K} devices per cluster, L = {L} encoder blocks)", cfg.plan_stages)
+    require(cfg.plan_micro_batches is None or cfg.plan_micro_batches <= b, "plan-micro-batches",
+            f"must be <= the batch b = {b} (a micro-batch holds at least one sample)", cfg.plan_micro_batches)
+
+
 def seed_range(text: str) -> list[int]:
-    """The seeds of `--seeds A:B`: A, A+1, ..., B-1 (A < B, each a valid seed)."""
+    """The seeds of `--seeds A:B`: A, A+1, ..., B-1 (A < B, each a valid seed, at most
+    MAX_TRAIN_SEEDS of them: `schedule --seeds` states its maximum the same way)."""
     parts = str(text).split(":")
-    ok = len(parts) == 2 and all(p.strip().isascii() and p.strip().isdigit() for p in parts)
-    require(ok, "seeds", "must be A:B with integers 0 <= A < B (seeds A, ..., B-1)", text)
+    digits = len(str(SEED_MAX + 1))  # before int(): 5,000 digits exceed Python's conversion limit
+    ok = len(parts) == 2 and all(p.strip().isascii() and p.strip().isdigit() and len(p.strip()) <= digits
+                                 for p in parts)
+    require(ok, "seeds", f"must be A:B with integers 0 <= A < B <= {SEED_MAX + 1} (seeds A, ..., B-1)", text)
     low, high = int(parts[0]), int(parts[1])
     require(low < high, "seeds", "must be A:B with A < B (seeds A, ..., B-1)", text)
     check_seed("seeds", high - 1)
+    require(high - low <= MAX_TRAIN_SEEDS, "seeds",
+            f"at most {MAX_TRAIN_SEEDS} seeds (each seed is a whole training run)", text)
     return list(range(low, high))
 
 
@@ -329,7 +349,10 @@ def config_with_recipe(values: dict) -> TrainConfig:
     for given, replaced in (("local_epochs", "local_steps"), ("local_steps", "local_epochs")):
         if values.get(given) is not None:
             recipe.pop(replaced, None)
-    cfg = TrainConfig(**{**recipe, **values})
+    merged = {**recipe, **values}
+    require(merged.get("seed") is None or merged.get("seeds") is None, "seeds",
+            f"give seed or seeds, not both (seed {merged.get('seed')!r} would be dropped)", merged.get("seeds"))
+    cfg = TrainConfig(**merged)
     if "eval_every" in recipe and "eval_every" not in values and cfg.eval_every > cfg.rounds:
         every = max(1, cfg.rounds // 5)
         print(f"collapipe: note: the recipe evaluates every {cfg.eval_every} rounds, more than --rounds "

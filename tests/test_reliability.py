@@ -1184,3 +1184,235 @@ def test_processes_that_disagree_are_one_line_on_both_sides(monkeypatch, tmp_pat
                           "process 1 says there are 3 processes, this one 2")
     thread.join(30)
     assert len(outcome) == 1 and "process 0 at" in outcome[0] and "gave up" in outcome[0], outcome
+
+
+# ----------------------------------------------------------------- 13. training runs and their records (issue 28)
+
+
+def _records(folder: pathlib.Path) -> dict:
+    """The bytes of a log directory's records (the lock file aside)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_NAME}
+
+
+def _another_runs_records(base_run, folder: pathlib.Path) -> dict:
+    """`folder` holding the records of the base run (another run, for the runs below)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("result.json", "rounds.csv"):
+        shutil.copy(base_run[0] / name, folder / name)
+    return _records(folder)
+
+
+def _reference_cases():
+    def metric(value):
+        return lambda r: r["final_metrics"].update(accuracy=value)
+
+    return {"nan": (metric(float("nan")), "final_metrics.accuracy"),
+            "infinity": (metric(float("inf")), "final_metrics.accuracy"),
+            "1e308": (metric(1e308), "final_metrics.accuracy"),
+            "huge-int": (metric(10**400), "final_metrics.accuracy"),
+            "rounds-int": (lambda r: r.update(rounds=3), "rounds"),
+            "local-steps-str": (lambda r: r.update(local_steps="2"), "local_steps"),
+            "batch-str": (lambda r: r.update(batch="4"), "batch"),
+            "task-missing": (lambda r: r.pop("task"), "task")}
+
+
+@pytest.mark.parametrize("case", [*_reference_cases(), "fifo"])
+def test_reference_result_json_is_checked_before_the_first_round(base_run, tmp_path, monkeypatch, case):
+    """Each of these used to train every round and then lose the run's own result.json (NaN not
+    JSON, len() of an int, int + str); a FIFO blocked the read forever."""
+    _no_work(monkeypatch)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    if case == "fifo":
+        os.mkfifo(ref / "result.json")
+        says = ["regular file"]
+    else:
+        edit, field = _reference_cases()[case]
+        result = json.loads((base_run[0] / "result.json").read_text())
+        edit(result)
+        (ref / "result.json").write_text(json.dumps(result))  # Python writes NaN and Infinity
+        says = [f"{ref / 'result.json'}: {field} "]
+    line = assert_one_line_error(*run("train", *TRAIN_ARGS, "--reference", ref, "--log-dir", tmp_path / "logs"),
+                                 "invalid reference", *says)
+    assert len(line) < 600 and _records(tmp_path / "logs") == {}
+
+
+def test_reference_checks_by_hand(base_run):
+    from collapipe_jax.train_records import check_reference, reference_gap
+
+    good = json.loads((base_run[0] / "result.json").read_text())
+    assert check_reference(good, "r.json") is good
+    for value in (0.0, 1.0, 5e-324):  # the ends of a fraction, and a reference that underflows a ratio
+        check_reference({**good, "final_metrics": {"accuracy": value}}, "r.json")
+    with pytest.raises(ValidationError, match="final_metrics.bleu"):  # BLEU is on 0..100
+        check_reference({**good, "final_metrics": {"bleu": 100.5}}, "r.json")
+    check_reference({**good, "final_metrics": {"bleu": 37.5}}, "r.json")
+    gap = reference_gap({**good, "final_metrics": {"accuracy": 0.5}}, {**good, "final_metrics": {"accuracy": 5e-324}},
+                        "r")
+    assert gap["gap_points"]["accuracy"] == pytest.approx(50.0) and gap["gap_pct"] == {}  # 0.5 / 5e-324 is inf
+    assert first_non_finite(gap) is None
+
+
+def test_force_replaces_records_only_when_it_has_new_ones(base_run, tmp_path):
+    """A forced run that never starts, or diverges in round 0, leaves the earlier records as they
+    were; with the progress bar on, the divergence error starts a line of its own."""
+    logs = tmp_path / "logs"
+    before = _another_runs_records(base_run, logs)
+    for argv in (["--data-dir", tmp_path / "missing"], ["--reference", tmp_path / "missing"]):
+        assert_one_line_error(*run("train", *TRAIN_ARGS, "--force", "--log-dir", logs, *argv))
+        assert _records(logs) == before
+    with_bar = [a for a in TRAIN_ARGS if a != "--no-progress"]
+    code, out, err = run("train", *with_bar, "--lr", "1e30", "--rounds", "2", "--force", "--log-dir", logs)
+    assert code == 2 and out == "" and _records(logs) == before
+    last = err.rstrip("\n").split("\n")[-1]  # lines as a file or a pipe shows them: the bar's \r do not count
+    assert last.startswith("collapipe: error: invalid loss: non-finite"), repr(err[-300:])
+
+
+def test_resume_into_another_runs_log_dir_is_refused(base_run, tmp_path):
+    directory = copy_run(base_run, tmp_path)
+    other = tmp_path / "other"
+    _another_runs_records(base_run, other)
+    table = other / "rounds.csv"
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join([rows[0], rows[1].replace(rows[1].split(",")[1], "2.5"), *rows[2:]]) + "\n")
+    before = _records(other)
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--rounds", "2", "--resume", "--checkpoint-dir", directory,
+                               "--log-dir", other), "invalid log-dir", "another run's records")
+    assert _records(other) == before and Checkpoints(str(directory)).steps() == [1, 0]
+    own = tmp_path / "own"  # the run's own records (a copy): continued, here with nothing left to run
+    _another_runs_records(base_run, own)
+    code, out, err = run("train", *TRAIN_ARGS, "--rounds", "2", "--resume", "--checkpoint-dir", directory,
+                         "--log-dir", own, "--json")
+    assert code == 0, err[-1000:]
+    assert json.loads((own / "result.json").read_text())["final_metrics"] == base_run[1]["final_metrics"]
+
+
+def test_a_second_run_into_a_locked_log_dir_is_refused_and_the_lock_released(tmp_path, monkeypatch):
+    import fcntl
+
+    _no_work(monkeypatch)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    fd = os.open(logs / LOCK_NAME, os.O_RDWR | os.O_CREAT)  # another run's lock (a second open file description)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert_one_line_error(*run("train", *TRAIN_ARGS, "--log-dir", logs), "invalid log-dir", "in use by another run")
+        assert_one_line_error(*run("train", *TRAIN_ARGS, "--seeds", "0:2", "--log-dir", logs), "invalid log-dir",
+                              "in use by another run")
+    finally:
+        os.close(fd)
+    # a run that fails after taking the lock gives it back
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--log-dir", logs, "--reference", tmp_path / "missing"),
+                          "invalid reference")
+    fd = os.open(logs / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: ((d / ckpt_mod.FILES_NAME).write_text("{}"),
+                _edit_meta(d, lambda m: m["records"][0].update(loss=m["records"][0]["loss"] + 1.0))),
+     "file list collapipe_files.json is missing, empty"),
+    (lambda d: (d / "state" / "extra").write_bytes(b"x"), "state/extra is not in its file list"),
+], ids=["file-list-emptied-and-meta-edited", "unlisted-file"])
+def test_an_empty_or_partial_file_list_is_damage(base_run, tmp_path, capfd, edit, says):
+    directory = copy_run(base_run, tmp_path)
+    edit(directory / "1")
+    resumed = train(tiny_config(checkpoint_dir=str(directory), resume=True, rounds=2))
+    notes = [line for line in capfd.readouterr().err.splitlines() if line.startswith("collapipe: warning:")]
+    assert len(notes) == 1 and "step 1 is damaged" in notes[0] and says in notes[0], notes
+    assert [r["loss"] for r in resumed["rounds"]] == [r["loss"] for r in base_run[1]["rounds"]]  # not the edited one
+
+
+def test_truncated_checkpoint_metadata_is_one_warning_without_absl(base_run, tmp_path, capfd, caplog):
+    """Orbax's `ERROR:absl:Failed to json parse ...` is not logged beside the step's warning (pytest
+    takes log records away from stderr, hence caplog as well as capfd)."""
+    directory = copy_run(base_run, tmp_path)
+    meta = directory / "1" / "_CHECKPOINT_METADATA"
+    meta.write_bytes(meta.read_bytes()[:20])
+    resumed = train(tiny_config(checkpoint_dir=str(directory), resume=True, rounds=2))
+    err = capfd.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("collapipe: warning:")]
+    assert not [r.getMessage()[:200] for r in caplog.records if r.name == "absl" and r.levelno >= 30]
+    assert "absl" not in err and "Failed to json parse" not in err, err[-1000:]
+    assert len(notes) == 1 and "step 1 is damaged" in notes[0] and "_CHECKPOINT_METADATA" in notes[0], notes
+    assert resumed["final_metrics"] == base_run[1]["final_metrics"]
+
+
+def test_resume_with_data_of_another_vocabulary_is_one_line(base_run, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the state was read before the data were compared")
+
+    monkeypatch.setattr(Checkpoints, "_restore_state", never)
+    directory = copy_run(base_run, tmp_path)
+    other = tmp_path / "data"
+    (other / "toutiao").mkdir(parents=True)
+    lines = (DATA / "toutiao" / data.TOUTIAO_FILE).read_text(encoding="utf-8").splitlines()[:3000]
+    (other / "toutiao" / data.TOUTIAO_FILE).write_text("\n".join(lines).replace("的", "X") + "\n", encoding="utf-8")
+    for name in ("chinese_ner", "multi30k"):
+        (other / name).symlink_to(DATA / name)
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--rounds", "3", "--resume", "--checkpoint-dir", directory,
+                               "--data-dir", other), "invalid resume", "the data differ from the run's", "--data-dir")
+    assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == ["0", "1"]  # nothing set aside
+
+
+def test_seeds_into_another_runs_records_and_seed_with_seeds(base_run, tmp_path, monkeypatch):
+    _no_work(monkeypatch)
+    logs = tmp_path / "logs"
+    before = _another_runs_records(base_run, logs)
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--seeds", "0:2", "--log-dir", logs), "invalid log-dir",
+                          "another run's records")
+    directory = copy_run(base_run, tmp_path)  # --resume: only a multi-seed summary may be there
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--seeds", "0:2", "--resume", "--checkpoint-dir", directory,
+                               "--log-dir", logs), "invalid log-dir", "not a multi-seed summary")
+    assert _records(logs) == before and not (logs / "seed-0").exists()
+    recipe = _recipe(tmp_path, {"seed": 5, "seeds": "0:2"})
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--config", recipe), "invalid seeds", "not both", "seed 5")
+
+
+@pytest.mark.parametrize("seeds, says", [("0:" + "9" * 5000, "<= 4294967296"), ("0:1000000000", "at most 1000"),
+                                         ("0:4294967296", "at most 1000"), ("5:1006", "at most 1000")],
+                         ids=["5000-digits", "1e9", "2^32", "1001"])
+def test_seeds_past_the_maximum_are_refused(seeds, says):
+    line = assert_one_line_error(*run("train", *TRAIN_ARGS, "--seeds", seeds), "invalid seeds", says)
+    assert len(line) < 600
+
+
+def test_seeds_without_log_dir_leave_their_records_in_a_new_run_dir(tmp_path, monkeypatch):
+    """Each seed's run stubbed (the real runs are test_centralized's): the summary and every seed's
+    records go to a new runs/<task>-<framework>-<UTC time>/, as a single run's do."""
+    from collapipe_jax.sweep import seeds as seeds_mod
+
+    given = []
+
+    def one_seed(cfg):
+        given.append(cfg)
+        rounds = [{"round": 0, "loss": 1.0 + cfg.seed, "tau_round_s": 1.0, "energy_j": 1.0,
+                   "metrics": {"accuracy": 0.25 * (cfg.seed + 1)}, "wall_s": 0.1}]
+        return {"final_metrics": rounds[-1]["metrics"], "rounds": rounds, "total_latency_s": 1.0, "total_energy_j": 1.0}
+
+    monkeypatch.setattr(seeds_mod, "train", one_seed)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("train", *TRAIN_ARGS, "--seeds", "0:2", "--json")
+    assert code == 0, err
+    (made,) = (tmp_path / "runs").iterdir()
+    assert [c.log_dir for c in given] == [str(pathlib.Path("runs") / made.name / f"seed-{s}") for s in (0, 1)]
+    summary = json.loads((made / "result.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["final_metrics"]["accuracy"] == pytest.approx(0.375)
+    assert json.loads(out)["log_dir"] == str(pathlib.Path("runs") / made.name) and "seed-<s>" in err
+
+
+def test_a_fixed_plan_out_of_range_is_refused_not_clamped():
+    from collapipe_jax.train_config import check_plan
+
+    cfg = tiny_config(policy="default", plan_stages=4, plan_micro_batches=4)
+    check_plan(cfg, 6, 4, 4)  # S = min(K, L) and m = b: as given
+    for changes, field in (({"plan_stages": 5}, "plan-stages"), ({"plan_micro_batches": 5}, "plan-micro-batches")):
+        with pytest.raises(ValidationError, match=field):
+            check_plan(tiny_config(policy="default", **changes), 6, 4, 4)
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--policy", "default", "--plan-stages", "99"),
+                          "invalid plan-stages", "min(K, L) = 4")
+    assert_one_line_error(*run("train", *TRAIN_ARGS, "--policy", "default", "--plan-micro-batches", "1000"),
+                          "invalid plan-micro-batches", "b = 4")

@@ -10,6 +10,11 @@ framework's seeds make their own decisions, so they would not share one stage la
 result.json of the multi-seed run: `per_seed` (each seed's final metrics, loss and wall time),
 `final_metrics` (their mean), `ci95` (the Student-t 95% interval of the mean per metric, as the
 claims use: `claims.mean_ci95`), `n`, and `rounds` (the per-round mean loss and metrics).
+
+The top directories are held as a single run's are (docs/design.md §8): locked for the whole
+multi-seed run, and records of another run there are refused before the first seed (unless
+`--force`: replaced when the summary is written; with `--resume` only a multi-seed summary may be
+there, each seed's own records being checked against its checkpoint).
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import pathlib
 
 import numpy as np
 
-from collapipe_jax.checkpoints import Checkpoints
-from collapipe_jax.io import atomic_write_json, read_json
+from collapipe_jax.checkpoints import Checkpoints, lock_directory, unlock_directory
+from collapipe_jax.io import atomic_write_json, check_output_dir, read_json
+from collapipe_jax.options import require
 from collapipe_jax.programs import bound_maps
 from collapipe_jax.sweep.claims import mean_ci95
 from collapipe_jax.train import TrainConfig, train
 from collapipe_jax.train_config import seed_range
-from collapipe_jax.train_records import reference_gap
+from collapipe_jax.train_records import check_records, load_reference, records_dir, reference_gap
 
 
 def seed_dir(directory: str | None, seed: int) -> str | None:
@@ -80,19 +86,54 @@ def seeds_summary(cfg: TrainConfig, seeds: list[int], results: list[dict]) -> di
                 np.mean([r["total_energy_j"] for r in results]))}
 
 
+def top_dirs(cfg: TrainConfig) -> list[tuple[str, pathlib.Path]]:
+    """(flag, directory) of the multi-seed run's top log and checkpoint directories."""
+    named = [("log-dir", cfg.log_dir), ("checkpoint-dir", cfg.checkpoint_dir)]
+    return [(field, pathlib.Path(d)) for field, d in named if d]
+
+
+def check_resumed_summary(cfg: TrainConfig) -> None:
+    """--resume: the top directory may hold this multi-seed run's summary (result.json with
+    `per_seed`), not a single run's records."""
+    directory = records_dir(cfg)
+    if directory is None:
+        return
+    file = directory / "result.json"
+    summary = {"per_seed": []} if not file.exists() else read_json(file) if file.is_file() else None  # no FIFO read
+    require(not (directory / "rounds.csv").exists() and isinstance(summary, dict) and "per_seed" in summary,
+            "log-dir", "holds another run's records (a single run's, not a multi-seed summary): resume with the "
+                       "multi-seed run's own --log-dir, or choose another", str(directory))
+
+
 def train_seeds(cfg: TrainConfig) -> dict:
     """Train every seed of `cfg.seeds` in turn; result.json (in --log-dir, else --checkpoint-dir)
-    holds the summary and names the gap of the mean to `--reference`."""
+    holds the summary and names the gap of the mean to `--reference` (checked before the first
+    seed)."""
     seeds = seed_range(cfg.seeds)
-    results = []
-    for s in seeds:
-        results.append(train(seed_config(cfg, s)))
-        bound_maps()  # between runs: release compiled programs once they hold too many memory maps
-    summary = seeds_summary(cfg, seeds, results)
-    if cfg.reference:
-        summary["reference"] = reference_gap(summary, read_json(pathlib.Path(cfg.reference) / "result.json"),
-                                             cfg.reference)
-    directory = cfg.log_dir or cfg.checkpoint_dir
-    if directory:
-        atomic_write_json(pathlib.Path(directory) / "result.json", summary)
+    for field, directory in top_dirs(cfg):
+        check_output_dir(field, directory)
+        lock_directory(directory, field)
+    try:
+        if cfg.resume and not cfg.force:
+            check_resumed_summary(cfg)
+            earlier = []
+        else:
+            earlier = check_records(cfg)  # refused unless --force
+        reference = load_reference(cfg.reference, cfg.task) if cfg.reference else None
+        results = []
+        for s in seeds:
+            results.append(train(seed_config(cfg, s)))
+            bound_maps()  # between runs: release compiled programs once they hold too many memory maps
+        summary = seeds_summary(cfg, seeds, results)
+        if reference is not None:
+            summary["reference"] = reference_gap(summary, reference, cfg.reference)
+        directory = records_dir(cfg)
+        if directory:
+            atomic_write_json(directory / "result.json", summary)
+            for path in earlier:  # --force: a single run's rounds.csv must not stay beside the summary
+                if path.name != "result.json":
+                    path.unlink(missing_ok=True)
+    finally:
+        for _, directory in top_dirs(cfg):
+            unlock_directory(directory)
     return summary
