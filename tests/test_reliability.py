@@ -888,7 +888,7 @@ def test_damaged_cached_tokenizer_is_rebuilt(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-# ----------------------------------------------------------------- 12. issue 28: numbers, sweeps, plots, streams, hosts
+# ----------------------------------------------------------------- 12. numbers, sweeps, plots, streams, hosts (a later probe)
 
 
 @pytest.mark.parametrize("flag", ["--host-devices", "--host-devices="])
@@ -1186,7 +1186,7 @@ def test_processes_that_disagree_are_one_line_on_both_sides(monkeypatch, tmp_pat
     assert len(outcome) == 1 and "process 0 at" in outcome[0] and "gave up" in outcome[0], outcome
 
 
-# ----------------------------------------------------------------- 13. training runs and their records (issue 28)
+# ----------------------------------------------------------------- 13. training runs and their records
 
 
 def _records(folder: pathlib.Path) -> dict:
