@@ -1008,7 +1008,7 @@ def vars_of(cfg) -> dict:
 
 @pytest.mark.slow
 def test_float32_large_V_through_the_device_engine():
-    """The issue's command: refused in one line; V = 1e36 (V·τ within float32) gives float64's totals."""
+    """The reported command: refused in one line; V = 1e36 (V·τ within float32) gives float64's totals."""
     argv = ["schedule", "--engine", "device", "--dtype", "float32", "--seeds", "0:2", "--rounds", "2",
             "--tunable", "lora:8", "--json"]
     assert_one_line_error(*run(*argv[:-1], "--V", "3e38"), "invalid V", "overflows float32", "--dtype float64")
