@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "collapipe_jax"
 # bottom up; a module may import its own package/module and anything in a lower layer
 LAYERS = [
     {"errors"},
-    {"io", "options", "distributed", "stats", "choices"},
+    {"io", "options", "distributed", "stats", "choices", "programs"},
     {"models", "tasks", "checkpoints"},
     {"pipeline", "scenario"},
     {"scenario_fields"},
