@@ -508,6 +508,26 @@ class SweepOptions:
             raise ValidationError("sweep", f"unknown sweep, choose 'all' or one of {list(SWEEP_NAMES)}", self.name)
 
 
+def extra_policies(specs, sweeps, replot: bool) -> tuple[str, ...]:
+    """The users' rules of `--extra-policy` (each loaded here, so that a bad one is one error line
+    before any sweep starts), for the sweeps among `sweeps` that take them."""
+    from collapipe_jax.scheduling.user_policy import is_user_policy, load_policy
+
+    specs = tuple(dict.fromkeys(specs or ()))
+    if not specs:
+        return ()
+    takers = [s.name for s in sweeps if s.takes_extra_policies]
+    if not takers or replot:
+        raise ValidationError("extra-policy", "applies to the sweeps that run every policy (policies) and not "
+                                              "to --replot", specs[0])
+    for spec in specs:
+        if not is_user_policy(spec):
+            raise ValidationError("extra-policy", "must be a rule of your own, FILE.py:FUNCTION or "
+                                                  "package.module:function (the built-in rules already run)", spec)
+        load_policy(spec)
+    return specs
+
+
 def run_sweep_command(args):
     from collapipe_jax.report import write_report
     from collapipe_jax.sweep import SWEEPS, finished_summary, replot, run_sweep
@@ -521,16 +541,18 @@ def run_sweep_command(args):
         raise ValidationError("seed", "sweep runs each sweep's own fixed seeds; it takes no --seed", args.seed)
     opts = config_from_args(SweepOptions, args)
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
+    extra = extra_policies(args.extra_policy, [SWEEPS[name] for name in names], opts.replot)
     out = check_output_dir("out", opts.out)
     import jax
 
     if jax.config.jax_compilation_cache_dir is None:  # a rerun (after a crash, or of one sweep) reuses the programs
         jax.config.update("jax_compilation_cache_dir", str(out / ".jax-cache"))
     reused = set() if opts.replot or opts.force else {
-        name for name in names if reusable_summary(SWEEPS[name], out, opts.tunable, warn=False) is not None}
+        name for name in names if reusable_summary(SWEEPS[name], out, opts.tunable, warn=False,
+                                                   extra_policies=extra) is not None}
     summaries = {name: (replot(SWEEPS[name], out) if opts.replot else run_sweep(SWEEPS[name], opts.scale, out,
                                                                               opts.force, opts.tunable,
-                                                                              f"{i} of {len(names)}"))
+                                                                              f"{i} of {len(names)}", extra))
                  for i, name in enumerate(names, 1)}
     for name in SWEEPS:  # the report covers every finished sweep in `out`, not only this call's
         if name not in summaries and (summary := finished_summary(out, name)) is not None:
@@ -613,6 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sensitivity":
             p.add_argument("--temperature", type=_typed(float, "temperature"),
                            help="log-sum-exp temperature in s (default 1%% of τ)")
+        if name == "sweep":
+            p.add_argument("--extra-policy", action="append", metavar="FILE.py:FUNCTION",
+                           help="a scheduling rule of your own (docs/extending.md) that the policies sweep runs "
+                                "beside the built-in ones, paired with DSSRA on the same seeds (repeatable)")
         p.set_defaults(handler=handler)
     p = sub.add_parser("plot", help="draw the learning curves of train runs (their rounds.csv) to a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run's directory (the --log-dir of collapipe train)")

@@ -10,6 +10,7 @@ most 8 seeds), so the programs of the registry rules compiled there are reused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -234,3 +235,53 @@ def test_train_takes_a_user_rule(tmp_path):
     missing = f"{ROOT}/examples/policies/best_channel.py:nope"
     bad = run(*[missing if a == BEST_CHANNEL else a for a in argv[:-3]])
     assert_one_line_error(*bad, "invalid policy", "has no function 'nope'")
+
+
+# --------------------------------------------------------------------------- the policies sweep with a user's rule
+
+
+def fake_run_policy(scenario, policy, variant, seeds, rounds, Vs, scale):
+    """`policies.run_policy` without the engine: seed s of rule p at V has total (1 + s/100)·c_p,
+    c_p from the rule's name, the same per-round arrays for every rule."""
+    count = len(seeds) * len(Vs)
+    c = 10.0 + sum(map(ord, policy)) % 7
+    total = np.tile(c * (1 + np.asarray(seeds) / 100), len(Vs))
+    return {"totals": {"total_latency_s": total, "total_cmp_s": total / 2, "total_up_s": total / 2,
+                       "max_Y": np.zeros(count), "mean_Gamma": np.full(count, 0.01), "code": np.zeros(count, int),
+                       "violation_rounds": np.zeros((count, 3), int)},
+            "rounds": {"tau_round_s": np.tile(total[:, None] / rounds, (1, rounds)),
+                       "charged": np.ones((count, rounds), bool), "Y_next": np.zeros((count, rounds, scenario.N)),
+                       "Gamma": np.full((count, rounds, scenario.N), 0.01)}, "engine": "device"}
+
+
+def test_the_policies_sweep_runs_a_users_rule_beside_the_built_in_ones(tmp_path, monkeypatch):
+    """--extra-policy: the rule runs in every setting at every V, is paired with DSSRA on the same
+    seeds (the paired change computed by hand here), is named in the findings, and a finished
+    sweep is reused only for the same rules."""
+    from collapipe_jax.sweep import SWEEPS, policies
+    from collapipe_jax.sweep.base import reusable_summary, run_sweep
+
+    monkeypatch.setattr(policies, "run_policy", fake_run_policy)
+    monkeypatch.setitem(policies.SEEDS, "quick", 5)
+    summary = run_sweep(SWEEPS["policies"], "quick", tmp_path, extra_policies=(BEST_CHANNEL,))
+    tables = json.loads((tmp_path / "policies" / "tables.json").read_text())["tables"]
+    mine = [r for r in tables["policies"] if r["policy"] == BEST_CHANNEL]
+    assert {r["V"] for r in mine} == set(policies.VS) and all(r["uses_V"] for r in mine)
+    assert len({r["setting"] for r in mine}) == len({r["setting"] for r in tables["policies"]})
+    changes = [r for r in tables["policies-changes"] if r["baseline"] == BEST_CHANNEL]
+    assert len(changes) == len({r["setting"] for r in mine}) * len(policies.VS)
+    c_d, c_u = (10.0 + sum(map(ord, p)) % 7 for p in ("dssra", BEST_CHANNEL))
+    assert all(abs(r["change_pct"] - 100 * (c_d / c_u - 1)) < 1e-9 for r in changes), changes[0]
+    assert summary["extra_policies"] == [BEST_CHANNEL] and any(BEST_CHANNEL in f for f in summary["findings"])
+    assert reusable_summary(SWEEPS["policies"], tmp_path, extra_policies=(BEST_CHANNEL,)) is not None
+    assert reusable_summary(SWEEPS["policies"], tmp_path, extra_policies=()) is None
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["sweep", "memory", "--extra-policy", BEST_CHANNEL], "applies to the sweeps that run every policy"),
+    (["sweep", "policies", "--extra-policy", "random"], "must be a rule of your own"),
+    (["sweep", "policies", "--extra-policy", "no/such/file.py:rule"], "no/such/file.py:rule"),
+])
+def test_a_bad_extra_policy_is_one_error_line(tmp_path, argv, fragment):
+    assert_one_line_error(*run(*argv, "--out", tmp_path / "out"), fragment)
+    assert not (tmp_path / "out").exists()

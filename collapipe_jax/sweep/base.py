@@ -47,6 +47,7 @@ class Sweep:
     plot: Callable[[Tables, pathlib.Path], None]
     findings: Callable[[Tables], dict]
     takes_tunable: bool = False  # compute(scale, work_dir, progress, tunable=...)
+    takes_extra_policies: bool = False  # compute(..., extra_policies=(FILE.py:FUNCTION, ...)): users' rules too
 
 
 class Progress:
@@ -78,6 +79,10 @@ def register(sweep: Sweep) -> Sweep:
     return sweep
 
 
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def summary_problem(summary, name: str) -> str | None:
     """What makes `summary` unusable as sweep `name`'s summary (the report reads every field
     below), or None: a damaged file, another sweep's, or valid JSON of the wrong types."""
@@ -94,6 +99,8 @@ def summary_problem(summary, name: str) -> str | None:
         return "has findings that are not a list of sentences"
     if not isinstance(summary.get("tunable", ""), (str, type(None))):
         return "has a tunable that is not a string"
+    if not _strings(summary.get("extra_policies", [])):
+        return "has extra_policies that are not a list of strings"
     claims = summary.get("claims", [])
     if not isinstance(claims, list):
         return "has claims that are not a list"
@@ -129,6 +136,8 @@ def tables_problem(saved) -> str | None:
     [flat rows of finite numbers, strings, booleans, null]}}`."""
     if not isinstance(saved, dict) or not isinstance(saved.get("tables"), dict) or not saved["tables"]:
         return "is missing, damaged, or holds no tables"
+    if not _strings(saved.get("extra_policies", [])):
+        return "has extra_policies that are not a list of strings"
     if not isinstance(saved.get("scale", ""), str) or not isinstance(saved.get("tunable", ""), (str, type(None))):
         return "has a scale or tunable that is not a string"
     for table, rows in saved["tables"].items():
@@ -162,7 +171,7 @@ def _unreadable_number(value) -> str | None:
 
 
 def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str, seconds: float,
-                  tunable: str | None = None, plot: bool = True) -> dict:
+                  tunable: str | None = None, plot: bool = True, extra_policies=()) -> dict:
     """CSVs, plots and the summary of computed tables (the summary last: it marks completion)."""
     for table, rows in tables.items():
         write_csv(folder / f"{table}.csv", rows)
@@ -171,38 +180,49 @@ def write_outputs(sweep: Sweep, tables: Tables, folder: pathlib.Path, scale: str
     summary = {"sweep": sweep.name, "scale": scale, "seconds": seconds}
     if sweep.takes_tunable:
         summary["tunable"] = tunable
+    if sweep.takes_extra_policies:
+        summary["extra_policies"] = list(extra_policies or ())
     summary.update(sweep.findings(tables))
     atomic_write_json(folder / "summary.json", summary)
     return summary
 
 
 def reusable_summary(sweep: Sweep, out: pathlib.Path, tunable: str = DEFAULT_TUNABLE,
-                     warn: bool = True) -> dict | None:
+                     warn: bool = True, extra_policies: tuple[str, ...] = ()) -> dict | None:
     """The summary of a finished run of `sweep` in `out` that a rerun reuses (for a sweep that
-    takes a tunable, one run with the same tunable), or None."""
+    takes a tunable, one run with the same tunable; for one that takes users' rules, one run
+    with the same rules), or None."""
     summary = finished_summary(out, sweep.name, "recomputing the sweep", warn)
-    if summary is not None and (not sweep.takes_tunable or summary.get("tunable") == tunable):
-        return summary
-    return None
+    if summary is None or (sweep.takes_tunable and summary.get("tunable") != tunable):
+        return None
+    if sweep.takes_extra_policies and list(summary.get("extra_policies", [])) != list(extra_policies):
+        return None
+    return summary
 
 
 def run_sweep(sweep: Sweep, scale: str, out: pathlib.Path, force: bool = False,
-              tunable: str = DEFAULT_TUNABLE, place: str = "") -> dict:
-    """Compute (or reuse, when finished with the same `tunable`) one sweep; returns its summary.
-    `place` ("3 of 9") says where the sweep stands in a run of several, on the progress bar."""
+              tunable: str = DEFAULT_TUNABLE, place: str = "", extra_policies: tuple[str, ...] = ()) -> dict:
+    """Compute (or reuse, when finished with the same `tunable` and `extra_policies`) one sweep;
+    returns its summary. `place` ("3 of 9") says where the sweep stands in a run of several, on
+    the progress bar; `extra_policies` (users' rules, FILE.py:FUNCTION) go to the sweeps that
+    take them."""
     folder = out / sweep.name
     label = f"sweep {place + ' ' if place else ''}{sweep.name}"
-    summary = None if force else reusable_summary(sweep, out, tunable)
+    extra_policies = tuple(extra_policies) if sweep.takes_extra_policies else ()
+    summary = None if force else reusable_summary(sweep, out, tunable, extra_policies=extra_policies)
     if summary is not None:
         print(f"{label}: reused, finished earlier in {folder} (--force recomputes it)", file=sys.stderr)
         return summary
     start = time.perf_counter()
     extra = {"tunable": tunable} if sweep.takes_tunable else {}
+    if sweep.takes_extra_policies:
+        extra["extra_policies"] = list(extra_policies)
     with tqdm(desc=label, unit="step", file=sys.stderr) as bar:
         tables = sweep.compute(scale, folder, Progress(bar), **extra)
         bar.total = bar.n  # the work announced and the work done agree at the end
     atomic_write_json(folder / "tables.json", {"scale": scale, **extra, "tables": tables})
-    summary = write_outputs(sweep, tables, folder, scale, time.perf_counter() - start, extra.get("tunable"))
+    summary = write_outputs(sweep, tables, folder, scale, time.perf_counter() - start, extra.get("tunable"),
+                            extra_policies=extra_policies)
     bound_maps()  # the next sweep compiles programs of its own
     return summary
 
@@ -230,4 +250,4 @@ def replot(sweep: Sweep, out: pathlib.Path) -> dict:
             os.replace(figure, folder / figure.name)
     old = finished_summary(out, sweep.name, "its seconds are left at 0") or {}
     return write_outputs(sweep, tables, folder, saved.get("scale", "?"), old.get("seconds", 0.0),
-                         saved.get("tunable"), plot=False)
+                         saved.get("tunable"), plot=False, extra_policies=saved.get("extra_policies", ()))

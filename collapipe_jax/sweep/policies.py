@@ -58,13 +58,16 @@ HOST_SEEDS = {"quick": 4, "paper": 64}  # quick: a panel of its own, in no claim
 PER_ROUND_VS = (CLAIM_V, 10.0)
 
 
-def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> dict:
+def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE, extra_policies=()) -> dict:
     """Every (setting, policy, V) over many seeds on the device engine (`random-feasible` on the
     host, fewer seeds): totals with their 95% intervals, the accumulated latency per round, and
-    DSSRA's paired change against every other rule."""
+    DSSRA's paired change against every other rule. `extra_policies`: users' rules
+    (FILE.py:FUNCTION, docs/extending.md), run like the built-in ones at every V (a rule may read
+    V) and paired with DSSRA on the same seeds."""
     rounds = 30 if scale == "quick" else 100
     seeds = np.arange(SEEDS[scale])
-    progress.expect(len(tunables(tunable)) * len(CLUSTERS) * len(VARIANTS) * len(POLICIES))
+    rules = POLICIES + tuple(p for p in extra_policies if p not in POLICIES)
+    progress.expect(len(tunables(tunable)) * len(CLUSTERS) * len(VARIANTS) * len(rules))
     totals, per_round, changes = [], [], []
     for upload in tunables(tunable):
         for N, J in CLUSTERS:
@@ -72,8 +75,8 @@ def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> d
             for variant in VARIANTS:
                 label = setting_label(upload, N, J, variant)
                 latency = {}  # (policy, V) → per-seed total latency, and feasibility
-                for policy in POLICIES:
-                    uses_V = policy in V_POLICIES
+                for policy in rules:
+                    uses_V = policy in V_POLICIES or policy not in POLICIES
                     Vs = VS if uses_V else (CLAIM_V,)
                     result = run_policy(scenario, policy, variant, seeds, rounds, Vs, scale)
                     progress(1)
@@ -87,8 +90,8 @@ def compute(scale: str, work_dir, progress, tunable: str = DEFAULT_TUNABLE) -> d
                             per_round += round_rows(label, V_row, policy, part)
                 for V in VS:
                     base_d, ok_d = latency["dssra", V]
-                    for policy in POLICIES[1:]:
-                        other, ok_o = latency[policy, V if policy in V_POLICIES else CLAIM_V]
+                    for policy in rules[1:]:
+                        other, ok_o = latency[policy, V if policy in V_POLICIES or policy not in POLICIES else CLAIM_V]
                         if len(other) != len(base_d):
                             continue  # host-only rules run fewer seeds: no pairing
                         changes.append({"setting": label, "V": V, "baseline": policy,
@@ -348,7 +351,7 @@ def findings(tables: dict) -> dict:
     for label in settings_of(totals):
         d = pick(totals, setting=label, V=CLAIM_V, policy="dssra")
         at = {r["policy"]: r["total_latency_s"] for r in totals if r["setting"] == label and r["V"] == CLAIM_V}
-        change = {p: change_pct(d["total_latency_s"], at[p]) for p in POLICIES if p != "dssra"}
+        change = {p: change_pct(d["total_latency_s"], at[p]) for p in at if p != "dssra"}
         others = ", ".join(f"{p} {c:+.2f}%" for p, c in change.items())
         notes.append(f"{label}, V = {CLAIM_V:g}: DSSRA {d['total_latency_s']:.4g} s over {rounds} rounds; its change "
                      f"against {others}.")
@@ -367,4 +370,4 @@ def findings(tables: dict) -> dict:
             "claims": policy_claims(totals, tables["policies-changes"]), "findings": notes}
 
 
-register(Sweep("policies", compute, plot, findings, takes_tunable=True))
+register(Sweep("policies", compute, plot, findings, takes_tunable=True, takes_extra_policies=True))

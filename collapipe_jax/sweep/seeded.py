@@ -56,8 +56,10 @@ def run_seeds(scenario, policy: str, seeds, rounds: int, V=None, keep=KEEP, chun
     parts = []
     for start in range(0, count, block):
         rows = np.minimum(np.arange(start, start + block), count - 1)
-        parts.append(run_schedules(scenario, policy, seeds[rows], rounds, engine, V=V[rows], per_round=tuple(keep),
-                                   dtype=DTYPE, chunk=chunk))
+        part = run_schedules(scenario, policy, seeds[rows], rounds, engine, V=V[rows], per_round=tuple(keep),
+                             dtype=DTYPE, chunk=chunk)
+        part.pop("violation_names", None)  # a user rule's constraint names (strings, not per seed)
+        parts.append(part)
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:count], *parts)
 
 
