@@ -35,7 +35,7 @@ from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_jso
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
 from collapipe_jax.options import memory_budget, option
 from collapipe_jax.comparison import CompareConfig
-from collapipe_jax.programs import compile_failure
+from collapipe_jax.programs import compile_failure, prefer_fast_cpu_compiles
 from collapipe_jax.scheduling.schedule import ScheduleConfig
 from collapipe_jax.train_config import TrainConfig, bare_default_note, recipe_names, settings_source
 
@@ -724,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        if argv and argv[0] == "sweep":  # compile-bound: hundreds of CPU programs (programs.py)
+            prefer_fast_cpu_compiles()
         set_host_devices(argv)
         initialize_from_env(argv[0] if argv and not argv[0].startswith("-") else None)  # multi-host
         args = parse_args(argv)  # --help prints on stdout and exits here

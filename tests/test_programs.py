@@ -69,3 +69,15 @@ def test_a_compilation_out_of_maps_is_explained_in_one_line():
     why = compile_failure(err)
     assert "\n" not in why and "memory maps" in why and "Rerun the same command" in why
     assert compile_failure(ValueError("shapes (3,) and (4,) differ")) is None
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"XLA_FLAGS": "--foo", "JAX_PLATFORMS": "cpu"}, "--foo --xla_backend_optimization_level=1"),
+    ({"XLA_FLAGS": "--xla_backend_optimization_level=3", "JAX_PLATFORMS": "cpu"}, "--xla_backend_optimization_level=3"),
+    ({"XLA_FLAGS": "", "JAX_PLATFORMS": "cuda"}, ""),  # an accelerator's programs keep XLA's default
+])
+def test_the_sweep_compiles_cpu_programs_faster_unless_told_otherwise(monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    programs.prefer_fast_cpu_compiles()
+    assert programs.os.environ["XLA_FLAGS"] == expected
