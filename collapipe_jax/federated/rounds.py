@@ -44,6 +44,7 @@ gradient at the stale, stashed weights of asynchronous 1F1B: encoder layer l of 
 version S_n − 1 − j updates old (S_n the cluster's stage count, from its layout), the embedding
 from S_n − 1; the history of versions starts every round as θ^t (the round's upload drains the
 pipeline). The server head, past the last stage, steps on every micro-batch with fresh weights.
+A step's loss is its micro-batches' Σ loss / Σ weight; `grad_norm` is the first micro-batch's (at θ^t).
 
 `make_round(spec)` returns the jitted vmapped round; `looped_round(spec)` the same computation
 as Python loops over the steps and clusters (reference for tests and the benchmark).
