@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax import lax
 from optax.assignment import hungarian_algorithm
 
 from collapipe_jax.scheduling import resources as rs
@@ -277,6 +278,76 @@ def _match_hungarian(cost, cost_none):
     return channel, jnp.all(finite[rows, cols])
 
 
+def max_matching_size(allowed):
+    """Size of a maximum matching of the bipartite graph `allowed` [N, J] (bool): Kuhn's
+    augmenting paths in fixed shapes: for each row in turn a breadth-first search over the
+    alternating paths (one level per `lax.while_loop` step, a [J, J] gather each), then the
+    path found is flipped. O(N · depth · J²); the host uses scipy's Hopcroft–Karp."""
+    N, J = allowed.shape
+
+    def augment(r, state):
+        match_col, match_row = state  # match_col[c]: the row on column c (−1 free); match_row[r]
+        start = allowed[r]
+
+        def bfs_cond(s):
+            reached, _, frontier = s
+            return jnp.any(frontier) & ~jnp.any(reached & (match_col < 0))
+
+        def bfs_body(s):
+            reached, parent, frontier = s
+            rows = jnp.where(frontier, match_col, -1)  # the rows holding the frontier's columns
+            step = allowed[jnp.clip(rows, 0, None)] & (rows >= 0)[:, None]  # [J (from), J (to)]
+            new = jnp.any(step, axis=0) & ~reached
+            parent = jnp.where(new, rows[jnp.argmax(step, axis=0)], parent)
+            return reached | new, parent, new
+
+        init = (start, jnp.where(start, r, -1).astype(jnp.int32), start)
+        reached, parent, _ = lax.while_loop(bfs_cond, bfs_body, init)
+        free = reached & (match_col < 0)
+        c0 = jnp.where(jnp.any(free), jnp.argmax(free), -1).astype(jnp.int32)
+
+        def flip_cond(s):
+            return s[0] >= 0
+
+        def flip_body(s):
+            c, match_col, match_row = s
+            row = parent[c]
+            prev = match_row[row]
+            return prev, match_col.at[c].set(row), match_row.at[row].set(c)
+
+        _, match_col, match_row = lax.while_loop(flip_cond, flip_body, (c0, match_col, match_row))
+        return match_col, match_row
+
+    init = (jnp.full(J, -1, jnp.int32), jnp.full(N, -1, jnp.int32))
+    match_col, _ = lax.fori_loop(0, N, augment, init)
+    return jnp.sum(match_col >= 0)
+
+
+def can_all_finish(lat, tau_pipe, T):
+    """Whether some matching meets the bound T (host `rs.can_all_finish`): every cluster done
+    by T and min(N, J) of them on a channel with lat ≤ T (C6)."""
+    N, J = lat.shape
+    done = jnp.max(tau_pipe) <= T if N > J else jnp.bool_(True)
+    return done & (max_matching_size(lat <= T) >= min(N, J))
+
+
+def least_feasible_bound(candidates, lat, tau_pipe):
+    """Index of the least of the sorted `candidates` at which `can_all_finish` holds (binary
+    search: it is monotone in T), and whether any does (host `rs.least_feasible_bound`)."""
+    C = candidates.shape[0]
+    any_ok = can_all_finish(lat, tau_pipe, candidates[C - 1])
+
+    def step(_, bounds):
+        lo, hi = bounds  # candidates[hi] feasible (when any is), none below lo
+        mid = (lo + hi) // 2
+        ok = can_all_finish(lat, tau_pipe, candidates[mid])
+        open_ = lo < hi
+        return jnp.where(open_ & ~ok, mid + 1, lo), jnp.where(open_ & ok, mid, hi)
+
+    lo, _ = lax.fori_loop(0, max(1, math.ceil(math.log2(C + 1))), step, (jnp.int32(0), jnp.int32(C - 1)))
+    return lo, any_ok
+
+
 TIE_RTOL = rs.TIE_RTOL
 
 
@@ -377,14 +448,11 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         span = jnp.maximum(jnp.maximum(T_top - T_lo, T_lo), 1e-9)
         grid = T_lo + span * jnp.asarray(np.geomspace(1e-4, 4.0, paper_grid), dtype)
         candidates = jnp.concatenate([candidates, grid])
-    # below T_feas no matching fits (every cluster finishes by T, and min(N, J) of them upload):
-    # skipping those bounds changes nothing but the number of chunks walked
-    fastest = jnp.sort(jnp.min(lat, axis=1))
-    T_feas = jnp.maximum(jnp.max(tau_pipe), fastest[min(N, J) - 1])
-    candidates = jnp.sort(jnp.where(candidates >= T_feas, candidates, jnp.inf))
-    n_chunks = -(-candidates.shape[0] // chunk)
-    candidates = jnp.concatenate([candidates, jnp.full(n_chunks * chunk - candidates.shape[0], jnp.inf, dtype)])
-    candidates = candidates.reshape(n_chunks, chunk)
+    # the least bound at which a matching fits (binary search with an augmenting-path test):
+    # below it no bound has a matching, so none is solved
+    candidates = jnp.sort(candidates)
+    first, any_ok = least_feasible_bound(candidates, lat, tau_pipe)
+    T_first = jnp.where(any_ok, candidates[first], jnp.inf)
 
     def at_bound(T):
         """The best matching with every latency ≤ T, its powers, delays and objective."""
@@ -408,6 +476,77 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         found = found & jnp.isfinite(T) & jnp.isfinite(obj)
         return channel, p, tau_up, jnp.where(found, obj, jnp.inf)
 
+    if lyapunov == "drift":
+        obj, channel, p, tau_up = _walk_runs(candidates, first, any_ok, at_bound, V, floor)
+    else:
+        obj, channel, p, tau_up = _walk_chunks(jnp.where(candidates >= T_first, candidates, jnp.inf), at_bound,
+                                               V, floor, chunk, N, dtype)
+    found = jnp.isfinite(obj)
+    if lyapunov == "paper":
+        refined = power_control_paper(up, tau_pipe, channel, w, V, p_ub)
+        better = found & (refined.objective < obj)
+        obj = jnp.where(better, refined.objective, obj)
+        p = jnp.where(better, refined.p_n_w, p)
+        tau_up = jnp.where(better, refined.tau_up_s, tau_up)
+    return Resources(channel, p, tau_up, obj, found)
+
+
+def _walk_runs(candidates, first, any_ok, at_bound, V, floor):
+    """``drift``: the host's `rs._walk_runs` in a `lax.while_loop`, one matching per step; returns
+    (objective, channel, p, τ^up). The matching under T is a step function of T (the costs do not depend on T); from the least
+    feasible bound each next step is found by bisection between the current step's start `lo`
+    and the stop bound (the first with V T + floor ≥ the best so far), and scored. Under vmap
+    the loop runs as long as the batch's longest walk, usually no step at all (the stop bound
+    follows the least feasible one)."""
+    finite = jnp.isfinite(candidates)
+    n_finite = jnp.sum(finite).astype(jnp.int32)
+    stop_values = jnp.where(finite, V * candidates + floor, jnp.inf)  # sorted as the candidates (V ≥ 0)
+
+    def stop_after(lo, best_obj):
+        k = jnp.searchsorted(stop_values, best_obj, side="left").astype(jnp.int32)
+        return jnp.minimum(jnp.maximum(lo + 1, k), n_finite)
+
+    channel, p, tau_up, obj = at_bound(candidates[first])  # the step's matching at its first bound
+    best = (jnp.where(any_ok, obj, jnp.inf), channel, p, tau_up)
+    lo = first.astype(jnp.int32)
+    stop = jnp.where(any_ok, stop_after(lo, best[0]), lo)
+    # state: lo (solved, the step's matching `run`), hi (first bound known to differ, or stop)
+    init = (lo, stop, stop, best[1], best, best)
+
+    def cond(s):
+        lo, hi = s[0], s[1]
+        return hi - lo > 1
+
+    def body(s):
+        lo, hi, stop, run, found_hi, best = s
+        mid = (lo + hi) // 2
+        ch, p, tau, obj = at_bound(candidates[mid])
+        at_mid = (obj, ch, p, tau)
+        same = jnp.all(at_mid[1] == run)
+        lo = jnp.where(same, mid, lo)
+        hi = jnp.where(same, hi, mid)
+        found_hi = jax.tree.map(lambda a, b: jnp.where(same, b, a), at_mid, found_hi)
+        # the bracket closed on a new step before the stop: score it, start the next bracket
+        new_step = (hi - lo <= 1) & (hi < stop)
+        better = new_step & (found_hi[0] < best[0])
+        best = jax.tree.map(lambda a, b: jnp.where(better, a, b), found_hi, best)
+        lo = jnp.where(new_step, hi, lo)
+        run = jnp.where(new_step, found_hi[1], run)
+        stop = jnp.where(new_step, stop_after(lo, best[0]), stop)
+        hi = jnp.where(new_step, stop, hi)
+        return lo, hi, stop, run, found_hi, best
+
+    return lax.while_loop(cond, body, init)[5]
+
+
+def _walk_chunks(candidates, at_bound, V, floor, chunk: int, N: int, dtype):
+    """``paper``: every bound from the least feasible one, `chunk` at a time (vmap, masked) in a
+    `lax.while_loop` that stops with the host's test (V T + floor ≥ the best)."""
+    candidates = jnp.sort(candidates)
+    n_chunks = -(-candidates.shape[0] // chunk)
+    candidates = jnp.concatenate([candidates, jnp.full(n_chunks * chunk - candidates.shape[0], jnp.inf, dtype)])
+    candidates = candidates.reshape(n_chunks, chunk)
+
     def cond(state):
         i, best = state[0], state[1]
         return (i < n_chunks) & ~(V * candidates[jnp.minimum(i, n_chunks - 1), 0] + floor >= best)
@@ -426,15 +565,8 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
 
     init = (jnp.asarray(0), jnp.asarray(jnp.inf, dtype), jnp.full(N, -1, jnp.int32), jnp.zeros(N, dtype),
             jnp.zeros(N, dtype))
-    _, obj, channel, p, tau_up = jax.lax.while_loop(cond, body, init)
-    found = jnp.isfinite(obj)
-    if lyapunov == "paper":
-        refined = power_control_paper(up, tau_pipe, channel, w, V, p_ub)
-        better = found & (refined.objective < obj)
-        obj = jnp.where(better, refined.objective, obj)
-        p = jnp.where(better, refined.p_n_w, p)
-        tau_up = jnp.where(better, refined.tau_up_s, tau_up)
-    return Resources(channel, p, tau_up, obj, found)
+    _, obj, channel, p, tau_up = lax.while_loop(cond, body, init)
+    return obj, channel, p, tau_up
 
 
 # --------------------------------------------------------------------------- power control
