@@ -328,7 +328,7 @@ def can_all_finish(lat, tau_pipe, T):
     by T and min(N, J) of them on a channel with lat ≤ T (C6)."""
     N, J = lat.shape
     done = jnp.max(tau_pipe) <= T if N > J else jnp.bool_(True)
-    return done & (max_matching_size(lat <= T) >= min(N, J))
+    return done & (max_matching_size((lat <= T) & jnp.isfinite(lat)) >= min(N, J))  # inf: forbidden
 
 
 def least_feasible_bound(candidates, lat, tau_pipe):
