@@ -526,3 +526,19 @@ def test_long_walks_over_bounds_equal_the_host(V):
             continue
         changed += not np.array_equal(a.channel, b.channel)
     assert changed > 0
+
+
+def test_choose_stage_counts_decisions_equal_the_host():
+    """The prefix form of the choice of S against the host's walk over every bound: the same
+    picks (random fronts with missing plans; half the weights 0, where the faster plan wins)."""
+    fn = jax.jit(jax.vmap(dr.choose_stage_counts, in_axes=(0, 0, 0, None, None)))
+    rng = np.random.default_rng(11)
+    N, K, B = 20, 6, 20
+    F = np.stack([random_fronts(rng, N, K, 50.0) for _ in range(B)])
+    tau_up = rng.uniform(0, 100, (B, N))
+    w = np.where(rng.uniform(size=(B, N)) < 0.5, 0.0, rng.uniform(0, 30, (B, N)))
+    for V, coef in ((10.0, 0.005), (0.01, 1.0)):
+        got = np.asarray(fn(jnp.asarray(F), jnp.asarray(tau_up), jnp.asarray(w), V, coef))
+        for b in range(B):
+            want = ds.choose_stage_counts(fronts_of(F[b]), tau_up[b], w[b], V, coef)
+            np.testing.assert_array_equal(got[b], want)

@@ -642,25 +642,38 @@ def choose_stage_counts(F, tau_up, w, V, coef):
     best plan with k + 1 stages, inf where none. Returns the index k per cluster [N] int32.
 
     Every bottleneck T among the F + τ^up is tried; under T each cluster takes the least
-    w coef S among its plans that fit (ties: the faster plan); the first best T wins."""
+    w coef S among its plans that fit (ties: the faster plan); the first best T wins. The plans
+    that fit under T are a prefix of the cluster's plans in latency order, so each cluster's
+    choice per prefix is found once (a running arg-min over K) and each T only counts the
+    cluster's plans under it: O(N K · N log K) for the N K bounds instead of O((N K)²)."""
     dtype = F.dtype
     N, K = F.shape
     lat = F + jnp.asarray(tau_up, dtype)[:, None]
     S = jnp.arange(1, K + 1, dtype=dtype)
     cost = jnp.asarray(w, dtype)[:, None] * coef * S[None, :]
+    order = jnp.argsort(lat, axis=1, stable=True)  # equal latencies: lower k first, as the argmin
+    ls = jnp.take_along_axis(lat, order, axis=1)
+    cs = jnp.take_along_axis(cost, order, axis=1)
+    # prefix j (the j + 1 fastest plans): the cheapest, the fastest among equally cheap (first)
+    best_c, best_i = cs[:, 0], jnp.zeros(N, jnp.int32)
+    pre_c, pre_i = [best_c], [best_i]
+    for j in range(1, K):
+        better = cs[:, j] < best_c
+        best_c, best_i = jnp.where(better, cs[:, j], best_c), jnp.where(better, j, best_i)
+        pre_c.append(best_c)
+        pre_i.append(best_i)
+    pre_c, pre_i = jnp.stack(pre_c, axis=1), jnp.stack(pre_i, axis=1)  # [N, K]
+    pre_lat = jnp.take_along_axis(ls, pre_i, axis=1)
+    bounds = jnp.sort(lat.reshape(-1))  # [C]
+    fitting = jax.vmap(lambda row: jnp.searchsorted(row, bounds, side="right"))(ls)  # [N, C] plans ≤ T
+    usable = jnp.isfinite(bounds) & jnp.all(fitting > 0, axis=0)
+    j = jnp.clip(fitting - 1, 0, K - 1)
+    pick_lat = jnp.take_along_axis(pre_lat, j, axis=1)  # [N, C]
+    pick_cost = jnp.take_along_axis(pre_c, j, axis=1)
+    totals = V * jnp.max(pick_lat, axis=0) + jnp.sum(pick_cost, axis=0)
+    best = jnp.argmin(jnp.where(usable, totals, jnp.inf))
     rows = jnp.arange(N)
-
-    def at_bound(T):
-        fits = lat <= T
-        c = jnp.where(fits, cost, jnp.inf)
-        cmin = jnp.min(c, axis=1, keepdims=True)
-        pick = jnp.argmin(jnp.where(c == cmin, lat, jnp.inf), axis=1)
-        total = V * jnp.max(lat[rows, pick]) + jnp.sum(c[rows, pick])
-        usable = jnp.isfinite(T) & jnp.all(jnp.any(fits, axis=1))
-        return pick.astype(jnp.int32), jnp.where(usable, total, jnp.inf)
-
-    picks, totals = jax.vmap(at_bound)(jnp.sort(lat.reshape(-1)))
-    return picks[jnp.argmin(totals)]
+    return order[rows, pre_i[rows, j[:, best]]].astype(jnp.int32)
 
 
 def choose_stage_counts_paper(F, up: Uplink, channel, p_ub, w, V, grid: int = 4000, chunk: int = 512):
