@@ -1,5 +1,6 @@
-"""Sub-2's threshold search (resources.solve_resources) against the walk it replaced
-(tests/sub2_reference.py: one Hungarian matching per candidate bottleneck) and brute force."""
+"""The scalable forms of the walks over candidate bottlenecks against the walks they replaced
+(tests/walk_reference.py) and brute force: Sub-2's threshold search (resources.solve_resources)
+and Sub-1's choice of S given Sub-2 (dssra.choose_stage_counts)."""
 
 import itertools
 
@@ -9,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collapipe_jax.errors import InfeasibleError
+from collapipe_jax.scheduling import dssra as ds
 from collapipe_jax.scheduling import resources as rs
-from sub2_reference import solve_resources_walk
+from collapipe_jax.scheduling.segments import SegmentFront, SegmentPlan
+from walk_reference import choose_stage_counts_walk, solve_resources_walk
 
 
 def uplink(rng, N, J, e_lo=2.0, e_hi=10.0):
@@ -126,3 +129,27 @@ def test_threshold_search_equals_the_walk_large(N, J, seeds):
         for V in (0.01, 10.0):
             new, old = solve_both(*instance(seed, N, J, zeros=0.2), V, "drift")
             assert_same(new, old)
+
+
+def random_fronts(rng, N, K):
+    """Fronts with some plans missing (never all of a cluster's)."""
+    fronts = []
+    for _ in range(N):
+        taus = np.sort(rng.uniform(1, 50, K))[::-1]
+        plans = tuple(SegmentPlan((), (0,), 1, float(taus[s])) if rng.uniform() > 0.3 else None for s in range(K))
+        if all(p is None for p in plans):
+            plans = (SegmentPlan((), (0,), 1, float(taus[0])),) + plans[1:]
+        fronts.append(SegmentFront(plans, (1,)))
+    return fronts
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 100_000), N=st.integers(1, 30), K=st.integers(1, 8),
+       V=st.sampled_from([0.0, 0.01, 1.0, 10.0]), zeros=st.sampled_from([0.0, 0.5, 1.0]))
+def test_stage_count_prefix_form_equals_the_walk(seed, N, K, V, zeros):
+    """The same picks as the walk over every bound (zero weights: the faster plan decides)."""
+    rng = np.random.default_rng(seed)
+    fronts = random_fronts(rng, N, K)
+    tau_up = rng.uniform(0, 5, N)
+    w = np.where(rng.uniform(size=N) < zeros, 0.0, rng.uniform(0, 50, N))
+    assert ds.choose_stage_counts(fronts, tau_up, w, V, 0.005) == choose_stage_counts_walk(fronts, tau_up, w, V, 0.005)

@@ -1,7 +1,11 @@
-"""The Sub-2 solver as it was before the threshold search (resources.py), kept verbatim as the
-reference the new one is tested against: a walk over every candidate bottleneck T in ascending
-order with one exact matching (scipy's Hungarian method) per T, stopping once V·T + a lower bound
-of the costs cannot beat the best (docs/design.md §5)."""
+"""The walks over every candidate bottleneck that the scheduler used before its scalable forms,
+kept verbatim as the references those are tested against (docs/design.md §5):
+
+* `solve_resources_walk` — Sub-2 (resources.solve_resources) before the threshold search: every
+  candidate bottleneck T in ascending order with one exact matching (scipy's Hungarian method)
+  per T, stopping once V·T + a lower bound of the costs cannot beat the best;
+* `choose_stage_counts_walk` — Sub-1's choice of S given Sub-2 (dssra.choose_stage_counts)
+  before its prefix form: one N × K pass per bound."""
 
 import numpy as np
 
@@ -90,3 +94,32 @@ def solve_resources_walk(up: rs.Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: 
             return refined
         fallback = refined.fallback
     return rs.ResourceDecision(channel, p, tau_up, obj, fallback)
+
+
+def choose_stage_counts_walk(fronts, tau_up, weights, V, coef) -> list[int]:
+    """Exact min over S-vectors of V max_n (F_n[S_n] + τ^up_n) + Σ_n w_n coef S_n: for each
+    bound T every cluster takes, among its plans under T, the least w coef S (ties: the faster
+    plan); the first best T wins."""
+    N = len(fronts)
+    K = len(fronts[0].plans)
+    lat = np.full((N, K), np.inf)
+    for n, front in enumerate(fronts):
+        for i, p in enumerate(front.plans):
+            if p is not None:
+                lat[n, i] = p.tau_pipe_s + tau_up[n]
+    S = np.arange(1, K + 1)
+    cost = np.asarray(weights, float)[:, None] * coef * S[None, :]
+    best, choice = np.inf, None
+    for T in np.unique(lat[np.isfinite(lat)]):
+        fits = lat <= T
+        if not fits.any(axis=1).all():
+            continue  # some cluster has no plan this fast
+        c = np.where(fits, cost, np.inf)
+        cmin = c.min(axis=1, keepdims=True)
+        # among the cheapest plans under T, the fastest
+        pick = np.argmin(np.where(c == cmin, lat, np.inf), axis=1)
+        rows = np.arange(N)
+        total = V * float(np.max(lat[rows, pick])) + float(np.sum(c[rows, pick]))
+        if total < best:
+            best, choice = total, pick
+    return [int(i) for i in choice]
