@@ -278,16 +278,20 @@ def _match_hungarian(cost, cost_none):
     return channel, jnp.all(finite[rows, cols])
 
 
-def max_matching_size(allowed):
-    """Size of a maximum matching of the bipartite graph `allowed` [N, J] (bool): Kuhn's
-    augmenting paths in fixed shapes: for each row in turn a breadth-first search over the
-    alternating paths (one level per `lax.while_loop` step, a [J, J] gather each), then the
-    path found is flipped. O(N · depth · J²); the host uses scipy's Hopcroft–Karp."""
+def max_matching(allowed, match_col=None, match_row=None):
+    """A maximum matching of the bipartite graph `allowed` [N, J] (bool), grown from a given
+    matching of a subgraph (default: empty): Kuhn's augmenting paths in fixed shapes — for each
+    unmatched row in turn a breadth-first search over the alternating paths (one level per
+    `lax.while_loop` step, a [J, J] gather each), then the path found is flipped. O(N · depth ·
+    J²) from scratch; the host uses scipy's Hopcroft–Karp. Returns (match_col [J], match_row [N]),
+    −1 = unmatched."""
     N, J = allowed.shape
+    match_col = jnp.full(J, -1, jnp.int32) if match_col is None else match_col
+    match_row = jnp.full(N, -1, jnp.int32) if match_row is None else match_row
 
     def augment(r, state):
         match_col, match_row = state  # match_col[c]: the row on column c (−1 free); match_row[r]
-        start = allowed[r]
+        start = allowed[r] & (match_row[r] < 0)  # a matched row stays matched: nothing to search
 
         def bfs_cond(s):
             reached, _, frontier = s
@@ -318,33 +322,44 @@ def max_matching_size(allowed):
         _, match_col, match_row = lax.while_loop(flip_cond, flip_body, (c0, match_col, match_row))
         return match_col, match_row
 
-    init = (jnp.full(J, -1, jnp.int32), jnp.full(N, -1, jnp.int32))
-    match_col, _ = lax.fori_loop(0, N, augment, init)
-    return jnp.sum(match_col >= 0)
+    return lax.fori_loop(0, N, augment, (match_col, match_row))
 
 
-def can_all_finish(lat, tau_pipe, T):
+def max_matching_size(allowed):
+    """Size of a maximum matching of the bipartite graph `allowed` [N, J] (bool)."""
+    return jnp.sum(max_matching(allowed)[0] >= 0)
+
+
+def can_all_finish(lat, tau_pipe, T, warm=None):
     """Whether some matching meets the bound T (host `rs.can_all_finish`): every cluster done
-    by T and min(N, J) of them on a channel with lat ≤ T (C6)."""
+    by T and min(N, J) of them on a channel with lat ≤ T (C6). `warm`: a matching of the pairs
+    under a smaller bound to grow from. Returns (feasible, the maximum matching under T)."""
     N, J = lat.shape
     done = jnp.max(tau_pipe) <= T if N > J else jnp.bool_(True)
-    return done & (max_matching_size((lat <= T) & jnp.isfinite(lat)) >= min(N, J))  # inf: forbidden
+    warm = (None, None) if warm is None else warm
+    matching = max_matching((lat <= T) & jnp.isfinite(lat), *warm)  # inf: forbidden
+    return done & (jnp.sum(matching[0] >= 0) >= min(N, J)), matching
 
 
 def least_feasible_bound(candidates, lat, tau_pipe):
     """Index of the least of the sorted `candidates` at which `can_all_finish` holds (binary
-    search: it is monotone in T), and whether any does (host `rs.least_feasible_bound`)."""
+    search: it is monotone in T), and whether any does (host `rs.least_feasible_bound`). Each
+    probe grows the matching of the largest bound found infeasible so far (its pairs fit under
+    every later probe), so the augmenting paths over the whole search add up to few."""
     C = candidates.shape[0]
-    any_ok = can_all_finish(lat, tau_pipe, candidates[C - 1])
+    N, J = lat.shape
+    any_ok, _ = can_all_finish(lat, tau_pipe, candidates[C - 1])
 
-    def step(_, bounds):
-        lo, hi = bounds  # candidates[hi] feasible (when any is), none below lo
+    def step(_, state):
+        lo, hi, warm = state  # candidates[hi] feasible (when any is), none below lo
         mid = (lo + hi) // 2
-        ok = can_all_finish(lat, tau_pipe, candidates[mid])
+        ok, matching = can_all_finish(lat, tau_pipe, candidates[mid], warm)
         open_ = lo < hi
-        return jnp.where(open_ & ~ok, mid + 1, lo), jnp.where(open_ & ok, mid, hi)
+        warm = jax.tree.map(lambda a, b: jnp.where(open_ & ~ok, a, b), matching, warm)
+        return jnp.where(open_ & ~ok, mid + 1, lo), jnp.where(open_ & ok, mid, hi), warm
 
-    lo, _ = lax.fori_loop(0, max(1, math.ceil(math.log2(C + 1))), step, (jnp.int32(0), jnp.int32(C - 1)))
+    empty = (jnp.full(J, -1, jnp.int32), jnp.full(N, -1, jnp.int32))
+    lo, _, _ = lax.fori_loop(0, max(1, math.ceil(math.log2(C + 1))), step, (jnp.int32(0), jnp.int32(C - 1), empty))
     return lo, any_ok
 
 
