@@ -19,10 +19,13 @@ pair (n, i) is infeasible when E^com(0+) > E^max.
 
 Channel matching (Hungarian method, `scipy.optimize.linear_sum_assignment`): rows are clusters,
 columns the J channels plus N − J *virtual* channels when N > J ("no upload this round"), so
-exactly min(N, J) clusters upload. The max over clusters couples the pairs, so the matching is
-solved for every candidate bottleneck T (a pair's latency above T is forbidden) and the best
-V·T + Σ cost is kept; with the drift objective each pair's best power for any T is p_ub (both
-terms fall with p), so this enumeration is exact.
+exactly min(N, J) clusters upload. The max over clusters couples the pairs, so the objective
+is minimised over the candidate bottlenecks T (a pair's latency above T is forbidden), each with
+its least-cost matching, keeping the best V·T + Σ cost; with the drift objective each pair's
+best power for any T is p_ub (both terms fall with p), so this enumeration is exact. It is made
+to scale without changing its result (`solve_resources`, docs/design.md §5): no T below the
+least feasible one (binary search, Hopcroft–Karp test) is solved, and under drift only the T
+where the matching changes are (bisection over the steps of the matching as T grows).
 
 Ties (one rule for this module and the device engine's): with some Y_n = 0 many matchings have
 the same cost (every matching that meets T when all Y_n are 0), and scipy's pick among them is

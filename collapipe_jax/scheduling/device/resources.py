@@ -16,11 +16,13 @@ How the host's loops become static shapes:
   large finite stand-in, checked after (as the host does with scipy). Both break ties by the
   host's rule (cost + δ ε: the least Σ ε_n among the matchings of least cost, `match_channels`),
   so that the engines agree where Y_n = 0 leaves many matchings optimal.
-* The bottleneck enumeration: the host walks the candidate bottlenecks T in ascending order and
-  stops once V·T + (a lower bound of the pair costs) cannot beat the best. Here the sorted
-  candidates are cut into chunks of `chunk`; every candidate of a chunk is solved at once
-  (vmap, masked) and a `lax.while_loop` over chunks stops with the host's test. Same optimum;
-  `chunk` ≥ the number of candidates evaluates them all in one step.
+* The bottleneck enumeration (host `solve_resources`): the least feasible bound by the same
+  binary search, its test Kuhn's augmenting paths in fixed-shape loops (`max_matching`, each
+  probe growing the matching of the last infeasible one); under ``drift`` the host's bisection
+  over the steps of the matching in one `lax.while_loop` (`_walk_runs`); under ``paper`` the
+  candidates from the least feasible one cut into chunks of `chunk`, every candidate of a chunk
+  solved at once (vmap, masked), a `lax.while_loop` over chunks stopping with the host's test
+  (`_walk_chunks`). Same optimum as the host.
 * The ``paper`` power refinement: the host solves the convex reformulation with cvxpy (golden
   section as fallback); here a golden-section search over T of `paper_power_objective` (convex
   in T), run to the host's tolerance (1e-12 relative) in a `lax.while_loop`. As on the host the
