@@ -510,8 +510,8 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
 
 def _walk_runs(candidates, first, any_ok, at_bound, V, floor):
     """``drift``: the host's `rs._walk_runs` in a `lax.while_loop`, one matching per step; returns
-    (objective, channel, p, τ^up). The matching under T is a step function of T (the costs do not depend on T); from the least
-    feasible bound each next step is found by bisection between the current step's start `lo`
+    (objective, channel, p, τ^up). The matching under T is a step function of T (the costs do
+    not depend on T); from the least feasible bound each next step is found by bisection between the current step's start `lo`
     and the stop bound (the first with V T + floor ≥ the best so far), and scored. Under vmap
     the loop runs as long as the batch's longest walk, usually no step at all (the stop bound
     follows the least feasible one)."""
