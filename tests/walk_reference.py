@@ -1,5 +1,5 @@
 """The walks over every candidate bottleneck that the scheduler used before its scalable forms,
-kept verbatim as the references those are tested against (docs/design.md §5):
+kept verbatim as the references those are tested against (docs/design.md §4):
 
 * `solve_resources_walk` — Sub-2 (resources.solve_resources) before the threshold search: every
   candidate bottleneck T in ascending order with one exact matching (scipy's Hungarian method)

@@ -23,7 +23,7 @@ exactly min(N, J) clusters upload. The max over clusters couples the pairs, so t
 is minimised over the candidate bottlenecks T (a pair's latency above T is forbidden), each with
 its least-cost matching, keeping the best V·T + Σ cost; with the drift objective each pair's
 best power for any T is p_ub (both terms fall with p), so this enumeration is exact. It is made
-to scale without changing its result (`solve_resources`, docs/design.md §5): no T below the
+to scale without changing its result (`solve_resources`, docs/design.md §4): no T below the
 least feasible one (binary search, Hopcroft–Karp test) is solved, and under drift only the T
 where the matching changes are (bisection over the steps of the matching as T grows).
 
@@ -303,7 +303,7 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
 
     Minimises V max_n (τ_pipe_n + τ^up_n) + Σ_n Y_n w_n over the candidate bottlenecks T (the
     pairs' latencies at p_ub and the τ_pipe_n), each with the best matching under T
-    (module docstring). How the candidates are visited (docs/design.md §5):
+    (module docstring). How the candidates are visited (docs/design.md §4):
 
     * below the least T at which the uploading CUs have a matching (binary search over the sorted
       candidates with a Hopcroft–Karp feasibility test) no T is solved;
