@@ -124,6 +124,22 @@ def test_dssra_rounds_whose_two_starts_differ_equal_the_host():
         compare("dssra", scenario, state, np.random.default_rng(t).uniform(0.0, 0.05, scenario.N), "paper", "drift")
     assert differ >= 1, "no round of this draw has two different starts"
 
+@pytest.mark.slow
+@pytest.mark.parametrize("N,J,K,L", [(16, 8, 10, 24), (64, 32, None, None), (128, 64, 10, None)])
+def test_dssra_rounds_at_large_sizes_equal_the_host(N, J, K, L):
+    """The engines at 16, 64 and 128 clusters (Sub-2's threshold search and bisection on both),
+    on rounds with zero queues (ties the tie-break decides) and with queues."""
+    sizes = {key: v for key, v in (("K", K), ("L", L)) if v is not None}
+    scenario = scenario_preset("paper-bert").replace(tunable="lora:8", N=N, J=J, **sizes)
+    outcomes = []
+    for seed in range(2):
+        for t in range(2):
+            state = draw_state(scenario, round_key(seed, t))
+            Y = np.random.default_rng(t).uniform(0.0, 0.05, N) * (t > 0)
+            outcomes.append(compare("dssra", scenario, state, Y, "paper", "drift"))
+    assert outcomes.count("same") >= len(outcomes) // 2, outcomes
+
+
 # one rule of each kind in the default run (each rule compiles a program of its own), all with -m slow
 FAST_RULES = ("uniform", "loss-only", "vanilla-fl")
 

@@ -473,3 +473,72 @@ def test_every_decision_meets_c6_c8_c11(seed, V):
             if host_ok:
                 check_c6(got.channel, np.where(np.isnan(p_ub), np.inf, 1.0), np.zeros(N))
                 check_powers(up, p_ub, got.channel, got.p_n_w)
+
+
+# --------------------------------------------------------------------------- Sub-2's threshold search
+
+
+@pytest.mark.parametrize("N,J", [(6, 4), pytest.param(3, 5, marks=pytest.mark.slow),
+                                 pytest.param(8, 8, marks=pytest.mark.slow)])
+def test_matching_size_and_least_feasible_bound_equal_scipy(N, J):
+    """The fixed-shape augmenting-path matching against scipy's Hopcroft–Karp, and the binary
+    search for the least feasible bound against the host's, on random graphs."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    rng = np.random.default_rng(N * 10 + J)
+    B = 40
+    tau = rng.uniform(0, 1, (B, N))
+    lat = tau[:, :, None] + rng.uniform(0, 1, (B, N, J))
+    lat[rng.uniform(size=(B, N, J)) < 0.5] = np.inf
+    graphs = rng.uniform(size=(B, N, J)) < rng.uniform(0.05, 0.6, (B, 1, 1))
+    size = jax.jit(jax.vmap(dr.max_matching_size))(jnp.asarray(graphs))
+    cands = np.sort(np.concatenate([lat.reshape(B, -1), tau], axis=1), axis=1)
+    first, any_ok = jax.jit(jax.vmap(dr.least_feasible_bound))(jnp.asarray(cands), jnp.asarray(lat),
+                                                              jnp.asarray(tau))
+    for b in range(B):
+        want = int(np.sum(maximum_bipartite_matching(csr_matrix(graphs[b].astype(np.int8)),
+                                                     perm_type="column") >= 0))
+        assert int(size[b]) == want
+        host = rs.least_feasible_bound(cands[b][np.isfinite(cands[b])], lat[b], tau[b])
+        assert bool(any_ok[b]) == (host is not None)
+        if host is not None:
+            assert float(cands[b][int(first[b])]) == float(cands[b][np.isfinite(cands[b])][host])
+
+
+@pytest.mark.parametrize("V", [1e-4, 0.05])
+def test_long_walks_over_bounds_equal_the_host(V):
+    """With V small the cost terms outweigh the latency, so the walk over bounds goes on past the
+    least feasible one and the matching changes on the way (the bisection over its steps)."""
+    problems = instances(6, 4, "mean", 12, start=40)
+    assert compare_solve(problems, "drift", V=V) > 0
+    assert compare_solve(problems, "drift", V=V, zero_weights=True) > 0
+    # the matching does change past the least feasible bound on some of these instances
+    changed = 0
+    for problem in problems:
+        up = problem.uplink
+        N = up.N
+        tau, S, w = sub1_inputs(0, N, 1.0)
+        try:
+            a = rs.solve_resources(up, tau, S, w, V)
+            b = rs.solve_resources(up, tau, S, w, 1e9)  # the least feasible bound's matching
+        except InfeasibleError:
+            continue
+        changed += not np.array_equal(a.channel, b.channel)
+    assert changed > 0
+
+
+def test_choose_stage_counts_decisions_equal_the_host():
+    """The prefix form of the choice of S against the host's walk over every bound: the same
+    picks (random fronts with missing plans; half the weights 0, where the faster plan wins)."""
+    fn = jax.jit(jax.vmap(dr.choose_stage_counts, in_axes=(0, 0, 0, None, None)))
+    rng = np.random.default_rng(11)
+    N, K, B = 20, 6, 20
+    F = np.stack([random_fronts(rng, N, K, 50.0) for _ in range(B)])
+    tau_up = rng.uniform(0, 100, (B, N))
+    w = np.where(rng.uniform(size=(B, N)) < 0.5, 0.0, rng.uniform(0, 30, (B, N)))
+    for V, coef in ((10.0, 0.005), (0.01, 1.0)):
+        got = np.asarray(fn(jnp.asarray(F), jnp.asarray(tau_up), jnp.asarray(w), V, coef))
+        for b in range(B):
+            want = ds.choose_stage_counts(fronts_of(F[b]), tau_up[b], w[b], V, coef)
+            np.testing.assert_array_equal(got[b], want)

@@ -187,7 +187,10 @@ def choose_stage_counts(fronts, tau_up, weights, V, coef) -> list[int]:
     """Exact min over S-vectors of V max_n (F_n[S_n] + τ^up_n) + Σ_n w_n coef S_n (Sub-1 given Sub-2).
 
     Enumerate the bottleneck T over all F_n[S] + τ^up_n; for each T every cluster takes, among
-    its plans under T, the least w coef S (ties: the faster plan).
+    its plans under T, the least w coef S (ties: the faster plan); the first best T wins. The
+    plans under T are a prefix of the cluster's plans in latency order, so each cluster's choice
+    per prefix is found once (a running arg-min over its K plans) and each T only counts the
+    plans under it (a binary search per cluster): O(N K · N log K), not O((N K)²).
     """
     N = len(fronts)
     K = len(fronts[0].plans)
@@ -198,20 +201,24 @@ def choose_stage_counts(fronts, tau_up, weights, V, coef) -> list[int]:
                 lat[n, i] = p.tau_pipe_s + tau_up[n]
     S = np.arange(1, K + 1)
     cost = np.asarray(weights, float)[:, None] * coef * S[None, :]
-    best, choice = np.inf, None
-    for T in np.unique(lat[np.isfinite(lat)]):
-        fits = lat <= T
-        if not fits.any(axis=1).all():
-            continue  # some cluster has no plan this fast
-        c = np.where(fits, cost, np.inf)
-        cmin = c.min(axis=1, keepdims=True)
-        # among the cheapest plans under T, the fastest
-        pick = np.argmin(np.where(c == cmin, lat, np.inf), axis=1)
-        rows = np.arange(N)
-        total = V * float(np.max(lat[rows, pick])) + float(np.sum(c[rows, pick]))
-        if total < best:
-            best, choice = total, pick
-    return [int(i) for i in choice]
+    order = np.argsort(lat, axis=1, kind="stable")  # equal latencies: lower S first, as an argmin
+    ls = np.take_along_axis(lat, order, axis=1)
+    cs = np.take_along_axis(cost, order, axis=1)
+    pre_i = np.zeros((N, K), int)  # prefix j: the cheapest of the j + 1 fastest, the faster on ties
+    for j in range(1, K):
+        prev = pre_i[:, j - 1]
+        pre_i[:, j] = np.where(cs[:, j] < cs[np.arange(N), prev], j, prev)
+    pre_c = np.take_along_axis(cs, pre_i, axis=1)
+    pre_lat = np.take_along_axis(ls, pre_i, axis=1)
+    bounds = np.unique(lat[np.isfinite(lat)])
+    fitting = np.stack([np.searchsorted(ls[n], bounds, side="right") for n in range(N)])  # [N, T]
+    usable = np.all(fitting > 0, axis=0)  # else some cluster has no plan this fast
+    j = np.clip(fitting - 1, 0, K - 1)
+    pick_lat = np.take_along_axis(pre_lat, j, axis=1).T  # [T, N], rows contiguous as the sums below
+    pick_cost = np.ascontiguousarray(np.take_along_axis(pre_c, j, axis=1).T)
+    totals = V * np.max(pick_lat, axis=1) + np.sum(pick_cost, axis=1)
+    best = int(np.argmin(np.where(usable, totals, np.inf)))  # the first best T
+    return [int(order[n, pre_i[n, j[n, best]]]) for n in range(N)]
 
 
 def choose_stage_counts_paper(fronts, up: rs.Uplink, channel, p_ub, weights, V, grid: int = 4000) -> list[int]:

@@ -19,10 +19,13 @@ pair (n, i) is infeasible when E^com(0+) > E^max.
 
 Channel matching (Hungarian method, `scipy.optimize.linear_sum_assignment`): rows are clusters,
 columns the J channels plus N − J *virtual* channels when N > J ("no upload this round"), so
-exactly min(N, J) clusters upload. The max over clusters couples the pairs, so the matching is
-solved for every candidate bottleneck T (a pair's latency above T is forbidden) and the best
-V·T + Σ cost is kept; with the drift objective each pair's best power for any T is p_ub (both
-terms fall with p), so this enumeration is exact.
+exactly min(N, J) clusters upload. The max over clusters couples the pairs, so the objective
+is minimised over the candidate bottlenecks T (a pair's latency above T is forbidden), each with
+its least-cost matching, keeping the best V·T + Σ cost; with the drift objective each pair's
+best power for any T is p_ub (both terms fall with p), so this enumeration is exact. It is made
+to scale without changing its result (`solve_resources`, docs/design.md §4): no T below the
+least feasible one (binary search, Hopcroft–Karp test) is solved, and under drift only the T
+where the matching changes are (bisection over the steps of the matching as T grows).
 
 Ties (one rule for this module and the device engine's): with some Y_n = 0 many matchings have
 the same cost (every matching that meets T when all Y_n are 0), and scipy's pick among them is
@@ -50,6 +53,8 @@ import math
 import cvxpy as cp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from collapipe_jax.errors import InfeasibleError
 from collapipe_jax.scheduling.lyapunov import check_lyapunov
@@ -260,12 +265,58 @@ def infeasible_c11(up: Uplink, p_ub: np.ndarray) -> InfeasibleError:
     })
 
 
+def can_all_finish(lat: np.ndarray, tau_pipe: np.ndarray, T: float) -> bool:
+    """Whether some matching meets the bound T: every cluster done by T and min(N, J) of them
+    on a channel with τ_pipe + τ^up(p_ub) ≤ T (C6), i.e. the bipartite graph of the pairs with
+    lat ≤ T has a matching of size min(N, J) (Hopcroft–Karp, scipy.sparse.csgraph)."""
+    N, J = lat.shape
+    if N > J and float(np.max(tau_pipe)) > T:
+        return False
+    allowed = lat <= T
+    if int(np.sum(np.any(allowed, axis=0))) < min(N, J) or int(np.sum(np.any(allowed, axis=1))) < min(N, J):
+        return False  # a cheap necessary count first
+    rows_matched = maximum_bipartite_matching(csr_matrix(allowed.astype(np.int8)), perm_type="column")
+    return int(np.sum(rows_matched >= 0)) >= min(N, J)
+
+
+def least_feasible_bound(candidates: np.ndarray, lat: np.ndarray, tau_pipe: np.ndarray) -> int | None:
+    """Index of the least candidate T (sorted ascending) at which a matching meets T
+    (`can_all_finish` is monotone in T: binary search), None when none does."""
+    lo, hi = 0, len(candidates)  # invariant: candidates[hi] feasible (hi = len: unknown), below lo not
+    if hi == 0 or not can_all_finish(lat, tau_pipe, float(candidates[-1])):
+        return None
+    hi -= 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if can_all_finish(lat, tau_pipe, float(candidates[mid])):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarray, V: float,
                     lyapunov: str = "drift", p_ub: np.ndarray | None = None,
                     weights: np.ndarray | None = None, use_cvxpy: bool = True,
                     paper_grid: int = 64) -> ResourceDecision:
     """Alg. 3: channel matching + power for fixed Sub-1 decisions (τ_pipe, S).
 
+    Minimises V max_n (τ_pipe_n + τ^up_n) + Σ_n Y_n w_n over the candidate bottlenecks T (the
+    pairs' latencies at p_ub and the τ_pipe_n), each with the best matching under T
+    (module docstring). How the candidates are visited (docs/design.md §4):
+
+    * below the least T at which the uploading CUs have a matching (binary search over the sorted
+      candidates with a Hopcroft–Karp feasibility test) no T is solved;
+    * ``drift``: the pair costs do not depend on T, so the best matching under T (with the
+      tie-break, unique) changes only where a newly allowed pair enters it, and once it equals
+      the one under a later T' it is the one under every T between. From the least feasible T
+      each next change is found by bisection over the candidates (one min-cost matching per
+      probe), and the walk stops at the first T with V T + (the least cost of any matching) ≥
+      the best objective (no later matching can beat it);
+    * ``paper``: the powers and with them the costs follow T, so every candidate from the least
+      feasible one is solved, with the same stop rule.
+
+    Same decision as the walk over every candidate with one matching each (tested against it).
     `weights` (default Y) multiply the per-cluster term; `p_ub` may be passed when precomputed.
     Raises InfeasibleError naming C11' when fewer than min(N, J) clusters can upload.
     """
@@ -304,34 +355,48 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
         T_lo = float(candidates[0])
         span = max(float(candidates[-1]) - T_lo, T_lo, 1e-9)
         candidates = np.unique(np.concatenate([candidates, T_lo + span * np.geomspace(1e-4, 4.0, paper_grid)]))
-    best = None
-    for T in candidates:
-        if best is not None and V * T + floor >= best[0]:
-            break  # later bounds only add latency
+    first = least_feasible_bound(candidates, lat, tau_pipe)
+    if first is None:
+        raise infeasible_c11(up, p_ub)
+
+    def at_bound(T):
+        """The best matching with every latency ≤ T: (objective, channel, p, τ^up), or None."""
         allowed = lat <= T
         if lyapunov == "drift":
             cost = np.where(allowed, cost_pair, np.inf)
-            p_pair, delay_pair = p_ub, delay_ub
+            p_pair, delay_pair, ties = p_ub, delay_ub, tie_pair
         else:
             p_pair = power_for_delay(up, T - tau_pipe[:, None], n_idx, j_idx, p_cap=np.where(ok, p_ub, 0.0))
             p_pair = np.where(allowed & np.isfinite(p_pair), p_pair, np.nan)
             p_zero = np.nan_to_num(p_pair)
             cost = np.where(np.isnan(p_pair), np.inf, Y[:, None] * p_zero)
             delay_pair = upload_delay(up, np.nan_to_num(p_pair, nan=1.0), n_idx, j_idx)
-            tie_pair = delta_C / (p_zero * up.h_n[:, None] + up.I_i_w[None, :])
+            ties = delta_C / (p_zero * up.h_n[:, None] + up.I_i_w[None, :])
         none_cost = np.where(tau_pipe <= T, cost_none, np.inf)
-        matched = match_channels(cost, none_cost, tie_pair, tie_none)
+        matched = match_channels(cost, none_cost, ties, tie_none)
         if matched is None:
-            continue
+            return None
         channel, total = matched
         rows, cols = np.arange(up.N), np.clip(channel, 0, None)
         uploads = channel >= 0
         p = np.where(uploads, p_pair[rows, cols], 0.0)
         tau_up = np.where(uploads, delay_pair[rows, cols], 0.0)
-        obj = V * float(np.max(tau_pipe + tau_up)) + total
-        if best is None or obj < best[0]:
-            best = (obj, channel, p, tau_up)
-    if best is None:
+        return V * float(np.max(tau_pipe + tau_up)) + total, channel, p, tau_up
+
+    if lyapunov == "drift":
+        # a tighter floor than the per-cluster one: the least cost of any matching (ties off)
+        unbounded = match_channels(cost_pair, cost_none)
+        floor = max(floor, unbounded[1] if unbounded is not None else floor)
+        best = _walk_runs(candidates, first, at_bound, V, floor)
+    else:
+        best = None
+        for T in candidates[first:]:
+            if best is not None and V * T + floor >= best[0]:
+                break  # later bounds only add latency
+            found = at_bound(T)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = found
+    if best is None:  # pragma: no cover - the least feasible bound has a matching
         raise infeasible_c11(up, p_ub)
     obj, channel, p, tau_up = best
     fallback = False
@@ -341,6 +406,42 @@ def solve_resources(up: Uplink, tau_pipe: np.ndarray, S: np.ndarray, Y: np.ndarr
             return refined
         fallback = refined.fallback
     return ResourceDecision(channel, p, tau_up, obj, fallback)
+
+
+def _walk_runs(candidates: np.ndarray, first: int, at_bound, V: float, floor: float):
+    """The walk over the sorted bounds from `first` with the T-independent costs of ``drift``:
+    the matching under T is a step function of T (monotone: once it changes it never comes
+    back), so only the first bound of each step is scored, each found by bisection between the
+    last step's start and the stop bound (the first with V T + floor ≥ the best so far).
+    Returns the first best (objective, channel, p, τ^up) in ascending T, as the full walk."""
+    stop_values = V * candidates + floor  # what the walk's stop test compares, per bound
+    solved: dict[int, tuple] = {}
+
+    def solve(k):
+        if k not in solved:
+            solved[k] = at_bound(float(candidates[k]))
+        return solved[k]
+
+    i = first
+    best = solve(i)
+    while True:
+        stop = max(i + 1, int(np.searchsorted(stop_values, best[0], side="left")))
+        if stop >= len(candidates) + 1:
+            stop = len(candidates)
+        run = solve(i)[1]
+        lo, hi = i, stop  # solve(lo) has the run's matching; from hi on nothing is scored
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if np.array_equal(solve(mid)[1], run):
+                lo = mid
+            else:
+                hi = mid
+        if hi >= stop:
+            return best
+        i = hi
+        found = solve(i)
+        if found[0] < best[0]:
+            best = found
 
 
 # --------------------------------------------------------------------------- power control

@@ -112,38 +112,46 @@ def alternate(problem: RoundProblem, fronts: segments.Front, Y, w, V, config: En
             new = resources.choose_stage_counts(F, res.tau_up_s, w, V, coef)
         return res, jnp.where(res.ok, obj, jnp.inf), new.astype(jnp.int32)
 
-    def run(start):
-        res0, obj0, new0 = step(start)
-        init = (new0, jnp.int32(1), jnp.all(new0 == start) | ~res0.ok, obj0, start, res0, res0.ok)
-
-        def cond(carry):
-            _, it, done, *_ = carry
-            return (~done) & (it < config.max_iter)
-
-        def body(carry):
-            pick, it, _, best_obj, best_pick, best_res, all_ok = carry
-            res, obj, new = step(pick)
-            better = obj < best_obj
-            best_res = jax.tree.map(lambda a, b: jnp.where(better, a, b), res, best_res)
-            return (new, it + 1, jnp.all(new == pick) | ~res.ok, jnp.where(better, obj, best_obj),
-                    jnp.where(better, pick, best_pick), best_res, all_ok & res.ok)
-
-        _, it, _, obj, pick, res, ok = jax.lax.while_loop(cond, body, init)
-        return obj, pick, res, it, ok
-
-    first = run(fastest)
+    # both starts in ONE loop, so that Sub-2 and the choice of S are traced once (each copy of
+    # a matching and its loops costs compile time): a step of the current start per iteration;
+    # when a start's run ends (its choice of S repeats, Sub-2 fails, or max_iter steps), the
+    # second start begins where it differs from the first, and the runs' best are compared
+    # (the second replaces the first only when strictly better, as on the host)
     same = jnp.all(fastest == fewest)
+    select = lambda c, a, b: jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)  # noqa: E731
 
-    # the second start only where it differs from the first (its run would repeat the first's):
-    # a loop rather than a cond, so that under vmap a batch where no start differs skips it
-    def second_start(carry):
-        _, best = carry
-        obj, pick, res, it, ok = run(fewest)
-        replace = obj < best[0]  # the second start replaces the first only when strictly better
-        kept = jax.tree.map(lambda a, b: jnp.where(replace, a, b), (obj, pick, res), best[:3])
-        return jnp.bool_(True), (*kept, best[3] + it, best[4] & ok)
+    def cond(carry):
+        return ~carry[0]
 
-    _, (obj, pick, res, iterations, ok) = jax.lax.while_loop(lambda c: ~c[0], second_start, (same, first))
+    def body(carry):
+        finished, phase, pick, it, run_best, run_ok, total, best, ok = carry
+        res, obj, new = step(pick)
+        better = (it == 0) | (obj < run_best[0])  # a run's first step is its best so far
+        run_best = select(better, (obj, pick, res), run_best)
+        run_ok = run_ok & res.ok
+        it = it + 1
+        run_done = jnp.all(new == pick) | ~res.ok | (it >= config.max_iter)
+        # at the end of the first run: it is the best; at the end of the second: the better
+        first_end = run_done & (phase == 0)
+        second_end = run_done & (phase == 1)
+        replace = first_end | (second_end & (run_best[0] < best[0]))
+        best = select(replace, run_best, best)
+        ok = jnp.where(first_end, run_ok, jnp.where(second_end, ok & run_ok, ok))
+        to_second = first_end & ~same
+        finished = (first_end & same) | second_end
+        pick = jnp.where(to_second, fewest, new)
+        phase = jnp.where(to_second, 1, phase)
+        it = jnp.where(to_second, 0, it)
+        run_ok = run_ok | to_second
+        return finished, phase, pick, it, run_best, run_ok, total + 1, best, ok
+
+    dt = up.h_n.dtype
+    res0 = resources.Resources(channel=jnp.full(N, -1, jnp.int32), p_n_w=jnp.zeros(N, dt), tau_up_s=jnp.zeros(N, dt),
+                               objective=jnp.asarray(jnp.inf, dt), ok=jnp.bool_(False))
+    blank = (jnp.asarray(jnp.inf, F.dtype), fastest, res0)
+    init = (jnp.bool_(False), jnp.int32(0), fastest, jnp.int32(0), blank, jnp.bool_(True), jnp.int32(0), blank,
+            jnp.bool_(True))
+    _, _, _, _, _, _, iterations, (obj, pick, res), ok = jax.lax.while_loop(cond, body, init)
     return (obj, pick, res), iterations, ok
 
 

@@ -16,11 +16,13 @@ How the host's loops become static shapes:
   large finite stand-in, checked after (as the host does with scipy). Both break ties by the
   host's rule (cost + δ ε: the least Σ ε_n among the matchings of least cost, `match_channels`),
   so that the engines agree where Y_n = 0 leaves many matchings optimal.
-* The bottleneck enumeration: the host walks the candidate bottlenecks T in ascending order and
-  stops once V·T + (a lower bound of the pair costs) cannot beat the best. Here the sorted
-  candidates are cut into chunks of `chunk`; every candidate of a chunk is solved at once
-  (vmap, masked) and a `lax.while_loop` over chunks stops with the host's test. Same optimum;
-  `chunk` ≥ the number of candidates evaluates them all in one step.
+* The bottleneck enumeration (host `solve_resources`): the least feasible bound by the same
+  binary search, its test Kuhn's augmenting paths in fixed-shape loops (`max_matching`, each
+  probe growing the matching of the last infeasible one); under ``drift`` the host's bisection
+  over the steps of the matching in one `lax.while_loop` (`_walk_runs`); under ``paper`` the
+  candidates from the least feasible one cut into chunks of `chunk`, every candidate of a chunk
+  solved at once (vmap, masked), a `lax.while_loop` over chunks stopping with the host's test
+  (`_walk_chunks`). Same optimum as the host.
 * The ``paper`` power refinement: the host solves the convex reformulation with cvxpy (golden
   section as fallback); here a golden-section search over T of `paper_power_objective` (convex
   in T), run to the host's tolerance (1e-12 relative) in a `lax.while_loop`. As on the host the
@@ -36,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax import lax
 from optax.assignment import hungarian_algorithm
 
 from collapipe_jax.scheduling import resources as rs
@@ -277,6 +280,91 @@ def _match_hungarian(cost, cost_none):
     return channel, jnp.all(finite[rows, cols])
 
 
+def max_matching(allowed, match_col=None, match_row=None):
+    """A maximum matching of the bipartite graph `allowed` [N, J] (bool), grown from a given
+    matching of a subgraph (default: empty): Kuhn's augmenting paths in fixed shapes — for each
+    unmatched row in turn a breadth-first search over the alternating paths (one level per
+    `lax.while_loop` step, a [J, J] gather each), then the path found is flipped. O(N · depth ·
+    J²) from scratch; the host uses scipy's Hopcroft–Karp. Returns (match_col [J], match_row [N]),
+    −1 = unmatched."""
+    N, J = allowed.shape
+    match_col = jnp.full(J, -1, jnp.int32) if match_col is None else match_col
+    match_row = jnp.full(N, -1, jnp.int32) if match_row is None else match_row
+
+    def augment(r, state):
+        match_col, match_row = state  # match_col[c]: the row on column c (−1 free); match_row[r]
+        start = allowed[r] & (match_row[r] < 0)  # a matched row stays matched: nothing to search
+
+        def bfs_cond(s):
+            reached, _, frontier = s
+            return jnp.any(frontier) & ~jnp.any(reached & (match_col < 0))
+
+        def bfs_body(s):
+            reached, parent, frontier = s
+            rows = jnp.where(frontier, match_col, -1)  # the rows holding the frontier's columns
+            step = allowed[jnp.clip(rows, 0, None)] & (rows >= 0)[:, None]  # [J (from), J (to)]
+            new = jnp.any(step, axis=0) & ~reached
+            parent = jnp.where(new, rows[jnp.argmax(step, axis=0)], parent)
+            return reached | new, parent, new
+
+        init = (start, jnp.where(start, r, -1).astype(jnp.int32), start)
+        reached, parent, _ = lax.while_loop(bfs_cond, bfs_body, init)
+        free = reached & (match_col < 0)
+        c0 = jnp.where(jnp.any(free), jnp.argmax(free), -1).astype(jnp.int32)
+
+        def flip_cond(s):
+            return s[0] >= 0
+
+        def flip_body(s):
+            c, match_col, match_row = s
+            row = parent[c]
+            prev = match_row[row]
+            return prev, match_col.at[c].set(row), match_row.at[row].set(c)
+
+        _, match_col, match_row = lax.while_loop(flip_cond, flip_body, (c0, match_col, match_row))
+        return match_col, match_row
+
+    return lax.fori_loop(0, N, augment, (match_col, match_row))
+
+
+def max_matching_size(allowed):
+    """Size of a maximum matching of the bipartite graph `allowed` [N, J] (bool)."""
+    return jnp.sum(max_matching(allowed)[0] >= 0)
+
+
+def can_all_finish(lat, tau_pipe, T, warm=None):
+    """Whether some matching meets the bound T (host `rs.can_all_finish`): every cluster done
+    by T and min(N, J) of them on a channel with lat ≤ T (C6). `warm`: a matching of the pairs
+    under a smaller bound to grow from. Returns (feasible, the maximum matching under T)."""
+    N, J = lat.shape
+    done = jnp.max(tau_pipe) <= T if N > J else jnp.bool_(True)
+    warm = (None, None) if warm is None else warm
+    matching = max_matching((lat <= T) & jnp.isfinite(lat), *warm)  # inf: forbidden
+    return done & (jnp.sum(matching[0] >= 0) >= min(N, J)), matching
+
+
+def least_feasible_bound(candidates, lat, tau_pipe):
+    """Index of the least of the sorted `candidates` at which `can_all_finish` holds (binary
+    search: it is monotone in T), and whether any does (host `rs.least_feasible_bound`). Each
+    probe grows the matching of the largest bound found infeasible so far (its pairs fit under
+    every later probe), so the augmenting paths over the whole search add up to few."""
+    C = candidates.shape[0]
+    N, J = lat.shape
+    any_ok, _ = can_all_finish(lat, tau_pipe, candidates[C - 1])
+
+    def step(_, state):
+        lo, hi, warm = state  # candidates[hi] feasible (when any is), none below lo
+        mid = (lo + hi) // 2
+        ok, matching = can_all_finish(lat, tau_pipe, candidates[mid], warm)
+        open_ = lo < hi
+        warm = jax.tree.map(lambda a, b: jnp.where(open_ & ~ok, a, b), matching, warm)
+        return jnp.where(open_ & ~ok, mid + 1, lo), jnp.where(open_ & ok, mid, hi), warm
+
+    empty = (jnp.full(J, -1, jnp.int32), jnp.full(N, -1, jnp.int32))
+    lo, _, _ = lax.fori_loop(0, max(1, math.ceil(math.log2(C + 1))), step, (jnp.int32(0), jnp.int32(C - 1), empty))
+    return lo, any_ok
+
+
 TIE_RTOL = rs.TIE_RTOL
 
 
@@ -377,14 +465,11 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         span = jnp.maximum(jnp.maximum(T_top - T_lo, T_lo), 1e-9)
         grid = T_lo + span * jnp.asarray(np.geomspace(1e-4, 4.0, paper_grid), dtype)
         candidates = jnp.concatenate([candidates, grid])
-    # below T_feas no matching fits (every cluster finishes by T, and min(N, J) of them upload):
-    # skipping those bounds changes nothing but the number of chunks walked
-    fastest = jnp.sort(jnp.min(lat, axis=1))
-    T_feas = jnp.maximum(jnp.max(tau_pipe), fastest[min(N, J) - 1])
-    candidates = jnp.sort(jnp.where(candidates >= T_feas, candidates, jnp.inf))
-    n_chunks = -(-candidates.shape[0] // chunk)
-    candidates = jnp.concatenate([candidates, jnp.full(n_chunks * chunk - candidates.shape[0], jnp.inf, dtype)])
-    candidates = candidates.reshape(n_chunks, chunk)
+    # the least bound at which a matching fits (binary search with an augmenting-path test):
+    # below it no bound has a matching, so none is solved
+    candidates = jnp.sort(candidates)
+    first, any_ok = least_feasible_bound(candidates, lat, tau_pipe)
+    T_first = jnp.where(any_ok, candidates[first], jnp.inf)
 
     def at_bound(T):
         """The best matching with every latency ≤ T, its powers, delays and objective."""
@@ -408,6 +493,77 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
         found = found & jnp.isfinite(T) & jnp.isfinite(obj)
         return channel, p, tau_up, jnp.where(found, obj, jnp.inf)
 
+    if lyapunov == "drift":
+        obj, channel, p, tau_up = _walk_runs(candidates, first, any_ok, at_bound, V, floor)
+    else:
+        obj, channel, p, tau_up = _walk_chunks(jnp.where(candidates >= T_first, candidates, jnp.inf), at_bound,
+                                               V, floor, chunk, N, dtype)
+    found = jnp.isfinite(obj)
+    if lyapunov == "paper":
+        refined = power_control_paper(up, tau_pipe, channel, w, V, p_ub)
+        better = found & (refined.objective < obj)
+        obj = jnp.where(better, refined.objective, obj)
+        p = jnp.where(better, refined.p_n_w, p)
+        tau_up = jnp.where(better, refined.tau_up_s, tau_up)
+    return Resources(channel, p, tau_up, obj, found)
+
+
+def _walk_runs(candidates, first, any_ok, at_bound, V, floor):
+    """``drift``: the host's `rs._walk_runs` in a `lax.while_loop`, one matching per step; returns
+    (objective, channel, p, τ^up). The matching under T is a step function of T (the costs do
+    not depend on T); from the least feasible bound each next step is found by bisection between the current step's start `lo`
+    and the stop bound (the first with V T + floor ≥ the best so far), and scored. Under vmap
+    the loop runs as long as the batch's longest walk, usually no step at all (the stop bound
+    follows the least feasible one)."""
+    finite = jnp.isfinite(candidates)
+    n_finite = jnp.sum(finite).astype(jnp.int32)
+    stop_values = jnp.where(finite, V * candidates + floor, jnp.inf)  # sorted as the candidates (V ≥ 0)
+
+    def stop_after(lo, best_obj):
+        k = jnp.searchsorted(stop_values, best_obj, side="left").astype(jnp.int32)
+        return jnp.minimum(jnp.maximum(lo + 1, k), n_finite)
+
+    channel, p, tau_up, obj = at_bound(candidates[first])  # the step's matching at its first bound
+    best = (jnp.where(any_ok, obj, jnp.inf), channel, p, tau_up)
+    lo = first.astype(jnp.int32)
+    stop = jnp.where(any_ok, stop_after(lo, best[0]), lo)
+    # state: lo (solved, the step's matching `run`), hi (first bound known to differ, or stop)
+    init = (lo, stop, stop, best[1], best, best)
+
+    def cond(s):
+        lo, hi = s[0], s[1]
+        return hi - lo > 1
+
+    def body(s):
+        lo, hi, stop, run, found_hi, best = s
+        mid = (lo + hi) // 2
+        ch, p, tau, obj = at_bound(candidates[mid])
+        at_mid = (obj, ch, p, tau)
+        same = jnp.all(at_mid[1] == run)
+        lo = jnp.where(same, mid, lo)
+        hi = jnp.where(same, hi, mid)
+        found_hi = jax.tree.map(lambda a, b: jnp.where(same, b, a), at_mid, found_hi)
+        # the bracket closed on a new step before the stop: score it, start the next bracket
+        new_step = (hi - lo <= 1) & (hi < stop)
+        better = new_step & (found_hi[0] < best[0])
+        best = jax.tree.map(lambda a, b: jnp.where(better, a, b), found_hi, best)
+        lo = jnp.where(new_step, hi, lo)
+        run = jnp.where(new_step, found_hi[1], run)
+        stop = jnp.where(new_step, stop_after(lo, best[0]), stop)
+        hi = jnp.where(new_step, stop, hi)
+        return lo, hi, stop, run, found_hi, best
+
+    return lax.while_loop(cond, body, init)[5]
+
+
+def _walk_chunks(candidates, at_bound, V, floor, chunk: int, N: int, dtype):
+    """``paper``: every bound from the least feasible one, `chunk` at a time (vmap, masked) in a
+    `lax.while_loop` that stops with the host's test (V T + floor ≥ the best)."""
+    candidates = jnp.sort(candidates)
+    n_chunks = -(-candidates.shape[0] // chunk)
+    candidates = jnp.concatenate([candidates, jnp.full(n_chunks * chunk - candidates.shape[0], jnp.inf, dtype)])
+    candidates = candidates.reshape(n_chunks, chunk)
+
     def cond(state):
         i, best = state[0], state[1]
         return (i < n_chunks) & ~(V * candidates[jnp.minimum(i, n_chunks - 1), 0] + floor >= best)
@@ -426,15 +582,8 @@ def solve_resources(up: Uplink, tau_pipe, S, w, V, lyapunov: str = "drift", p_ub
 
     init = (jnp.asarray(0), jnp.asarray(jnp.inf, dtype), jnp.full(N, -1, jnp.int32), jnp.zeros(N, dtype),
             jnp.zeros(N, dtype))
-    _, obj, channel, p, tau_up = jax.lax.while_loop(cond, body, init)
-    found = jnp.isfinite(obj)
-    if lyapunov == "paper":
-        refined = power_control_paper(up, tau_pipe, channel, w, V, p_ub)
-        better = found & (refined.objective < obj)
-        obj = jnp.where(better, refined.objective, obj)
-        p = jnp.where(better, refined.p_n_w, p)
-        tau_up = jnp.where(better, refined.tau_up_s, tau_up)
-    return Resources(channel, p, tau_up, obj, found)
+    _, obj, channel, p, tau_up = lax.while_loop(cond, body, init)
+    return obj, channel, p, tau_up
 
 
 # --------------------------------------------------------------------------- power control
@@ -510,25 +659,38 @@ def choose_stage_counts(F, tau_up, w, V, coef):
     best plan with k + 1 stages, inf where none. Returns the index k per cluster [N] int32.
 
     Every bottleneck T among the F + τ^up is tried; under T each cluster takes the least
-    w coef S among its plans that fit (ties: the faster plan); the first best T wins."""
+    w coef S among its plans that fit (ties: the faster plan); the first best T wins. The plans
+    that fit under T are a prefix of the cluster's plans in latency order, so each cluster's
+    choice per prefix is found once (a running arg-min over K) and each T only counts the
+    cluster's plans under it: O(N K · N log K) for the N K bounds instead of O((N K)²)."""
     dtype = F.dtype
     N, K = F.shape
     lat = F + jnp.asarray(tau_up, dtype)[:, None]
     S = jnp.arange(1, K + 1, dtype=dtype)
     cost = jnp.asarray(w, dtype)[:, None] * coef * S[None, :]
+    order = jnp.argsort(lat, axis=1, stable=True)  # equal latencies: lower k first, as the argmin
+    ls = jnp.take_along_axis(lat, order, axis=1)
+    cs = jnp.take_along_axis(cost, order, axis=1)
+    # prefix j (the j + 1 fastest plans): the cheapest, the fastest among equally cheap (first)
+    best_c, best_i = cs[:, 0], jnp.zeros(N, jnp.int32)
+    pre_c, pre_i = [best_c], [best_i]
+    for j in range(1, K):
+        better = cs[:, j] < best_c
+        best_c, best_i = jnp.where(better, cs[:, j], best_c), jnp.where(better, j, best_i)
+        pre_c.append(best_c)
+        pre_i.append(best_i)
+    pre_c, pre_i = jnp.stack(pre_c, axis=1), jnp.stack(pre_i, axis=1)  # [N, K]
+    pre_lat = jnp.take_along_axis(ls, pre_i, axis=1)
+    bounds = jnp.sort(lat.reshape(-1))  # [C]
+    fitting = jax.vmap(lambda row: jnp.searchsorted(row, bounds, side="right"))(ls)  # [N, C] plans ≤ T
+    usable = jnp.isfinite(bounds) & jnp.all(fitting > 0, axis=0)
+    j = jnp.clip(fitting - 1, 0, K - 1)
+    pick_lat = jnp.take_along_axis(pre_lat, j, axis=1)  # [N, C]
+    pick_cost = jnp.take_along_axis(pre_c, j, axis=1)
+    totals = V * jnp.max(pick_lat, axis=0) + jnp.sum(pick_cost, axis=0)
+    best = jnp.argmin(jnp.where(usable, totals, jnp.inf))
     rows = jnp.arange(N)
-
-    def at_bound(T):
-        fits = lat <= T
-        c = jnp.where(fits, cost, jnp.inf)
-        cmin = jnp.min(c, axis=1, keepdims=True)
-        pick = jnp.argmin(jnp.where(c == cmin, lat, jnp.inf), axis=1)
-        total = V * jnp.max(lat[rows, pick]) + jnp.sum(c[rows, pick])
-        usable = jnp.isfinite(T) & jnp.all(jnp.any(fits, axis=1))
-        return pick.astype(jnp.int32), jnp.where(usable, total, jnp.inf)
-
-    picks, totals = jax.vmap(at_bound)(jnp.sort(lat.reshape(-1)))
-    return picks[jnp.argmin(totals)]
+    return order[rows, pre_i[rows, j[:, best]]].astype(jnp.int32)
 
 
 def choose_stage_counts_paper(F, up: Uplink, channel, p_ub, w, V, grid: int = 4000, chunk: int = 512):
