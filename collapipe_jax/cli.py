@@ -543,7 +543,8 @@ def run_sweep_command(args):
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
     extra = extra_policies(args.extra_policy, [SWEEPS[name] for name in names], opts.replot)
     out = check_output_dir("out", opts.out)
-    use_compilation_cache(out / ".jax-cache")  # a rerun (after a crash, or of one sweep) reuses the programs
+    if not opts.replot:  # a rerun (after a crash, or of one sweep) reuses the programs
+        use_compilation_cache(out / ".jax-cache")
     reused = set() if opts.replot or opts.force else {
         name for name in names if reusable_summary(SWEEPS[name], out, opts.tunable, warn=False,
                                                    extra_policies=extra) is not None}

@@ -91,3 +91,15 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning_and_an_unwritable_one_skipp
     lines = [line for line in err.splitlines() if line.strip()]
     assert skipped["folder"] is None and skipped["results"] == first["results"]
     assert len(lines) == 1 and lines[0].startswith("collapipe: warning: the compilation cache"), err
+
+
+def test_the_commands_that_compile_keep_their_programs(monkeypatch, capsys):
+    from collapipe_jax import cli
+
+    called = []
+    monkeypatch.setattr(cli, "use_compilation_cache", lambda *a: called.append(a))
+    assert cli.main(["schedule", "--rounds", "1", "--tunable", "lora:8", "--json"]) == 0
+    assert called == [()]
+    assert cli.main(["scenario", "--json"]) == 0  # compiles nothing: no cache folder is made
+    assert called == [()] and set(cli.CACHED_COMMANDS) == {"schedule", "compare", "train"}
+    capsys.readouterr()
