@@ -129,7 +129,18 @@ def target_rows(bert) -> tuple[dict, list]:
             verdicts.append(verdict(f"{name}: {seeds} seeds x {rounds} rounds, first call", first,
                                     goals["first_call_s"], True, " s"))
         verdicts.append(verdict(f"{name}: compile", row["compile_s"], TARGETS["compile_s"], True, " s"))
+    print_table(rows)
     return rows, verdicts
+
+
+def print_table(rows: dict) -> None:
+    """The target rows side by side: the host's and the device's cost, their ratio, the compile."""
+    head = ("row", "seeds x rounds", "host ms/round", "device rounds/s", "device/host", "first call s", "compile s")
+    cells = [(name, f"{r['seeds']} x {r['rounds']}", f"{r['host_ms_per_round']:.1f}", f"{r['device_rounds_per_s']:.1f}",
+              f"{r['vs_host']:.1f}x", f"{r['device_first_call_s']:.1f}", f"{r['compile_s']:.1f}") for name, r in rows.items()]
+    widths = [max(len(c[i]) for c in [head] + cells) for i in range(len(head))]
+    for line in [head] + cells:
+        print("  ".join(c.rjust(w) for c, w in zip(line, widths)), flush=True)
 
 
 def accelerator_rows(bert) -> dict:
