@@ -223,17 +223,19 @@ def _replace_damaged_entries() -> None:
         except Exception as err:  # noqa: BLE001 — any failure to load an entry means: compile it
             folder = getattr(cc, "_cache", None)
             folder = getattr(folder, "path", None) or getattr(getattr(folder, "_base_cache", None), "path", None)
+            damaged = not isinstance(err, OSError)  # a file that could not be read (permissions, a lock) stays
             for suffix in ("-cache", "-atime"):
-                if folder is not None:
+                if folder is not None and damaged:
                     try:
                         os.remove(os.path.join(os.fspath(folder), f"{cache_key}{suffix}"))
                     except OSError:
                         pass
             if not _DAMAGED_WARNED:  # one line per process, however many entries are damaged
                 _DAMAGED_WARNED.append(cache_key)
-                print(f"collapipe: warning: a damaged entry of the compilation cache {folder} could not be loaded "
-                      f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}): "
-                      f"compiling the program anew and replacing the entry", file=sys.stderr)
+                what = "a damaged entry" if damaged else "an entry"
+                print(f"collapipe: warning: {what} of the compilation cache {folder} could not be loaded "
+                      f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}): compiling the "
+                      f"program anew{' and replacing the entry' if damaged else ''}", file=sys.stderr)
             return None, None
 
     checked_read._collapipe_wrapped = True
