@@ -69,7 +69,7 @@ def scaling_at_small_sizes(monkeypatch, rules=("dssra", "random")):
     K point, two rules."""
     from collapipe_jax.sweep import scaling
 
-    monkeypatch.setattr(scaling, "AXES", {"quick": (("N", (3, 24)), ("K", (10,)))})
+    monkeypatch.setattr(scaling, "AXES", {"quick": (("N", (3, 24)), ("K", (6, 10)), ("V", (10.0,)))})
     monkeypatch.setattr(scaling, "SCALES", {"quick": (6, 5)})
     monkeypatch.setattr(scaling, "N_SCALES", {"quick": {24: (4, 3)}})
     monkeypatch.setattr(scaling, "RULES", {"quick": rules})
@@ -109,10 +109,15 @@ def test_scaling_sweep_tables_hold_both_engines_cost_and_resume(tmp_path, monkey
         assert float(c["device_s_per_round"]) == pytest.approx(per_round, rel=1e-9)
         assert float(c["host_s_per_round"]) == pytest.approx(0.01 * int(c["N"]))
         assert int(c["host_rounds"]) == scaling.HOST_ROUNDS[int(c["N"])]
-    # along N DSSRA runs twice on the same seeds (the second call is the timed one); K once per rule
+    # along N DSSRA runs twice on the same seeds (the second call is the timed one); K once per rule;
+    # the V axis's point V = 10 is the base, run on the K axis already: reused
     assert calls == [(3, 6, 2, "dssra", 6, 5)] * 2 + [(3, 6, 2, "random", 6, 5)] + [(24, 6, 12, "dssra", 4, 3)] * 2 + [
-        (24, 6, 12, "random", 4, 3), (6, 10, 4, "dssra", 6, 5), (6, 10, 4, "random", 6, 5)]
-    assert host_calls == [(3, 1), (3, scaling.HOST_ROUNDS[3]), (24, scaling.HOST_ROUNDS[24])]  # one warm-up round
+        (24, 6, 12, "random", 4, 3), (6, 6, 4, "dssra", 6, 5), (6, 6, 4, "random", 6, 5), (6, 10, 4, "dssra", 6, 5),
+        (6, 10, 4, "random", 6, 5)]
+    base = [g for g in csv.DictReader(open(tmp_path / "scaling" / "scaling-gains.csv")) if g["axis"] in "KV"]
+    assert [g["axis"] for g in base] == ["K", "K", "V"] and base[0]["change_pct"] == base[2]["change_pct"]
+    # one warm-up round at each N, then the timed rounds
+    assert host_calls == [(3, 1), (3, scaling.HOST_ROUNDS[3]), (24, 1), (24, scaling.HOST_ROUNDS[24])]
     gains = list(csv.DictReader(open(folder / "scaling-gains.csv")))
     seeds = np.arange(4.0)
     assert float(gains[1]["change_pct"]) == pytest.approx(np.mean(100 * ((100 + seeds) / (110 + seeds) - 1)))
@@ -121,7 +126,7 @@ def test_scaling_sweep_tables_hold_both_engines_cost_and_resume(tmp_path, monkey
     assert any("N = 24" in f and "device engine" in f for f in findings)
     stamp = (folder / "summary.json").stat().st_mtime_ns
     run_sweep(SWEEPS["scaling"], "quick", tmp_path)  # finished: reused, nothing run again
-    assert (folder / "summary.json").stat().st_mtime_ns == stamp and len(host_calls) == 3
+    assert (folder / "summary.json").stat().st_mtime_ns == stamp and len(host_calls) == 4
 
 
 @pytest.mark.slow
