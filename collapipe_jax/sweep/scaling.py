@@ -169,7 +169,8 @@ def plot(tables: dict, out) -> None:
                 plots.log_ticks(ax.xaxis)
             else:
                 plots.integer_ticks(ax.xaxis)
-        n = max((g["n"] for g in gains if g["axis"] == axis), default=0)
+        counts = [g["n"] for g in gains if g["axis"] == axis] or [0]
+        n = f"{min(counts)}–{max(counts)}" if min(counts) != max(counts) else f"{max(counts)}"  # fewer at large N
         others = others_text(axis)
         plots.label(left, f"DSSRA's total latency change ({others})", AXIS_LABELS[axis] + " [count]"
                     if axis != "V" else AXIS_LABELS[axis] + " [unitless]", "change of Σ τ(t) [%]")
