@@ -35,7 +35,7 @@ from collapipe_jax.io import check_finite, check_output_dir, redirect_fd, to_jso
 from collapipe_jax.options import INT32_MAX, MEMORY_SHARE, SEED_MAX, check_fields, check_float, check_seed, flag_name
 from collapipe_jax.options import memory_budget, option
 from collapipe_jax.comparison import CompareConfig
-from collapipe_jax.programs import compile_failure, prefer_fast_cpu_compiles
+from collapipe_jax.programs import compile_failure, prefer_fast_cpu_compiles, use_compilation_cache
 from collapipe_jax.scheduling.schedule import ScheduleConfig
 from collapipe_jax.train_config import TrainConfig, bare_default_note, recipe_names, settings_source
 
@@ -543,10 +543,8 @@ def run_sweep_command(args):
     names = list(SWEEPS) if opts.name == "all" else [opts.name]
     extra = extra_policies(args.extra_policy, [SWEEPS[name] for name in names], opts.replot)
     out = check_output_dir("out", opts.out)
-    import jax
-
-    if jax.config.jax_compilation_cache_dir is None:  # a rerun (after a crash, or of one sweep) reuses the programs
-        jax.config.update("jax_compilation_cache_dir", str(out / ".jax-cache"))
+    if not opts.replot:  # a rerun (after a crash, or of one sweep) reuses the programs
+        use_compilation_cache(out / ".jax-cache")
     reused = set() if opts.replot or opts.force else {
         name for name in names if reusable_summary(SWEEPS[name], out, opts.tunable, warn=False,
                                                    extra_policies=extra) is not None}
@@ -710,6 +708,9 @@ def set_host_devices(argv: list[str]) -> None:
         os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
 
 
+CACHED_COMMANDS = ("schedule", "compare", "train")  # `sweep` keeps its programs in OUT/.jax-cache by default
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; stdout carries only its table or its one JSON object.
 
@@ -731,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)  # --help prints on stdout and exits here
         if args.command != "plot":  # the one command that draws without JAX
             check_jax_platforms()
+        if args.command in CACHED_COMMANDS:  # later processes load the programs compiled here (programs.py)
+            use_compilation_cache()
         args.seed_given = args.seed is not None  # a recipe's seed stands unless --seed is given
         args.seed = 0 if args.seed is None else args.seed
         with redirect_fd(1, 2), contextlib.redirect_stdout(sys.stderr):

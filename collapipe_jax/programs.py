@@ -129,3 +129,114 @@ def prefer_fast_cpu_compiles() -> None:
     if "--xla_backend_optimization_level" in flags or not on_cpu_only():
         return
     os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level={SWEEP_CPU_OPTIMIZATION_LEVEL}".strip()
+
+
+# --------------------------------------------------------------------------- programs kept across processes
+
+# JAX's persistent compilation cache keeps every compiled program (above JAX's compile-time
+# threshold, 1 s by default) on disk, keyed by the program, the JAX/XLA versions, the devices
+# and the compiler flags, so a later process loads it instead of compiling it again (a DSSRA
+# schedule at N = 16 compiles for tens of seconds). Where (docs/usage.md, docs/design.md §8):
+# $JAX_COMPILATION_CACHE_DIR (JAX's own variable) wins; else $COLLAPIPE_CACHE/jax; else the
+# command's own place (`collapipe sweep`: OUT/.jax-cache, removed with its results); else
+# ~/.cache/collapipe_jax/jax.
+CACHE_SUBDIR = "jax"
+
+
+def cache_root() -> str:
+    """The package's cache folder: $COLLAPIPE_CACHE, or ~/.cache/collapipe_jax (the same as the
+    tokenizer cache's, tasks/vocab.py)."""
+    return os.environ.get("COLLAPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "collapipe_jax")
+
+
+def compilation_cache_dir(command_default: str | os.PathLike | None = None) -> str:
+    """Where compiled programs are kept (see above): $COLLAPIPE_CACHE/jax when the variable is
+    set, else `command_default` when the command has a place of its own, else the per-user
+    default."""
+    if os.environ.get("COLLAPIPE_CACHE") or command_default is None:
+        return os.path.join(cache_root(), CACHE_SUBDIR)
+    return os.fspath(command_default)
+
+
+def cache_dir_problem(path: str) -> str | None:
+    """Why `path` cannot hold the compilation cache (it cannot be made, or written), or None. The
+    folder is made when missing and probed with a small file, removed at once."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".probe-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
+
+
+def use_compilation_cache(command_default: str | os.PathLike | None = None) -> str | None:
+    """Keep this process's compiled programs in the persistent compilation cache and load those of
+    earlier processes (call before the first compilation). Returns the folder, or None when the
+    cache is off: JAX's own settings disable it, or the folder cannot be written (one warning
+    line on stderr; the programs are then compiled as usual and not kept). A folder set through
+    JAX's own configuration ($JAX_COMPILATION_CACHE_DIR) is kept as it is. A damaged entry in
+    it is compiled anew and replaced (`_replace_damaged_entries`)."""
+    import sys
+
+    import jax
+
+    if not jax.config.jax_enable_compilation_cache:
+        return None
+    path = jax.config.jax_compilation_cache_dir
+    if path is None:
+        path = compilation_cache_dir(command_default)
+        if (why := cache_dir_problem(path)) is not None:
+            print(f"collapipe: warning: the compilation cache {path} cannot be used ({why}): programs are "
+                  f"compiled anew and not kept (set $COLLAPIPE_CACHE to a writable folder)", file=sys.stderr)
+            return None
+        jax.config.update("jax_compilation_cache_dir", path)
+    _replace_damaged_entries()
+    return path
+
+
+_DAMAGED_WARNED: list[str] = []
+
+
+def _replace_damaged_entries() -> None:
+    """A cache entry that cannot be read back (a truncated or overwritten file: its decompression
+    or deserialization fails) is removed, so that the program JAX compiles instead is written in
+    its place, and one warning line says so (JAX alone would warn at every load and keep the
+    damaged file, since it never overwrites an entry). This wraps JAX's reader
+    (`jax._src.compilation_cache.get_executable_and_time`, present since JAX 0.4); where a JAX
+    version lacks it, JAX's own behaviour stands: a warning, and the program compiled anew."""
+    import sys
+
+    try:
+        from jax._src import compilation_cache as cc
+    except ImportError:
+        return
+    read = getattr(cc, "get_executable_and_time", None)
+    if read is None or getattr(read, "_collapipe_wrapped", False):
+        return
+
+    def checked_read(cache_key, *args, **kwargs):
+        try:
+            return read(cache_key, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 — any failure to load an entry means: compile it
+            folder = getattr(cc, "_cache", None)
+            folder = getattr(folder, "path", None) or getattr(getattr(folder, "_base_cache", None), "path", None)
+            damaged = not isinstance(err, OSError)  # a file that could not be read (permissions, a lock) stays
+            for suffix in ("-cache", "-atime"):
+                if folder is not None and damaged:
+                    try:
+                        os.remove(os.path.join(os.fspath(folder), f"{cache_key}{suffix}"))
+                    except OSError:
+                        pass
+            if not _DAMAGED_WARNED:  # one line per process, however many entries are damaged
+                _DAMAGED_WARNED.append(cache_key)
+                what = "a damaged entry" if damaged else "an entry"
+                print(f"collapipe: warning: {what} of the compilation cache {folder} could not be loaded "
+                      f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}): compiling the "
+                      f"program anew{' and replacing the entry' if damaged else ''}", file=sys.stderr)
+            return None, None
+
+    checked_read._collapipe_wrapped = True
+    cc.get_executable_and_time = checked_read

@@ -212,7 +212,10 @@ def scaling_tables():
                 change = -2.0 * (j + 1) - i
                 gains.append({"axis": axis, "value": value, **point, "baseline": rule, "n": 8, "change_pct": change,
                               "change_pct_lo": change - 1.0, "change_pct_hi": change + 1.0})
-    return {"scaling": rows, "scaling-gains": gains}
+    cost = [{**scaling.point_of("N", N), "seeds": 8, "rounds": 10, "device_s_per_round": 1e-4 * N,
+             "device_first_call_s": 5.0 + N / 10, "device_marginal_call_s": 8e-3 * N, "host_rounds": scaling.HOST_ROUNDS[N],
+             "host_s_per_round": 1e-3 * N ** 1.5} for N in scaling.N_VALUES]
+    return {"scaling": rows, "scaling-gains": gains, "scaling-cost": cost}
 
 
 TABLES = {
@@ -468,8 +471,10 @@ def test_scaling_titles_name_the_scenario_and_coinciding_markers_stay_visible():
     from collapipe_jax.sweep import scaling
 
     figures = drawn("scaling")
-    assert set(figures) == {f"scaling-{axis}.png" for axis, _ in scaling.AXES["paper"]}
-    for fig in figures.values():
+    assert set(figures) == {f"scaling-{axis}.png" for axis, _ in scaling.AXES["paper"]} | {"scaling-cost.png"}
+    for name, fig in figures.items():
+        if name == "scaling-cost.png":
+            continue
         head = " ".join(fig.legends[0].get_title().get_text().split())
         assert "paper-bert, lora:8 upload" in head
         curves = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("DSSRA vs")]
@@ -477,6 +482,24 @@ def test_scaling_titles_name_the_scenario_and_coinciding_markers_stay_visible():
         # drawn in order, each later curve's markers smaller and on top: one inside the other
         assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
         assert [line.get_zorder() for line in curves] == sorted(line.get_zorder() for line in curves)
+
+
+def test_scaling_draws_both_engines_cost_against_n_on_log_log_axes():
+    from collapipe_jax.sweep import scaling
+
+    fig = drawn("scaling")["scaling-cost.png"]
+    cost = scaling_tables()["scaling-cost"]
+    per_round, first = fig.axes[0], fig.axes[1]
+    assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in (per_round, first))
+    curves = {line.get_label(): line for line in per_round.get_lines()}
+    device = next(v for k, v in curves.items() if k.startswith("device"))
+    host = next(v for k, v in curves.items() if k.startswith("host"))
+    assert list(device.get_xdata()) == list(scaling.N_VALUES) == list(host.get_xdata())
+    assert list(device.get_ydata()) == [c["device_s_per_round"] for c in cost]
+    assert list(host.get_ydata()) == [c["host_s_per_round"] for c in cost]
+    note = " ".join(fig._supxlabel.get_text().split())
+    fewest, most = min(scaling.HOST_ROUNDS.values()), max(scaling.HOST_ROUNDS.values())
+    assert f"few rounds only ({fewest}–{most} rounds" in note  # the host's rounds timed, said in the caption
 
 
 def test_training_leaves_out_metrics_at_the_floor_and_draws_the_centralized_reference():
