@@ -125,7 +125,8 @@ def framework_tables(scale: str, work_dir, progress) -> dict:
             rows += curve_rows(result, task=task, framework=framework, seed=seed)
             finals.append({"task": task, "framework": framework, "seed": seed, "rounds": cfg.rounds,
                            "model": result["model"], "n_classes": result.get("n_classes"),
-                           "batch": cfg.batch, "local_steps": max(result["local_steps"]),
+                           "batch": cfg.batch, "local_steps": max(result["local_steps"]), "lr": cfg.lr,
+                           "seq_len": cfg.seq_len, "max_eval_examples": cfg.max_eval_examples,
                            "final_loss": result["rounds"][-1]["loss"],
                            "total_latency_s": result["total_latency_s"], "total_energy_j": result["total_energy_j"],
                            "wall_s": float(sum(r["wall_s"] for r in result["rounds"])),
@@ -336,8 +337,21 @@ def findings(tables: dict) -> dict:
     if bad:
         notes.append("decisions that break a constraint (each round's `violations` names it): " + ", ".join(bad))
     first = finals[0]
+    cost = {task: float(sum(r.get("wall_s") or 0.0 for r in finals if r["task"] == task)) for task in TASKS}
+    notes.append("cost: the runs of each task took " + ", ".join(f"{t} {v:.0f} s" for t, v in cost.items()) +
+                 " of wall time in this process (compilation included, shared across seeds).")
     return {"rounds": first["rounds"], "model": first["model"], "batch": first["batch"], "final": finals,
-            "claims": framework_claims(tables), "findings": notes}
+            "settings": {t: task_settings(finals, t) for t in TASKS if any(r["task"] == t for r in finals)},
+            "task_seconds": cost, "claims": framework_claims(tables), "findings": notes}
+
+
+SETTING_KEYS = ("model", "rounds", "local_steps", "batch", "lr", "seq_len", "max_eval_examples")
+
+
+def task_settings(finals: list[dict], task: str) -> dict:
+    """What the task's runs were trained with (the first run's; every framework has the same)."""
+    first = next(r for r in finals if r["task"] == task)
+    return {k: first.get(k) for k in SETTING_KEYS}
 
 
 def transfer_finding(tables: dict) -> str:
@@ -492,7 +506,7 @@ def sm_compute(scale: str, work_dir, progress) -> dict:
         for (S, m), result in plan_results(task, scale, seed, schedule, work_dir, progress).items():
             shared = result.get("shared_with")
             rows += curve_rows(result, task=task, S=S, m=m, seed=seed, schedule=schedule, model=result["model"],
-                               rounds=len(result["rounds"]),
+                               rounds=len(result["rounds"]), batch=result.get("batch"),
                                trained_as="" if shared is None else f"S={shared['S']},m={shared['m']}",
                                wall_s=float(sum(r["wall_s"] for r in result["rounds"])))
     return {"learning-vs-s-m": rows}
