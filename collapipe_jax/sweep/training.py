@@ -284,7 +284,8 @@ def plot(tables: dict, out) -> None:
             plots.chance_line(ax, class_count(finals, task))
         if x == "round":
             plots.round_axis(ax, rounds)
-        what = "training loss" if field == "loss" else ylabel.split(" [")[0]
+        # the metric's short name (its variant, e.g. "cased sacreBLEU", is on the y axis's label)
+        what = "training loss" if field == "loss" else ylabel.split(" [")[0].split(" (")[0]
         against = "per round" if x == "round" else "against simulated time"
         plots.label(ax, f"{task}: {what} {against}", "round t [count]" if x == "round" else
                     "simulated latency Σ τ(t) [s]", ylabel)
