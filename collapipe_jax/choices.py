@@ -35,6 +35,9 @@ LR_SCHEDULES = ("constant", "warmup-cosine", "warmup-linear")
 SERVER_OPTIMIZERS = ("avg", "sgd", "adam", "yogi")
 NOISE_MODES = ("relative", "absolute", "none")  # "none": the noiseless ablation of Eq. 25
 CLIENT_STATES = ("reset", "keep")
+# the pipeline's reading: synchronous GPipe (S, m change latency only) or asynchronous 1F1B with
+# weight stashing (m updates per local step, stage j's weights S - 1 - j updates old)
+PIPELINE_SCHEDULES = ("gpipe", "pipedream")
 COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")  # keys of models.config.COMPUTE_DTYPES
 
 # sweeps, in the order of `collapipe sweep all` (cheap system-model sweeps first): the keys of sweep.SWEEPS

@@ -74,7 +74,7 @@ class Setup:
             server_optimizer=cfg.server_optimizer, server_lr=cfg.server_lr, noise_mode=cfg.noise_mode,
             independent=cfg.independent, cluster_chunk=cfg.cluster_chunk,
             client_state=cfg.client_state, dropout=cfg.dropout, label_smoothing=cfg.label_smoothing, dtype=cfg.dtype,
-            lora=tunable_rank(self.scenario.tunable) is not None)
+            lora=tunable_rank(self.scenario.tunable) is not None, pipeline_schedule=cfg.pipeline_schedule)
 
 
 @struct.dataclass

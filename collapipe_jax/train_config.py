@@ -15,7 +15,7 @@ import pathlib
 import sys
 
 from collapipe_jax.choices import (CLIENT_OPTIMIZERS, CLIENT_STATES, COMPUTE_DTYPE_NAMES, FRAMEWORK_NAMES,
-                                   LR_SCHEDULES, LYAPUNOV_VARIANTS, NOISE_MODES, PRESETS, SCHEDULER_POLICIES,
+                                   LR_SCHEDULES, LYAPUNOV_VARIANTS, NOISE_MODES, PIPELINE_SCHEDULES, PRESETS, SCHEDULER_POLICIES,
                                    SERVER_OPTIMIZERS, TUNABLE_HELP, VARIANTS)
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.options import (INT32_MAX, SEED_MAX, check_fields, check_float, check_int, check_seed, check_type,
@@ -93,6 +93,11 @@ class TrainConfig:
                                              "(smaller working set on CPUs at large N)")
     micro_batches: int = option(4, "static GPipe micro-batches of the compiled program (the gradient is "
                                    "m-independent)")
+    pipeline_schedule: str = option("gpipe", "the pipeline's reading: gpipe = synchronous GPipe (S and m change "
+                                              "latency, never the gradient); pipedream = asynchronous 1F1B with weight "
+                                              "stashing, m = --micro-batches updates per local step, stage j of S "
+                                              "computing with weights S-1-j updates old (docs/design.md §5)",
+                                    choices=PIPELINE_SCHEDULES)
     max_examples: int | None = option(None, "use the first N training examples")
     max_eval_examples: int | None = option(200, "evaluate on the first N test examples")
     eval_every: int = option(1, "evaluate every this many rounds, and after the last (a recipe's interval longer "
@@ -166,6 +171,8 @@ class TrainConfig:
         check_float("V", self.V, low=0.0, optional=True)
         check_float("dirichlet-alpha", self.dirichlet_alpha, low=0.0, strict_low=True)
         require(self.micro_batches <= self.batch, "micro-batches", f"must be <= batch={self.batch}", self.micro_batches)
+        if self.pipeline_schedule == "pipedream":
+            self.check_pipedream()
         require(self.framework == "collapipe" or self.policy is None, "policy",
                 f"only the collapipe framework takes a policy ({self.framework} has its own)", self.policy)
         require(not self.resume or self.checkpoint_dir, "resume", "needs --checkpoint-dir")
@@ -178,6 +185,17 @@ class TrainConfig:
             from collapipe_jax.scenario import tunable_rank  # the model code (JAX): only once a config is made
 
             tunable_rank(self.tunable)
+
+    def check_pipedream(self) -> None:
+        """What the pipedream reading cannot honour: no pipeline, micro-batches of unequal size,
+        or a charged m other than the m it trains with."""
+        require(self.pipelined, "pipeline-schedule", f"pipedream needs a pipelined run (the {self.framework} "
+                f"framework{' with --no-pipeline' if self.no_pipeline else ''} has no pipeline)", self.pipeline_schedule)
+        require(self.batch % self.micro_batches == 0, "micro-batches", f"must divide --batch {self.batch} under "
+                "--pipeline-schedule pipedream (every update takes a micro-batch of b/m samples)", self.micro_batches)
+        require(self.plan_micro_batches in (None, self.micro_batches), "plan-micro-batches",
+                f"must equal --micro-batches {self.micro_batches} under --pipeline-schedule pipedream (the m charged "
+                "must be the m trained with)", self.plan_micro_batches)
 
     @property
     def centralized(self) -> bool:
@@ -206,9 +224,11 @@ class TrainConfig:
 
     def settings(self) -> dict:
         """What a resumed run must share with the run that wrote the checkpoint."""
+        # the default gpipe reading is left out, so runs from before the option keep their fingerprint
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("rounds", "checkpoint_dir", "resume", "force", "log_dir", "progress", "cache_dir",
-                             "data_dir", "recipe", "seeds", "reference")}
+                             "data_dir", "recipe", "seeds", "reference")
+                and not (k == "pipeline_schedule" and v == "gpipe")}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]

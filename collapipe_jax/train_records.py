@@ -66,7 +66,8 @@ def trainable_parameters(cfg: TrainConfig, state) -> int:
 def result_dict(cfg: TrainConfig, setup, records: list[dict], trainable: int) -> dict:
     return {
         "task": cfg.task, "framework": cfg.framework, "policy": cfg.resolved_policy, "model": setup.model_cfg.name,
-        "pipelined": cfg.pipelined, "variant": cfg.variant, "clusters": setup.scenario.N,
+        "pipelined": cfg.pipelined, "pipeline_schedule": cfg.pipeline_schedule if cfg.pipelined else None,
+        "variant": cfg.variant, "clusters": setup.scenario.N,
         "samples_per_cluster": setup.weights.astype(int).tolist(),
         "n_train": setup.task.n_train, "n_test": setup.task.n_test, "seed": cfg.seed,
         "n_classes": setup.task.n_labels if setup.task.kind == "classification" else None,

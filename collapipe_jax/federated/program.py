@@ -4,7 +4,9 @@ layouts, and the jitted prediction for evaluation.
 Numerics vs schedule: synchronous GPipe computes exactly the unpipelined gradient, whatever m
 is (tests/test_gpipe.py), so the compiled round uses one static number of micro-batches for
 every cluster, while each cluster's scheduled m enters the latency and energy charged by the
-system model. S, δ and the order are data: stage layouts padded to the round's largest S and δ
+system model. Under `pipeline_schedule="pipedream"` (rounds.py, pipeline/pipedream.py) m is
+the number of updates per local step and S the staleness, so they change learning; the round
+then computes with the unsegmented encoder at the stale weights. S, δ and the order are data: stage layouts padded to the round's largest S and δ
 (a program is compiled per distinct padded stage count and cached).
 """
 
@@ -52,18 +54,23 @@ class RoundSettings:
     label_smoothing: float = 0.0
     dtype: str = "float32"
     lora: bool = False  # train and upload only the LoRA adapters of the client model
+    pipeline_schedule: str = "gpipe"  # "pipedream": n_micro stale-weight updates per local step (rounds.py)
 
     def spec(self) -> RoundSpec:
         direction = client_direction(self.optimizer, self.weight_decay, self.clip_norm)
+        # pipedream: the round splits the micro-batches and computes each one's gradient at its
+        # stale weights with the unsegmented encoder (a simulation, not a shard_map schedule)
+        pipedream = self.pipelined and self.pipeline_schedule == "pipedream"
         return RoundSpec(
-            loss_fn=loss_fn_for(self.pipelined, self.n_micro, self.n_stages, self.dropout, self.label_smoothing,
-                                self.dtype),
+            loss_fn=loss_fn_for(self.pipelined and not pipedream, self.n_micro, self.n_stages, self.dropout,
+                                self.label_smoothing, self.dtype),
             direction=freeze_base(direction) if self.lora else direction,
             schedule=learning_rate_schedule(self.lr_schedule, self.lr, self.warmup_steps, self.total_steps),
             server_tx=None if self.independent else server_transform(self.server_optimizer, self.server_lr),
             local_steps=self.local_steps, noise_mode=self.noise_mode, independent=self.independent,
             cluster_chunk=self.cluster_chunk, client_state=self.client_state,
-            head_direction=direction, upload_mask=lora_trainable_mask if self.lora else None)
+            head_direction=direction, upload_mask=lora_trainable_mask if self.lora else None,
+            **(dict(pipeline_schedule="pipedream", n_micro=self.n_micro, history=self.n_stages) if pipedream else {}))
 
 
 @program_cache(maxsize=32)

@@ -38,6 +38,14 @@ the cluster and stays θ^t. The server head keeps its own `head_direction` (it t
 cluster keeps its own encoder and no client model is uploaded or averaged; the server head takes
 the D_n-weighted mean gradient of all clusters.
 
+`pipeline_schedule="pipedream"` (docs/design.md §5, pipeline/pipedream.py) replaces each local
+step's one update by m = `n_micro` updates, one per micro-batch of b/m samples, each with the
+gradient at the stale, stashed weights of asynchronous 1F1B: encoder layer l of stage j from the
+version S_n − 1 − j updates old (S_n the cluster's stage count, from its layout), the embedding
+from S_n − 1; the history of versions starts every round as θ^t (the round's upload drains the
+pipeline). The server head, past the last stage, steps on every micro-batch with fresh weights.
+A step's loss is its micro-batches' Σ loss / Σ weight; `grad_norm` is the first micro-batch's (at θ^t).
+
 `make_round(spec)` returns the jitted vmapped round; `looped_round(spec)` the same computation
 as Python loops over the steps and clusters (reference for tests and the benchmark).
 """
@@ -54,9 +62,10 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from collapipe_jax.choices import CLIENT_STATES, NOISE_MODES  # noqa: F401 (re-exported)
+from collapipe_jax.choices import CLIENT_STATES, NOISE_MODES, PIPELINE_SCHEDULES  # noqa: F401 (re-exported)
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.federated.optim import apply_direction
+from collapipe_jax.pipeline.pipedream import fresh_history, layer_staleness, push_version, stale_params
 
 # loss_fn(client, server, batch, layout, key) -> (Σ weighted loss, Σ weights); key: dropout
 LossFn = Callable[[Any, Any, dict, Any, jax.Array], tuple[jax.Array, jax.Array]]
@@ -112,6 +121,9 @@ class RoundSpec:
     client_state: str = "reset"  # "reset" each round (FedAvg) or "keep" per cluster
     head_direction: optax.GradientTransformation | None = None  # the server head's (None: `direction`)
     upload_mask: Callable[[Any], Any] | None = None  # params -> bool tree of the uploaded leaves (None: all)
+    pipeline_schedule: str = "gpipe"  # "pipedream": n_micro stale-weight updates per local step
+    n_micro: int = 1  # pipedream: updates (micro-batches) per local step
+    history: int = 1  # pipedream: versions kept (≥ the largest S of the round's layouts)
 
     @property
     def head(self) -> optax.GradientTransformation:
@@ -129,6 +141,13 @@ class RoundSpec:
             raise ValidationError("client_state", f"must be one of {list(CLIENT_STATES)}", self.client_state)
         if self.independent and self.server_tx is not None:
             raise ValidationError("server_optimizer", "a round without FL aggregation has no server optimizer")
+        if self.pipeline_schedule not in PIPELINE_SCHEDULES:
+            raise ValidationError("pipeline_schedule", f"must be one of {list(PIPELINE_SCHEDULES)}",
+                                  self.pipeline_schedule)
+        for name in ("n_micro", "history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(name, "must be an integer >= 1", value)
 
 
 def init_server_state(spec: RoundSpec, client, server, n_clusters: int | None = None) -> ServerState:
@@ -248,13 +267,9 @@ def make_round(spec: RoundSpec):
             clients = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), state.client)
         head_weight = uploads.weight if spec.independent else jnp.where(uploads.active, uploads.weight, 0.0)
 
-        def local_step(carry, xs):
+        def update(carry, g_client, g_server, live, lr):
+            """One optimizer update of every live cluster and of the server head."""
             clients, client_opt, server, head_opt = carry
-            batch_e, e = xs
-            live = e < work.steps
-            loss, loss_sum, weight_sum, g_client, g_server = grads(clients, server, batch_e, layout,
-                                                                    step_keys(dropout_key, e, n))
-            lr = spec.schedule(work.step0 + e)
             direction, new_opt = jax.vmap(spec.direction.update)(g_client, client_opt, clients)
             clients = select(live, apply_direction(clients, direction, lr), clients)
             client_opt = select(live, new_opt, client_opt)
@@ -263,15 +278,58 @@ def make_round(spec: RoundSpec):
             stepped = jnp.sum(w) > 0
             server = where_tree(stepped, apply_direction(server, head_dir, lr), server)
             head_opt = where_tree(stepped, new_head_opt, head_opt)
+            return clients, client_opt, server, head_opt
+
+        def local_step(carry, xs):
+            batch_e, e = xs
+            live = e < work.steps
+            loss, loss_sum, weight_sum, g_client, g_server = grads(carry[0], carry[2], batch_e, layout,
+                                                                    step_keys(dropout_key, e, n))
+            carry = update(carry, g_client, g_server, live, spec.schedule(work.step0 + e))
             gnorm = jax.vmap(optax.tree.norm)(g_client)
-            return (clients, client_opt, server, head_opt), (loss * live, loss_sum * live, weight_sum * live, gnorm)
+            return carry, (loss * live, loss_sum * live, weight_sum * live, gnorm)
+
+        def pipedream_step(carry, xs):
+            """m updates, one per micro-batch, each at the stashed stale weights (module doc)."""
+            carry, history = carry
+            batch_e, e = xs
+            live = e < work.steps
+            lr = spec.schedule(work.step0 + e)
+            m = spec.n_micro
+            micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape((n, m, x.shape[1] // m) + x.shape[2:]), 1, 0),
+                                 batch_e)  # [m, N, b/m, ...]
+            keys = step_keys(dropout_key, e, n)
+
+            def micro_step(carry, ys):
+                carry, history = carry
+                batch_k, k = ys
+                mixed = jax.vmap(stale_params)(history, d_layer, d_embed)
+                # m = 1 keeps the step's keys (then S = 1 is the gpipe round bit for bit)
+                keys_k = keys if m == 1 else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k)
+                loss, loss_sum, weight_sum, g_client, g_server = grads(mixed, carry[2], batch_k, layout, keys_k)
+                carry = update(carry, g_client, g_server, live, lr)
+                history = select(live, jax.vmap(push_version)(history, carry[0]), history)
+                return (carry, history), (loss_sum, weight_sum, jax.vmap(optax.tree.norm)(g_client))
+
+            (carry, history), (loss_sum, weight_sum, gnorm) = jax.lax.scan(
+                micro_step, (carry, history), (micro, jnp.arange(m)))
+            loss_sum, weight_sum = jnp.sum(loss_sum, 0), jnp.sum(weight_sum, 0)
+            loss = loss_sum / jnp.maximum(weight_sum, 1e-9)
+            return (carry, history), (loss * live, loss_sum * live, weight_sum * live, gnorm[0])
 
         per_step = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch)  # [E, N, b, ...]
         keep = spec.client_state == "keep"
         client_opt = state.client_opt if keep else jax.vmap(spec.direction.init)(clients)
         init = (clients, client_opt, state.server, state.head_opt)
-        (clients, client_opt, server, head_opt), (loss, loss_sum, weight_sum, gnorm) = jax.lax.scan(
-            local_step, init, (per_step, jnp.arange(spec.local_steps)))
+        if spec.pipeline_schedule == "pipedream":
+            n_layers = jax.tree.leaves(state.client["encoder"])[0].shape[1 if spec.independent else 0]
+            d_layer, d_embed = jax.vmap(lambda lay: layer_staleness(lay, n_layers))(layout)
+            history = jax.vmap(lambda c: fresh_history(c, spec.history))(clients)  # reset to θ^t every round
+            ((clients, client_opt, server, head_opt), _), (loss, loss_sum, weight_sum, gnorm) = jax.lax.scan(
+                pipedream_step, (init, history), (per_step, jnp.arange(spec.local_steps)))
+        else:
+            (clients, client_opt, server, head_opt), (loss, loss_sum, weight_sum, gnorm) = jax.lax.scan(
+                local_step, init, (per_step, jnp.arange(spec.local_steps)))
         if spec.independent:
             new_client, fed_opt = clients, state.fed_opt
         else:
@@ -291,7 +349,10 @@ def make_round(spec: RoundSpec):
 def looped_round(spec: RoundSpec):
     """The same round as `make_round`, as Python loops over the local steps and the clusters of
     a jitted per-cluster gradient (what one would write without vmap and scan). Reference for
-    tests and the benchmark."""
+    tests and the benchmark; the gpipe reading only."""
+    if spec.pipeline_schedule != "gpipe":
+        raise ValidationError("pipeline_schedule", "the looped reference runs the gpipe reading only",
+                              spec.pipeline_schedule)
     grad = jax.jit(lambda c, s, b, lay, k: cluster_grad(spec.loss_fn, c, s, b, lay, k))
     pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731

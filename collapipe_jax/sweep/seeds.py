@@ -69,8 +69,8 @@ def seeds_summary(cfg: TrainConfig, seeds: list[int], results: list[dict]) -> di
     names = [k for k in first["final_metrics"] if all(k in r["final_metrics"] for r in results)]
     stats = {k: mean_ci95([r["final_metrics"][k] for r in results]) for k in names}
     loss = mean_ci95([r["rounds"][-1]["loss"] for r in results])
-    keep = ("task", "framework", "policy", "model", "pipelined", "variant", "clusters", "n_train", "n_test",
-            "optimizer", "server_optimizer", "local_steps", "batch", "trainable_params", "uploaded_bits_per_round")
+    keep = ("task", "framework", "policy", "model", "pipelined", "pipeline_schedule", "variant", "clusters", "n_train",
+            "n_test", "optimizer", "server_optimizer", "local_steps", "batch", "trainable_params", "uploaded_bits_per_round")
     return {**{k: first.get(k) for k in keep}, "seeds": seeds, "n": len(seeds),
             "per_seed": [{"seed": s, "final_metrics": r["final_metrics"], "final_loss": r["rounds"][-1]["loss"],
                           "total_latency_s": r["total_latency_s"], "wall_s": float(sum(x["wall_s"] for x in r["rounds"])),

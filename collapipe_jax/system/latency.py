@@ -132,6 +132,22 @@ def pipeline_latency(stage_s, m, scheduled, last, tau_dd, variant: str = "paper"
     return jnp.sum(stage_s, axis=1) + (m - 1) * top
 
 
+def pipedream_latency(stage_s, m, local_steps, scheduled, last, tau_dd, variant: str = "paper"):
+    """The pipeline time of a round of E local steps under the pipedream reading (asynchronous
+    1F1B, docs/design.md §3 and §5), per cluster.
+
+    1F1B never flushes inside a round: in steady state a micro-batch leaves the pipeline every
+    max_k u_k (the slowest stage's forward + backward + D2D), so a local step of m micro-batches
+    takes m · max_k u_k, and the fill and the drain are paid once per round (the upload needs the
+    final weights) instead of once per step as GPipe pays them. The round is one pipeline of
+    E·m micro-batches:
+        ``paper``:      (S + E·m − 1) max_k u_k − τ^dd_last      (Eq. 15 with m → E·m)
+        ``consistent``: Σ_k t_k + (E·m − 1) max_k t_k            (the makespan with m → E·m)
+    against E times Eq. 15 for GPipe. With E = 1 the two readings take the same time.
+    The scheduler keeps charging Eq. 15 (E·τ^pipe) under either reading."""
+    return pipeline_latency(stage_s, local_steps * m, scheduled, last, tau_dd, variant)
+
+
 def pipeline_compute_latency(tau_cmp, m, scheduled, last, variant: str = "paper"):
     """τ^pipe of the variant with every D2D delay zero: the pipeline's on-device computation
     time, (S + m − 1) max_k τ^cmp_k (paper) or Σ_k τ^cmp_k + (m − 1) max_k τ^cmp_k (consistent).
