@@ -379,3 +379,17 @@ def test_s_m_claims_at_the_floor_are_not_measured():
                             loss=lambda p, s: 1.0 + 0.1 * p[1], f1=0.05)
     for c in training.sm_findings({"learning-vs-s-m": rows})["claims"]:
         assert not c["reproduced"] and c["why"].startswith("not measured at this scale") and c["n"] == 3
+
+
+def test_report_says_under_which_reading_the_papers_direction_appears():
+    from collapipe_jax.report import reading_finding
+
+    same = s_m_reading_rows("gpipe", bleu=lambda p, s: 5.0 + s, loss=lambda p, s: 1.0 + 0.1 * s)
+    bleu = {(1, 4): 3.0, (2, 2): 9.0, (4, 1): 7.0, (4, 4): 4.0}
+    stale = s_m_reading_rows("pipedream", bleu=lambda p, s: bleu[p] + (s if p == (2, 2) else 0.0),
+                             loss=lambda p, s: 1.0 + 0.1 * p[1] + 0.01 * s)
+    summary = training.sm_findings({"learning-vs-s-m": same + stale})
+    text = reading_finding({"learning-vs-s-m": summary})
+    assert "fig9-best-S-m-transformer under pipedream: in the paper's direction (n = 3" in text
+    assert "fig9-best-S-m-transformer under gpipe: not in the paper's direction" in text
+    assert "has not run" in reading_finding({})
