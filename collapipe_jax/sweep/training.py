@@ -472,7 +472,8 @@ def shared_result(trained: dict, hrs: list, setup, plan: tuple[int, int]) -> dic
     for rec, hr in zip(trained["rounds"], hrs):
         row = round_record(rec["round"], rec["loss"], np.asarray(rec["cluster_losses"]), rec["metrics"], hr, setup,
                            0.0, 0.0, 0.0)
-        records.append(dict(row, wall_s=0.0, decide_ms=hr.host_ms))
+        # this plan's own cost: its host round (no training step, no evaluation)
+        records.append(dict(row, wall_s=hr.host_ms / 1e3, decide_ms=hr.host_ms))
     return {**trained, "rounds": records, "shared_with": {"S": plan[0], "m": plan[1]},
             "total_latency_s": float(sum(r["tau_round_s"] for r in records)),
             "total_energy_j": float(sum(r["energy_j"] for r in records))}
@@ -485,7 +486,7 @@ def plan_results(task: str, scale: str, seed: int, schedule: str, work_dir, prog
     pipedream, trains itself."""
     from collapipe_jax.train import build_setup
 
-    out, trained, setup = {}, None, None
+    out, trained, setup, trained_hrs = {}, None, None, None
     for S, m in SM_PLANS[scale]:
         cfg = sm_config(task, S, m, scale, seed, schedule)
         cache = work_dir / "runs" / f"{task}-{schedule}-S{S}-m{m}-seed{seed}.json"
@@ -494,7 +495,8 @@ def plan_results(task: str, scale: str, seed: int, schedule: str, work_dir, prog
             setup = setup or build_setup(cfg)
             plan_setup = dataclasses.replace(setup, cfg=cfg)
             hrs = host_rounds(cfg, plan_setup)
-            if same_uploads(hrs, host_rounds(trained[0], dataclasses.replace(setup, cfg=trained[0]))):
+            trained_hrs = trained_hrs or host_rounds(trained[0], dataclasses.replace(setup, cfg=trained[0]))
+            if same_uploads(hrs, trained_hrs):
                 result = shared_result(trained[1], hrs, plan_setup, (trained[0].plan_stages,
                                                                      trained[0].plan_micro_batches))
                 atomic_write_json(cache, result, indent=None)
@@ -651,8 +653,9 @@ def reading_findings(tables: dict) -> list[str]:
     for c in s_m_claims(tables, ""):
         reading = c["setting"].split("reading ")[-1].split(",")[0]
         lo, hi = c.get("ci95", [float("nan")] * 2)
-        out.append(f"{c['id']} under {reading}: {'the paper direction appears' if c['reproduced'] else 'not the paper direction'}"
-                   f" (n = {c.get('n')}, 95% interval [{lo:.3g}, {hi:.3g}]){'' if c['reproduced'] else ': ' + c['why']}.")
+        verdict = "the paper direction appears" if c["reproduced"] else "not the paper direction"
+        out.append(f"{c['id']} under {reading}: {verdict} (n = {c.get('n')}, 95% interval [{lo:.3g}, {hi:.3g}])"
+                   f"{'' if c['reproduced'] else ': ' + c['why']}.")
     return out
 
 
