@@ -568,12 +568,13 @@ def sm_plot(tables: dict, out) -> None:
                         "cross-entropy loss [nats]")
         metric_panel(row[len(readings)], task, sel_task, plans, readings)
     plots.figure_legend(fig, axes, title="Fig. 9/10: learning with fixed plans of S stages and m micro-batches")
+    about = {"gpipe": "gpipe: the same gradient for every S and m, so its plans of a seed share one training "
+                      "computation and their curves lie on one another (shifted side by side).",
+             "pipedream": "pipedream: asynchronous 1F1B, an update per micro-batch with stale weights on the early "
+                          "stages."}
     plots.note(fig, [f"Lines: the mean over {seeds} seed{'s' if seeds != 1 else ''}"
                      + (", bands its Student-t 95% interval" if seeds > 1 else "") + "; error bars: 95% intervals.",
-                     "gpipe (synchronous) computes the same gradient whatever S and m are, so its plans of one seed "
-                     "share one training computation and their curves lie on one another (shifted side by side); "
-                     "pipedream (asynchronous 1F1B: an update per micro-batch, stale weights on the early stages) "
-                     "learns differently per plan."])
+                     *(about[r] for r in readings)])
     plots.save_figure(fig, out / "learning-vs-s-m.png")
 
 
