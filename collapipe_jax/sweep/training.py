@@ -624,7 +624,8 @@ def sm_findings(tables: dict) -> dict:
         latencies[key] = {f"S={S},m={m}": sum(r["tau_round_s"] for r in sel if (r["S"], r["m"]) == (S, m))
                           / len(seeds) for S, m in plans}  # mean over the seeds
         shared = sorted({(r["S"], r["m"], r["trained_as"]) for r in sel if r.get("trained_as")})
-        cost = sum(r.get("wall_s") or 0.0 for r in sel)
+        # every row of a run carries the run's wall time: count it once a run (at its first round)
+        cost = sum(r.get("wall_s") or 0.0 for r in sel if r["round"] == min(x["round"] for x in sel))
         how = (f"plans {[(S, m) for S, m, _ in shared]} took the training computation of plan "
                f"{shared[0][2]} of their seed (same uploads every round; synchronous GPipe gives every S and m the "
                "gradient of the unsegmented model, tests/test_gpipe_grads.py), their own decisions and simulated "
