@@ -244,10 +244,43 @@ def v_effect_finding(policies_csv: pathlib.Path) -> str:
             "than channels the queues grow and V starts to trade latency against the bound.")
 
 
+def reading_finding(summaries: dict) -> str:
+    """Under which pipeline reading (gpipe, pipedream) the paper's Fig. 9/10 direction appears, from
+    the learning-vs-s-m sweep's claims (each names its reading in its setting)."""
+    claims = (summaries.get("learning-vs-s-m") or {}).get("claims") or []
+    if not claims:
+        return "Fig. 9/10 (learning against S and m): the learning-vs-s-m sweep has not run here."
+    parts = []
+    for c in claims:
+        reading = c["setting"].split("pipeline reading ")[-1].split(",")[0] if "pipeline reading" in c["setting"] \
+            else "gpipe"
+        lo, hi = c.get("ci95") or (float("nan"), float("nan"))
+        verdict = "in the paper's direction" if c["reproduced"] else (
+            "not measured (at the floor)" if c["why"].startswith("not measured") else "not in the paper's direction")
+        parts.append(f"{c['id']} under {reading}: {verdict} (n = {c.get('n')}, 95% interval [{lo:.3g}, {hi:.3g}])")
+    return ("Fig. 9/10 per pipeline reading (gpipe: synchronous, the same gradient for every S and m; pipedream: "
+            "asynchronous 1F1B with stale weights): " + "; ".join(parts) + ".")
+
+
+def training_settings_finding(summaries: dict) -> str:
+    """The training sweep's per-task settings and what each task's runs cost (wall time)."""
+    training = summaries.get("training") or {}
+    settings, cost = training.get("settings"), training.get("task_seconds")
+    if not isinstance(settings, dict) or not isinstance(cost, dict):
+        return "The training sweep's per-task settings: the training sweep has not run here."
+    return ("Training sweep settings per task (every framework the same; N = 3 clusters): " + "; ".join(
+        f"{task}: {s.get('model')} model, {s.get('rounds')} rounds of {s.get('local_steps')} local steps of "
+        f"{s.get('batch')}, lr {s.get('lr')}, seq len {s.get('seq_len') or 'the model default'}, "
+        f"{s.get('max_eval_examples')} test examples; its runs took {cost.get(task, float('nan')):.0f} s"
+        for task, s in settings.items()) + ".")
+
+
 def findings_section(out: pathlib.Path, summaries: dict) -> list[str]:
     return ["## Findings a reader could misread", "",
             f"- {same_latency_finding(summaries)}",
-            f"- {v_effect_finding(out / 'policies' / 'policies.csv')}", ""]
+            f"- {v_effect_finding(out / 'policies' / 'policies.csv')}",
+            f"- {reading_finding(summaries)}",
+            f"- {training_settings_finding(summaries)}", ""]
 
 
 def collect_claims(summaries: dict) -> list[dict]:

@@ -70,6 +70,7 @@ def result_dict(cfg: TrainConfig, setup, records: list[dict], trainable: int) ->
         "variant": cfg.variant, "clusters": setup.scenario.N,
         "samples_per_cluster": setup.weights.astype(int).tolist(),
         "n_train": setup.task.n_train, "n_test": setup.task.n_test, "seed": cfg.seed,
+        "n_classes": setup.task.n_labels if setup.task.kind == "classification" else None,
         "optimizer": {"name": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                       "lr_schedule": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps, "clip_norm": cfg.clip_norm},
         "server_optimizer": {"name": cfg.server_optimizer, "lr": cfg.server_lr},

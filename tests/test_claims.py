@@ -1,10 +1,12 @@
 """claims.json: the format, the reproduction rules by hand, every listed id computed by a sweep's
 `findings` from (small, synthetic) tables, and the report that renders them."""
 
+import itertools
 import json
 import math
 import types
 
+import numpy as np
 import pytest
 
 from collapipe_jax.errors import ValidationError
@@ -329,3 +331,65 @@ def test_a_change_over_seeds_reproduces_only_when_its_interval_excludes_zero():
     assert c["n"] == 4 and c["ci95"] == [-9.0, -7.0]
     with pytest.raises(ValidationError):
         claim("fig11-vs-random", "x", -7.0, -8.0, "s", True, n=4, ci95=(-7.0, -9.0))
+
+
+def s_m_reading_rows(schedule: str, bleu, loss, f1=0.3, seeds=(0, 1, 2)) -> list[dict]:
+    """learning-vs-s-m rows of one pipeline reading over seeds: bleu(plan, seed) and loss(plan,
+    seed) give the final values (two rounds, evaluated at the last)."""
+    rows = []
+    for task, seed, (S, m) in itertools.product(training.SM_TASKS, seeds, ((1, 4), (2, 2), (4, 1), (4, 4))):
+        for t in range(2):
+            metric = ({"metric_bleu": bleu((S, m), seed)} if task == "multi30k" else {"metric_entity_f1": f1}) \
+                if t == 1 else {}
+            rows.append({"task": task, "S": S, "m": m, "seed": seed, "schedule": schedule, "model": "tiny",
+                         "rounds": 2, "round": t, "loss": loss((S, m), seed) + 1 - t, "tau_round_s": 1.0,
+                         "cumulative_latency_s": t + 1.0, **metric})
+    return rows
+
+
+def test_s_m_claims_carry_each_pipeline_reading_with_its_interval():
+    """gpipe: every plan the same curve (not reproduced, and why); pipedream: (2, 2) ahead of the
+    runner-up (4, 1) by 2, 3, 4 BLEU over the seeds and m = 1 below m = 4 in loss: reproduced,
+    with the Student-t intervals by hand."""
+    same = s_m_reading_rows("gpipe", bleu=lambda p, s: 5.0 + s, loss=lambda p, s: 1.0 + 0.1 * s)
+    bleu = {(1, 4): 3.0, (2, 2): 9.0, (4, 1): 7.0, (4, 4): 4.0}
+    stale = s_m_reading_rows("pipedream", bleu=lambda p, s: bleu[p] + (s if p == (2, 2) else 0.0),
+                             loss=lambda p, s: 1.0 + 0.1 * p[1] + 0.01 * s)
+    claims = training.sm_findings({"learning-vs-s-m": same + stale})["claims"]
+    assert sorted((c["id"], c["setting"].split(",")[0]) for c in claims) == sorted(
+        (cid, f"pipeline reading {r}") for cid in ("fig9-best-S-m-transformer", "fig10-smaller-m-better")
+        for r in ("gpipe", "pipedream"))
+    reading = {(c["id"], c["setting"].split(",")[0].split()[-1]): c for c in claims}
+    for cid in ("fig9-best-S-m-transformer", "fig10-smaller-m-better"):
+        assert not reading[cid, "gpipe"]["reproduced"] and "gradient" in reading[cid, "gpipe"]["why"]
+        assert reading[cid, "pipedream"]["reproduced"] and reading[cid, "pipedream"]["n"] == 3
+    fig9 = reading["fig9-best-S-m-transformer", "pipedream"]
+    half = 4.302653 * 1.0 / math.sqrt(3)  # gains 2, 3, 4: s = 1
+    assert fig9["measured"]["bleu_gain_over_runner_up"] == pytest.approx(3.0)
+    assert fig9["ci95"] == pytest.approx([3.0 - half, 3.0 + half], rel=1e-5)
+    fig10 = reading["fig10-smaller-m-better", "pipedream"]
+    changes = [100 * ((1.1 + 0.01 * s) / (1.4 + 0.01 * s) - 1) for s in range(3)]  # m = 1 against m = 4, final round
+    assert fig10["measured"]["loss_change_pct"] == pytest.approx(np.mean(changes))
+    findings = " ".join(training.sm_findings({"learning-vs-s-m": same + stale})["findings"])
+    assert "fig9-best-S-m-transformer under pipedream: the paper direction appears" in findings
+
+
+def test_s_m_claims_at_the_floor_are_not_measured():
+    rows = s_m_reading_rows("pipedream", bleu=lambda p, s: 0.5 if p == (2, 2) else 0.2,
+                            loss=lambda p, s: 1.0 + 0.1 * p[1], f1=0.05)
+    for c in training.sm_findings({"learning-vs-s-m": rows})["claims"]:
+        assert not c["reproduced"] and c["why"].startswith("not measured at this scale") and c["n"] == 3
+
+
+def test_report_says_under_which_reading_the_papers_direction_appears():
+    from collapipe_jax.report import reading_finding
+
+    same = s_m_reading_rows("gpipe", bleu=lambda p, s: 5.0 + s, loss=lambda p, s: 1.0 + 0.1 * s)
+    bleu = {(1, 4): 3.0, (2, 2): 9.0, (4, 1): 7.0, (4, 4): 4.0}
+    stale = s_m_reading_rows("pipedream", bleu=lambda p, s: bleu[p] + (s if p == (2, 2) else 0.0),
+                             loss=lambda p, s: 1.0 + 0.1 * p[1] + 0.01 * s)
+    summary = training.sm_findings({"learning-vs-s-m": same + stale})
+    text = reading_finding({"learning-vs-s-m": summary})
+    assert "fig9-best-S-m-transformer under pipedream: in the paper's direction (n = 3" in text
+    assert "fig9-best-S-m-transformer under gpipe: not in the paper's direction" in text
+    assert "has not run" in reading_finding({})

@@ -4,6 +4,7 @@ panel has a title and labelled axes with units, and the figures show what their 
 (Fig. 11's accumulated latency and its band, the centralized reference, panels left out)."""
 
 import functools
+import itertools
 import math
 import pathlib
 import re
@@ -162,7 +163,7 @@ def framework_tables(intervals: bool = False, same_computation: bool = False):
     return {"frameworks": rows}
 
 
-def training_tables(centralized: bool = False, ner_at_floor: bool = True):
+def training_tables(centralized: bool = False, ner_at_floor: bool = True, evaluated_rounds=(4, 9)):
     rows, finals = [], []
     names = training.FRAMEWORKS + (("centralized",) if centralized else ())
     for task in training.TASKS:
@@ -171,28 +172,40 @@ def training_tables(centralized: bool = False, ner_at_floor: bool = True):
             elapsed = 0.0
             for t in range(10):
                 elapsed += 1.0
-                evaluated = t in (4, 9)
+                evaluated = t in evaluated_rounds
                 value = 0.0 if (task != "toutiao" and ner_at_floor) else 0.1 * (t + 1)
                 rows.append({"S": 1.0, "m": 1.0, "task": task, "framework": framework, "round": t,
                              "loss": 3.0 - 0.1 * t, "tau_round_s": 1.0, "cumulative_latency_s": elapsed,
                              "energy_j": 1.0, "round_cmp_s": 0.1, "round_up_s": 0.9,
                              f"metric_{metric}": value if evaluated else None})
             finals.append({"task": task, "framework": framework, "rounds": 10, "model": "tiny", "batch": 16,
+                           "n_classes": 15 if task == "toutiao" else None,
                            "local_steps": 5, "final_loss": 2.1 if framework == "centralized" else 2.2,
                            "total_latency_s": elapsed, "total_energy_j": 10.0, "wall_s": 1.0, "violating_rounds": 0,
                            f"final_{metric}": 0.77 if framework == "centralized" else value})
     return {"training": rows, "training-final": finals}
 
 
+SM_SEEDS = (0, 1, 2)
+
+
+def sm_loss(schedule: str, S: int, m: int, seed: int, t: int) -> float:
+    """Synthetic losses: gpipe's the same for every plan, pipedream's moved by S, m and the seed."""
+    return 9.0 - t + (0.0 if schedule == "gpipe" else 0.1 * S + 0.05 * m) + 0.2 * seed
+
+
 def sm_tables():
     rows = []
-    for task in training.SM_TASKS:
+    for task, schedule, seed in itertools.product(training.SM_TASKS, training.SCHEDULES, SM_SEEDS):
         for S, m in training.SM_PLANS["quick"]:
             elapsed = 0.0
             for t in range(3):
                 elapsed += S + 1 / m
-                rows.append({"S": S, "m": m, "task": task, "model": "tiny", "rounds": 3, "round": t,
-                             "loss": 9.0 - t, "tau_round_s": S + 1 / m, "cumulative_latency_s": elapsed})
+                metric = {"multi30k": "metric_bleu", "ner": "metric_entity_f1"}[task]
+                rows.append({"S": S, "m": m, "task": task, "model": "tiny", "rounds": 3, "round": t, "seed": seed,
+                             "schedule": schedule, "loss": sm_loss(schedule, S, m, seed, t),
+                             "tau_round_s": S + 1 / m, "cumulative_latency_s": elapsed,
+                             metric: (0.1 * S + seed) if t == 2 else None})
     return {"learning-vs-s-m": rows}
 
 
@@ -235,6 +248,7 @@ VARIANTS_OF = {  # the schemas the compute will grow into: seeds and intervals, 
     "frameworks-same": ("frameworks", lambda: framework_tables(same_computation=True)),
     "microbatches-wide": ("latency-vs-microbatches", lambda: microbatch_tables(std_share=0.3)),
     "training-centralized": ("training", lambda: training_tables(centralized=True, ner_at_floor=False)),
+    "training-one-evaluation": ("training", lambda: training_tables(ner_at_floor=False, evaluated_rounds=(3,))),
 }
 CASES = {**{name: (name, make) for name, make in TABLES.items()}, **VARIANTS_OF}
 
@@ -595,3 +609,57 @@ def test_log_axes_get_enough_labelled_ticks(lo, hi, at_least):
     ticks = [t for t in plots.FewDecadesLogLocator(base=10).tick_values(lo, hi) if lo <= t <= hi]
     assert len(ticks) >= at_least
     assert len(ticks) <= 12  # and not so many that they collide
+
+
+def round_panels(fig):
+    return [ax for ax in fig.axes if ax.get_xlabel() == "round t [count]"]
+
+
+@pytest.mark.parametrize("case", ["training", "training-one-evaluation", "learning-vs-s-m"])
+def test_round_axes_tick_whole_rounds_and_dodge_the_markers(case):
+    """One evaluated round (3) once gave the BLEU panels ticks 2.88-3.12: the ticks must be whole
+    rounds, and the curves sit within a fraction of a round of them."""
+    (fig,) = drawn(case).values()
+    panels = round_panels(fig)
+    assert panels
+    for ax in panels:
+        lo, hi = ax.get_xlim()
+        ticks = [x for x in ax.xaxis.get_majorticklocs() if lo <= x <= hi]
+        assert ticks and all(float(x).is_integer() for x in ticks), (ax.get_title(), ticks)
+        for line in ax.get_lines():
+            xs = np.asarray(line.get_xdata(), float)
+            if len(xs) > 1 or line.get_label().startswith("S ="):
+                assert np.all(np.abs(xs - np.round(xs)) < 0.3)
+
+
+def test_accuracy_panels_draw_chance_from_the_class_count():
+    fig = drawn("training")["training.png"]
+    accuracy = [ax for ax in fig.axes if ax.get_ylabel() == "accuracy [fraction]"]
+    assert len(accuracy) == 2  # per round and against simulated time
+    for ax in accuracy:
+        chance = lines_of(ax)["chance (1/15)"]
+        assert np.allclose(chance.get_ydata(), 1 / 15)  # Toutiao's 15 classes, from the tables' n_classes
+    assert not any("chance" in label for ax in fig.axes if ax.get_ylabel() != "accuracy [fraction]"
+                   for label in lines_of(ax))
+
+
+def test_learning_vs_s_m_draws_the_mean_over_seeds_with_a_95_percent_band_per_plan_and_reading():
+    from scipy import stats
+
+    fig = drawn("learning-vs-s-m")["learning-vs-s-m.png"]
+    plans = training.SM_PLANS["quick"]
+    for task, schedule in itertools.product(training.SM_TASKS, training.SCHEDULES):
+        (ax,) = [ax for ax in fig.axes if ax.get_title().replace("\n", " ") ==
+                 f"{task}: training loss per round, {schedule}"]
+        lines = lines_of(ax)
+        assert sorted(lines) == sorted(f"S = {S}, m = {m}" for S, m in plans)  # one line per plan, not per seed
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(bands) == len(plans)
+        S, m = plans[-1]
+        line = lines[f"S = {S}, m = {m}"]
+        per_seed = np.array([[sm_loss(schedule, S, m, s, t) for t in range(3)] for s in SM_SEEDS])
+        np.testing.assert_allclose(line.get_ydata(), per_seed.mean(axis=0), rtol=1e-12)
+        half = stats.t.ppf(0.975, 2) * per_seed.std(axis=0, ddof=1) / np.sqrt(3)  # the Student-t band by hand
+        top = bands[-1].get_paths()[0].vertices[:, 1].max()
+        assert math.isclose(top, (per_seed.mean(axis=0) + half).max(), rel_tol=1e-9)
+    assert "95%" in fig._supxlabel.get_text()

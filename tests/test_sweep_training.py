@@ -96,3 +96,74 @@ def test_transfer_rows_train_from_a_real_ner_checkpoint(tmp_path):
     lora = json.loads((tmp_path / "runs" / "toutiao-from-ner-lora8-seed0.json").read_text())
     full = json.loads((tmp_path / "runs" / "toutiao-from-ner-full-seed0.json").read_text())
     assert lora["trainable_params"] < full["trainable_params"]
+
+
+@pytest.mark.parametrize("task", training.TASKS)
+def test_quick_settings_are_one_setting_per_task_for_every_framework(task):
+    configs = [training.framework_config(task, f, "quick", seed=2) for f in (*training.FRAMEWORKS, "centralized")]
+    settings = [{k: v for k, v in dataclasses.asdict(c).items() if k != "framework"} for c in configs]
+    assert all(s == settings[0] for s in settings) and configs[0].seed == 2
+    assert {k: v for k, v in settings[0].items() if k in training.QUICK_TASK[task]} == {
+        k: v for k, v in training.QUICK_TASK[task].items()}
+
+
+def test_learning_vs_s_m_runs_each_plan_under_each_available_reading():
+    assert training.schedules_available()[0] == "gpipe"
+    assert set(training.schedules_available()) <= set(training.SCHEDULES)
+    assert (2, 2) in training.SM_PLANS["quick"] and (2, 2) in training.SM_PLANS["paper"]  # the paper's best
+    for schedule in training.schedules_available():
+        cfg = training.sm_config("ner", 4, 1, "quick", seed=1, schedule=schedule)
+        assert (cfg.plan_stages, cfg.plan_micro_batches, cfg.micro_batches, cfg.policy) == (4, 1, 1, "default")
+        assert getattr(cfg, training.SCHEDULE_FIELD, "gpipe") == schedule
+    if "pipedream" not in training.schedules_available():
+        with pytest.raises(ValueError, match="pipeline_schedule"):
+            training.sm_config("ner", 4, 1, "quick", schedule="pipedream")
+
+
+@pytest.mark.slow
+def test_gpipe_plans_of_a_seed_share_one_training_computation(tmp_path, monkeypatch):
+    """The first plan trains; the second takes its losses with its own host rounds, and equals
+    the second plan trained by itself: the same decisions and latency, losses equal to float
+    round-off (synchronous GPipe: the gradient does not depend on S and m)."""
+    tiny = dict(task="ner", model="tiny", rounds=2, local_steps=1, batch=4, clusters=2, max_examples=24,
+                max_eval_examples=8, eval_every=2, seq_len=16, data_dir=str(DATA), cache_dir=str(tmp_path / "cache"),
+                policy="default", progress=False)
+
+    def tiny_config(task, S, m, scale, seed=0, schedule="gpipe"):
+        return training.with_schedule(TrainConfig(**tiny, plan_stages=S, plan_micro_batches=m, micro_batches=m,
+                                                  seed=seed, log_dir=str(tmp_path / f"log-{S}-{m}-{schedule}")),
+                                      schedule)
+
+    trained = []
+    real_train = training.cached_train
+    monkeypatch.setattr(training, "sm_config", tiny_config)
+    monkeypatch.setattr(training, "SM_PLANS", {"quick": ((1, 2), (2, 1))})
+    monkeypatch.setattr(training, "cached_train", lambda cache, cfg: trained.append(cfg) or real_train(cache, cfg))
+    results = training.plan_results("ner", "quick", 0, "gpipe", tmp_path, SilentProgress())
+    assert [(c.plan_stages, c.plan_micro_batches) for c in trained] == [(1, 2)]  # one computation
+    shared = results[(2, 1)]
+    assert shared["shared_with"] == {"S": 1, "m": 2}
+    own = training.train(tiny_config("ner", 2, 1, "quick", schedule="gpipe"))
+    for a, b in zip(shared["rounds"], own["rounds"]):
+        assert a["decision"] == b["decision"] and a["tau_round_s"] == b["tau_round_s"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert shared["total_latency_s"] == own["total_latency_s"] != results[(1, 2)]["total_latency_s"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("pipedream" not in training.schedules_available(), reason="no pipeline_schedule field")
+def test_pipedream_plans_each_train_and_learn_differently(tmp_path, monkeypatch):
+    tiny = dict(task="ner", model="tiny", rounds=2, local_steps=1, batch=4, clusters=2, max_examples=24,
+                max_eval_examples=8, eval_every=2, seq_len=16, data_dir=str(DATA), cache_dir=str(tmp_path / "cache"),
+                policy="default", progress=False)
+
+    def tiny_config(task, S, m, scale, seed=0, schedule="gpipe"):
+        return training.with_schedule(TrainConfig(**tiny, plan_stages=S, plan_micro_batches=m, micro_batches=m,
+                                                  seed=seed, log_dir=str(tmp_path / f"log-{S}-{m}-{schedule}")),
+                                      schedule)
+
+    monkeypatch.setattr(training, "sm_config", tiny_config)
+    monkeypatch.setattr(training, "SM_PLANS", {"quick": ((1, 2), (4, 2))})
+    results = training.plan_results("ner", "quick", 0, "pipedream", tmp_path, SilentProgress())
+    assert all("shared_with" not in r for r in results.values())
+    assert results[(1, 2)]["rounds"][-1]["loss"] != results[(4, 2)]["rounds"][-1]["loss"]  # stale weights at S = 4
