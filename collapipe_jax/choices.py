@@ -34,7 +34,7 @@ CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup-cosine", "warmup-linear")
 SERVER_OPTIMIZERS = ("avg", "sgd", "adam", "yogi")
 NOISE_MODES = ("relative", "absolute", "none")  # "none": the noiseless ablation of Eq. 25
-CLIENT_STATES = ("reset", "keep")
+CLIENT_STATES = ("reset", "keep", "average")
 COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")  # keys of models.config.COMPUTE_DTYPES
 
 # sweeps, in the order of `collapipe sweep all` (cheap system-model sweeps first): the keys of sweep.SWEEPS
