@@ -34,7 +34,7 @@ CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup-cosine", "warmup-linear")
 SERVER_OPTIMIZERS = ("avg", "sgd", "adam", "yogi")
 NOISE_MODES = ("relative", "absolute", "none")  # "none": the noiseless ablation of Eq. 25
-CLIENT_STATES = ("reset", "keep")
+CLIENT_STATES = ("reset", "keep", "average")
 # the pipeline's reading: synchronous GPipe (S, m change latency only) or asynchronous 1F1B with
 # weight stashing (m updates per local step, stage j's weights S - 1 - j updates old)
 PIPELINE_SCHEDULES = ("gpipe", "pipedream")

@@ -71,7 +71,8 @@ class Setup:
             pipelined=cfg.pipelined, n_micro=cfg.micro_batches, n_stages=n_stages, local_steps=E,
             optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
             warmup_steps=cfg.warmup_steps, total_steps=cfg.rounds * E, clip_norm=cfg.clip_norm,
-            server_optimizer=cfg.server_optimizer, server_lr=cfg.server_lr, noise_mode=cfg.noise_mode,
+            server_optimizer=cfg.server_optimizer, server_lr=cfg.server_lr,
+            server_momentum=cfg.server_momentum, noise_mode=cfg.noise_mode,
             independent=cfg.independent, cluster_chunk=cfg.cluster_chunk,
             client_state=cfg.client_state, dropout=cfg.dropout, label_smoothing=cfg.label_smoothing, dtype=cfg.dtype,
             lora=tunable_rank(self.scenario.tunable) is not None, pipeline_schedule=cfg.pipeline_schedule)

@@ -76,11 +76,14 @@ class TrainConfig:
     lr_schedule: str = option("constant", "learning-rate schedule over the run's local steps", choices=LR_SCHEDULES)
     warmup_steps: int = option(0, "linear warm-up steps of the warmup-* schedules")
     clip_norm: float | None = option(None, "clip each local gradient to this global norm")
-    client_state: str = option("keep", "client optimizer state: reset every round (FedAvg) or kept per cluster "
-                                        "across rounds", choices=CLIENT_STATES)
+    client_state: str = option("keep", "client optimizer state: reset every round (FedAvg), kept per cluster "
+                                        "across rounds, or averaged over the clusters with the model (D_n weights) "
+                                        "at every round's aggregation", choices=CLIENT_STATES)
     server_optimizer: str = option("avg", "server optimizer on the mean update: avg = FedAvg, adam = FedAdam, "
                                           "yogi = FedYogi (Reddi et al., 2021)", choices=SERVER_OPTIMIZERS)
     server_lr: float = option(1.0, "server learning rate (sgd, adam, yogi)")
+    server_momentum: float = option(0.0, "server momentum β of --server-optimizer sgd: FedAvgM (Hsu et al., 2019) "
+                                         "when > 0")
     dropout: float = option(0.1, "dropout rate on embeddings, attention weights and residual branches (and the "
                                  "decoder); masks keyed by sample and layer, so pipelined == unpipelined")
     label_smoothing: float = option(0.0, "label smoothing of the translation targets (0.1 in the recipes)")
@@ -143,6 +146,10 @@ class TrainConfig:
         check_int("warmup-steps", self.warmup_steps, low=0)
         check_float("lr", self.lr, low=0.0, strict_low=True)
         check_float("server-lr", self.server_lr, low=0.0, strict_low=True)
+        check_float("server-momentum", self.server_momentum, low=0.0)
+        require(self.server_momentum < 1.0, "server-momentum", "must be < 1", self.server_momentum)
+        require(self.server_momentum == 0.0 or self.server_optimizer == "sgd", "server-momentum",
+                "is FedAvgM's and needs --server-optimizer sgd", self.server_momentum)
         check_float("weight-decay", self.weight_decay, low=0.0)
         check_float("dropout", self.dropout, low=0.0)
         require(self.dropout < 1.0, "dropout", "must be < 1", self.dropout)
@@ -168,6 +175,8 @@ class TrainConfig:
                 "give --local-steps or --local-epochs, not both", self.local_epochs)
         require(self.federated or self.server_optimizer == "avg", "server-optimizer",
                 f"the {self.framework} framework has no federated aggregation", self.server_optimizer)
+        require(not self.independent or self.client_state != "average", "client-state",
+                f"average needs federated aggregation, which the {self.framework} framework has not", self.client_state)
         check_float("V", self.V, low=0.0, optional=True)
         check_float("dirichlet-alpha", self.dirichlet_alpha, low=0.0, strict_low=True)
         require(self.micro_batches <= self.batch, "micro-batches", f"must be <= batch={self.batch}", self.micro_batches)

@@ -73,7 +73,7 @@ def result_dict(cfg: TrainConfig, setup, records: list[dict], trainable: int) ->
         "n_classes": setup.task.n_labels if setup.task.kind == "classification" else None,
         "optimizer": {"name": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                       "lr_schedule": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps, "clip_norm": cfg.clip_norm},
-        "server_optimizer": {"name": cfg.server_optimizer, "lr": cfg.server_lr},
+        "server_optimizer": {"name": cfg.server_optimizer, "lr": cfg.server_lr, "momentum": cfg.server_momentum},
         "local_steps": setup.local_steps.tolist(), "batch": cfg.batch,
         "trainable_params": trainable,
         "uploaded_bits_per_round": setup.scenario.uploaded_theta_bits if cfg.federated else 0.0,

@@ -63,6 +63,7 @@ def close(a, b, rtol=1e-5, atol=1e-6):
     (False, "momentum", "yogi", [2, 2, 2], "reset"),
     (True, "adam", "avg", [3, 2, 3], "reset"),
     (False, "adam", "avg", [2, 1, 2], "keep"),
+    (False, "adam", "avg", [2, 1, 2], "average"),
 ])
 def test_vmapped_round_equals_python_loop(independent, optimizer, server, steps, client_state):
     E = max(steps)
@@ -80,10 +81,11 @@ def test_vmapped_round_equals_python_loop(independent, optimizer, server, steps,
         out_v = make_round(spec)(*args)
         out_l = looped_round(spec)(*args)
         close(out_v, out_l)
-        if client_state == "keep":  # a second round starts from the kept per-cluster states
+        if client_state != "reset":  # a second round starts from the kept (or averaged) per-cluster states
             again = (out_v[0], batch, layout, uploads, work(steps, 9), jax.random.PRNGKey(4))
             close(make_round(spec)(*again), looped_round(spec)(*again))
-            assert int(out_v[0].client_opt[0].count[1]) == steps[1]  # Adam's step count of cluster 1
+            # Adam's step count of cluster 1: its own, or the largest when averaged
+            assert int(out_v[0].client_opt[0].count[1]) == (steps[1] if client_state == "keep" else max(steps))
     assert np.all(np.isfinite(np.asarray(out_v[1].loss)))
 
 
@@ -167,6 +169,77 @@ def test_fedadam_server_step_matches_hand_computation():
                                       jax.random.PRNGKey(0))
     expected = jax.tree.map(lambda t, m: t - 0.2 * (t - m) / (jnp.abs(t - m) + 1e-3), client, mean.client)
     close(stepped.client, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_fedavgm_server_momentum_matches_hand_computation():
+    """Two FedAvgM rounds (server lr η, momentum β): v1 = Δ1, θ1 = θ0 − η v1; v2 = β v1 + Δ2,
+    θ2 = θ1 − η v2, with Δ_t the FedAvg pseudo-gradient θ^{t−1} − θ̄ of the same round."""
+    client, server, batch, layout = toy_setup(6)
+    uploads = Uploads(active=jnp.array([True, True, False]), eps=jnp.zeros(N), weight=jnp.array([1.0, 3.0, 2.0]))
+    eta, beta = 0.7, 0.9
+    avg = spec_of(loss=plain_loss)
+    spec = RoundSpec(plain_loss, client_direction("sgd"), learning_rate_schedule("constant", 0.1),
+                     server_transform("sgd", eta, beta))
+    run = lambda sp, st: make_round(sp)(st, batch, layout, uploads, work([1] * N), jax.random.PRNGKey(0))[0]  # noqa: E731
+    with jax.default_matmul_precision("highest"):
+        s1 = run(spec, init_server_state(spec, client, server))
+        s2 = run(spec, s1)
+        mean1 = run(avg, init_server_state(avg, client, server)).client  # the local steps ignore the server optimizer
+        mean2 = run(avg, s1.replace(fed_opt=())).client
+    d1 = jax.tree.map(jnp.subtract, client, mean1)
+    theta1 = jax.tree.map(lambda t, d: t - eta * d, client, d1)
+    close(s1.client, theta1)
+    d2 = jax.tree.map(jnp.subtract, theta1, mean2)
+    close(s2.client, jax.tree.map(lambda t, a, b: t - eta * (beta * a + b), theta1, d1, d2), rtol=1e-4, atol=1e-6)
+
+
+def test_client_state_reset_keep_average():
+    """Round 1 starts every cluster from a fresh Adam state under all three; from round 2 on
+    they differ. "average" holds the D_n-weighted mean (over the uploading clusters) of the
+    states "keep" holds, in every cluster."""
+    client, server, batch, layout = toy_setup(7)
+    uploads = Uploads(active=jnp.array([True, False, True]), eps=jnp.zeros(N), weight=jnp.array([1.0, 5.0, 3.0]))
+    out = {}
+    with jax.default_matmul_precision("highest"):
+        for mode in ("reset", "keep", "average"):
+            spec = spec_of(loss=plain_loss, optimizer="adam", lr=0.05, client_state=mode)
+            s1 = make_round(spec)(init_server_state(spec, client, server, N), batch, layout, uploads, work([1] * N),
+                                  jax.random.PRNGKey(0))[0]
+            s2 = make_round(spec)(s1, batch, layout, uploads, work([1] * N, 1), jax.random.PRNGKey(1))[0]
+            out[mode] = (s1, s2)
+    close(out["reset"][0].client, out["keep"][0].client)  # different programs: equal up to round-off
+    close(out["keep"][0].client, out["average"][0].client)
+    for a, b in (("reset", "keep"), ("keep", "average"), ("reset", "average")):
+        diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(out[a][1].client),
+                                                                    jax.tree.leaves(out[b][1].client)))
+        assert diff > 1e-6, (a, b)
+    kept_mu = np.asarray(out["keep"][0].client_opt[0].mu["encoder"]["w"])  # [N, ...]
+    w = np.array([1.0, 0.0, 3.0])
+    expected = np.tensordot(w / w.sum(), kept_mu, axes=1)
+    averaged = np.asarray(out["average"][0].client_opt[0].mu["encoder"]["w"])
+    for n in range(N):
+        np.testing.assert_allclose(averaged[n], expected, rtol=1e-5, atol=1e-8)
+
+
+def test_noise_off_round_is_the_noiseless_aggregate():
+    """noise_mode none gives exactly the aggregate of ε = 0, whatever ε(p_n) the decision
+    charged; with that ε and relative noise the aggregate moves."""
+    client, server, batch, layout = toy_setup(8)
+    eps = jnp.array([0.05, 0.2, 0.1])
+    with jax.default_matmul_precision("highest"):
+        def agg(mode, e):
+            spec = spec_of(loss=plain_loss, noise_mode=mode)
+            up = Uploads(active=jnp.ones(N, bool), eps=e, weight=jnp.array([1.0, 2.0, 3.0]))
+            return make_round(spec)(init_server_state(spec, client, server), batch, layout, up, work([1] * N),
+                                    jax.random.PRNGKey(5))[0].client
+        off, exact, noisy = agg("none", eps), agg("relative", jnp.zeros(N)), agg("relative", eps)
+    close(off, exact, rtol=0, atol=0)
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(off), jax.tree.leaves(noisy))) > 1e-6
+
+
+def test_average_client_state_needs_aggregation():
+    with pytest.raises(ValidationError, match="client_state"):
+        spec_of(independent=True, client_state="average")
 
 
 @pytest.mark.parametrize("chunk", [None, 1])

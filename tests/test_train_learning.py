@@ -144,6 +144,10 @@ def test_recipe_values_and_flags_override(tmp_path):
     (dict(framework="pipeline", policy=None, server_optimizer="adam"), "server-optimizer"),
     (dict(warmup_steps=-1), "warmup-steps"),
     (dict(client_state="sometimes"), "client-state"),
+    (dict(framework="pipeline", policy=None, client_state="average"), "client-state"),
+    (dict(server_optimizer="sgd", server_momentum=1.0), "server-momentum"),
+    (dict(server_optimizer="sgd", server_momentum=-0.1), "server-momentum"),
+    (dict(server_optimizer="adam", server_momentum=0.9), "server-momentum"),
 ])
 def test_new_flags_are_validated(changes, field):
     with pytest.raises(ValidationError, match=field):

@@ -15,7 +15,8 @@ Weight decay λ applies to weight matrices and embeddings only (no biases, no La
 Server, on the client model: the weighted mean of the uploads θ̄ = Σ_n D_n θ̃_n / Σ_n D_n gives the
 pseudo-gradient Δ = θ^t − θ̄ (Reddi et al., 2021, "Adaptive Federated Optimization"):
   avg   θ^{t+1} = θ̄                      (FedAvg, Eq. 7–9; = sgd with server learning rate 1)
-  sgd   θ^{t+1} = θ^t − η_s Δ            (FedAvgM without momentum)
+  sgd   θ^{t+1} = θ^t − η_s v, v ← β v + Δ   (FedAvgM, Hsu et al., 2019; β = 0: FedAvg with a server
+                                          learning rate η_s, which is FedAvg itself at η_s = 1)
   adam  θ^{t+1} = θ^t − η_s adam(Δ)      (FedAdam, ε = 1e-3 as in the paper's adaptivity τ)
   yogi  θ^{t+1} = θ^t − η_s yogi(Δ)      (FedYogi, ε = 1e-3)
 """
@@ -77,12 +78,14 @@ def learning_rate_schedule(name: str, lr: float, warmup_steps: int = 0, total_st
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def server_transform(name: str, server_lr: float = 1.0) -> optax.GradientTransformation | None:
-    """The server optimizer on the pseudo-gradient Δ = θ^t − θ̄; None is FedAvg (θ^{t+1} = θ̄)."""
+def server_transform(name: str, server_lr: float = 1.0,
+                     momentum: float = 0.0) -> optax.GradientTransformation | None:
+    """The server optimizer on the pseudo-gradient Δ = θ^t − θ̄; None is FedAvg (θ^{t+1} = θ̄).
+    `momentum` β is FedAvgM's server momentum (sgd only)."""
     if name == "avg":
         return None
     if name == "sgd":
-        return optax.sgd(server_lr)
+        return optax.sgd(server_lr, momentum=momentum or None)
     if name == "adam":
         return optax.adam(server_lr, b1=0.9, b2=0.99, eps=1e-3)
     if name == "yogi":

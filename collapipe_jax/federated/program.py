@@ -46,6 +46,7 @@ class RoundSettings:
     clip_norm: float | None = None
     server_optimizer: str = "avg"
     server_lr: float = 1.0
+    server_momentum: float = 0.0  # FedAvgM's β (server_optimizer sgd)
     noise_mode: str = "relative"
     independent: bool = False
     cluster_chunk: int | None = None
@@ -66,7 +67,8 @@ class RoundSettings:
                                 self.label_smoothing, self.dtype),
             direction=freeze_base(direction) if self.lora else direction,
             schedule=learning_rate_schedule(self.lr_schedule, self.lr, self.warmup_steps, self.total_steps),
-            server_tx=None if self.independent else server_transform(self.server_optimizer, self.server_lr),
+            server_tx=None if self.independent else server_transform(self.server_optimizer, self.server_lr,
+                                                                          self.server_momentum),
             local_steps=self.local_steps, noise_mode=self.noise_mode, independent=self.independent,
             cluster_chunk=self.cluster_chunk, client_state=self.client_state,
             head_direction=direction, upload_mask=lora_trainable_mask if self.lora else None,

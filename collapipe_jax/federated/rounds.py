@@ -22,9 +22,12 @@ assigned channel:
 E is the compiled number of local steps; cluster n makes E_n ≤ E of them (`LocalWork.steps`,
 data: local epochs over clusters of different sizes), its later steps masked. The client
 optimizer state is either reset every round (`client_state="reset"`, the FedAvg convention: a
-cluster's local run starts afresh from the aggregated model) or kept per cluster across rounds
+cluster's local run starts afresh from the aggregated model), kept per cluster across rounds
 (`"keep"`: each cluster's momentum / Adam moments persist, as a device that trains every round
-would keep them); the learning-rate schedule counts global steps either way. The server head's
+would keep them), or averaged (`"average"`: after the local steps the clusters' optimizer states
+are averaged with the aggregation's weights D_n over the uploading clusters, as the model is,
+and every cluster starts the next round from that mean; a step count takes the largest); the
+learning-rate schedule counts global steps in every case (it never restarts within a round). The server head's
 optimizer state and the server optimizer's state persist across rounds.
 
 Per-cluster quantities — the stage layout (S, δ, order as masks), the upload mask, ε_n, D_n, E_n —
@@ -94,7 +97,7 @@ class ServerState:
     server: Any  # ω: the server-side decoder / head
     head_opt: Any  # optimizer state of ω (the client optimizer's transformation)
     fed_opt: Any  # server optimizer state on θ (() for FedAvg)
-    client_opt: Any = ()  # [N, ...] per-cluster client optimizer states (client_state="keep"; () otherwise)
+    client_opt: Any = ()  # [N, ...] per-cluster client optimizer states (client_state "keep"/"average"; () otherwise)
 
 
 @struct.dataclass
@@ -118,7 +121,7 @@ class RoundSpec:
     noise_mode: str = "relative"
     independent: bool = False
     cluster_chunk: int | None = None
-    client_state: str = "reset"  # "reset" each round (FedAvg) or "keep" per cluster
+    client_state: str = "reset"  # "reset" each round (FedAvg), "keep" per cluster, or "average"
     head_direction: optax.GradientTransformation | None = None  # the server head's (None: `direction`)
     upload_mask: Callable[[Any], Any] | None = None  # params -> bool tree of the uploaded leaves (None: all)
     pipeline_schedule: str = "gpipe"  # "pipedream": n_micro stale-weight updates per local step
@@ -139,6 +142,8 @@ class RoundSpec:
             raise ValidationError("local_steps", "must be an integer >= 1", self.local_steps)
         if self.client_state not in CLIENT_STATES:
             raise ValidationError("client_state", f"must be one of {list(CLIENT_STATES)}", self.client_state)
+        if self.independent and self.client_state == "average":
+            raise ValidationError("client_state", "average needs FL aggregation (a round without it has none)")
         if self.independent and self.server_tx is not None:
             raise ValidationError("server_optimizer", "a round without FL aggregation has no server optimizer")
         if self.pipeline_schedule not in PIPELINE_SCHEDULES:
@@ -151,10 +156,10 @@ class RoundSpec:
 
 
 def init_server_state(spec: RoundSpec, client, server, n_clusters: int | None = None) -> ServerState:
-    """The state before round 0; `n_clusters` is needed for client_state="keep"."""
+    """The state before round 0; `n_clusters` is needed for client_state "keep" and "average"."""
     fed_opt = spec.server_tx.init(client) if spec.server_tx is not None else ()
     client_opt = ()
-    if spec.client_state == "keep":
+    if spec.client_state != "reset":
         one = client if not spec.independent else jax.tree.map(lambda x: x[0], client)
         client_opt = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_clusters,) + x.shape), spec.direction.init(one))
     return ServerState(client, server, spec.head.init(server), fed_opt, client_opt)
@@ -209,6 +214,22 @@ def weighted_average(trees, weights):
     """Σ_n w_n tree_n / Σ_n w_n over a leading N axis (zeros when every w_n = 0)."""
     w = weights / jnp.maximum(jnp.sum(weights), 1e-30)
     return jax.tree.map(lambda x: jnp.tensordot(w.astype(x.dtype), x, axes=1), trees)
+
+
+def average_states(opt_states, weights):
+    """The clusters' optimizer states [N, ...] replaced by their weighted mean (client_state
+    "average"), broadcast back to N; integer leaves (step counts) take the largest. With no
+    weight (no uploading cluster) the states stay as they are."""
+    any_w = jnp.sum(weights) > 0
+
+    def mean(x):
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            m = jnp.max(x, axis=0)
+        else:
+            m = jnp.tensordot((weights / jnp.maximum(jnp.sum(weights), 1e-30)).astype(x.dtype), x, axes=1)
+        return jnp.where(any_w, jnp.broadcast_to(m, x.shape), x)
+
+    return jax.tree.map(mean, opt_states)
 
 
 def server_update(spec: RoundSpec, state: ServerState, uploaded, uploads: Uploads):
@@ -318,7 +339,7 @@ def make_round(spec: RoundSpec):
             return (carry, history), (loss * live, loss_sum * live, weight_sum * live, gnorm[0])
 
         per_step = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch)  # [E, N, b, ...]
-        keep = spec.client_state == "keep"
+        keep = spec.client_state != "reset"
         client_opt = state.client_opt if keep else jax.vmap(spec.direction.init)(clients)
         init = (clients, client_opt, state.server, state.head_opt)
         if spec.pipeline_schedule == "pipedream":
@@ -338,6 +359,8 @@ def make_round(spec: RoundSpec):
             send = functools.partial(noisy_upload, noise_mode=spec.noise_mode, mask=mask)
             uploaded = jax.vmap(send, in_axes=(None, 0, 0, 0))(state.client, clients, uploads.eps, keys)
             new_client, fed_opt = server_update(spec, state, uploaded, uploads)
+            if spec.client_state == "average":
+                client_opt = average_states(client_opt, jnp.where(uploads.active, uploads.weight, 0.0))
         new_state = ServerState(new_client, server, head_opt, fed_opt, client_opt if keep else ())
         out = RoundOutput(jnp.sum(loss, 0) / jnp.maximum(work.steps, 1), jnp.sum(loss_sum, 0), jnp.sum(weight_sum, 0),
                           gnorm[0], all_finite(new_client, server))
@@ -361,7 +384,7 @@ def looped_round(spec: RoundSpec):
         n = uploads.active.shape[0]
         dropout_key, noise_key = jax.random.split(key)
         clients = [pick(state.client, i) if spec.independent else state.client for i in range(n)]
-        keep = spec.client_state == "keep"
+        keep = spec.client_state != "reset"
         opts = [pick(state.client_opt, i) if keep else spec.direction.init(c) for i, c in enumerate(clients)]
         server, head_opt = state.server, state.head_opt
         head_weight = uploads.weight if spec.independent else jnp.where(uploads.active, uploads.weight, 0.0)
@@ -394,6 +417,9 @@ def looped_round(spec: RoundSpec):
             uploaded = stack([noisy_upload(state.client, clients[i], uploads.eps[i], keys[i], spec.noise_mode, mask)
                               for i in range(n)])
             new_client, fed_opt = server_update(spec, state, uploaded, uploads)
+            if spec.client_state == "average":
+                opts = [pick(average_states(stack(opts), jnp.where(uploads.active, uploads.weight, 0.0)), i)
+                        for i in range(n)]
         steps = jnp.maximum(work.steps, 1)
         out = RoundOutput(jnp.asarray([s[0] for s in sums]) / steps, jnp.asarray([s[1] for s in sums]),
                           jnp.asarray([s[2] for s in sums]), jnp.asarray(first_norm), all_finite(new_client, server))
