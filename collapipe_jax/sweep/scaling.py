@@ -6,7 +6,7 @@ Base: paper-bert with LoRA adapters (R = 8) uploaded on Table II as published, t
 of the system model, the drift objective. One axis moves at a time (the others at the base:
 N = 6 > J = 4 so that the CU selection matters, K = 6, V = 10). N runs to 128 clusters with
 J = ⌈N/2⌉ channels (half the clusters upload each round, as at the base): N ∈ {3, 6, 12, 24,
-48, 96, 128} at both scales; K ∈ {4, 6, 8, 10} (paper), {6, 10} (quick); J ∈ {2, 4, 8} and V ∈
+48, 96, 128} (paper), {3, 12, 48, 128} (quick); K ∈ {4, 6, 8, 10} (paper), {6, 10} (quick); J ∈ {2, 4, 8} and V ∈
 {0.01, 1, 10, 100, 1000} (each new size compiles every rule once). Every point runs DSSRA and
 the paper's baselines (random, loss-only, delay-only; and the uniform split at paper scale) on
 the same seeds (quick 64 seeds of 30 rounds, paper 1,024 of 100; fewer at the large N,
@@ -36,8 +36,11 @@ from collapipe_jax.sweep.seeded import interval, paired_change, run_seeds
 
 BASE = dict(N=6, K=6, J=4, V=10.0)
 N_VALUES = (3, 6, 12, 24, 48, 96, 128)  # with J = ⌈N/2⌉ (`point_of`)
+# the quick sweep spans the same range with four sizes: each size compiles every rule once (18–70 s
+# per program on 2 cores), which made the seven sizes 4–5 minutes of a 30-minute `make sweep`
+QUICK_N_VALUES = (3, 12, 48, 128)
 AXES = {  # every new (N, K, J) compiles each rule's program once (seconds to tens of seconds on a CPU)
-    "quick": (("N", N_VALUES), ("K", (6, 10)), ("J", (2, 4, 8)), ("V", (0.01, 1.0, 10.0, 100.0, 1000.0))),
+    "quick": (("N", QUICK_N_VALUES), ("K", (6, 10)), ("J", (2, 4, 8)), ("V", (0.01, 1.0, 10.0, 100.0, 1000.0))),
     "paper": (("N", N_VALUES), ("K", (4, 6, 8, 10)), ("J", (2, 4, 8)), ("V", (0.01, 1.0, 10.0, 100.0, 1000.0))),
 }
 RULES = {"quick": ("dssra",) + PAPER_BASELINES, "paper": ("dssra",) + PAPER_BASELINES + ("uniform",)}
