@@ -66,6 +66,7 @@ def test_an_unwritable_cache_folder_is_named_with_its_reason(tmp_path):
     assert (tmp_path / "new" / "jax").is_dir() and not list((tmp_path / "new" / "jax").iterdir())  # no probe left
 
 
+@pytest.mark.slow  # ~10-20 s: keeps the default suite near 10 minutes on 2 cores
 def test_a_damaged_cache_is_rebuilt_with_one_warning_and_an_unwritable_one_skipped(tmp_path):
     cache = tmp_path / "cache"
     first, err = run_program(cache)

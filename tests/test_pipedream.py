@@ -158,6 +158,7 @@ def _real_round(schedule, n_micro, delta, order, steps=2):
     return np.asarray(out.loss), new.client
 
 
+@pytest.mark.slow  # ~10-20 s: keeps the default suite near 10 minutes on 2 cores
 def test_s1_m1_pipedream_is_gpipe_toy():
     """One stage, one micro-batch: nothing is stale and a step is one update, so the pipedream
     round is the gpipe round (same loss function, same optimizer): same losses, same model."""

@@ -193,6 +193,7 @@ def test_fedavgm_server_momentum_matches_hand_computation():
     close(s2.client, jax.tree.map(lambda t, a, b: t - eta * (beta * a + b), theta1, d1, d2), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # ~10-20 s: keeps the default suite near 10 minutes on 2 cores
 def test_client_state_reset_keep_average():
     """Round 1 starts every cluster from a fresh Adam state under all three; from round 2 on
     they differ. "average" holds the D_n-weighted mean (over the uploading clusters) of the
