@@ -124,7 +124,7 @@ def build_setup(cfg: TrainConfig) -> Setup:
     base_model = model_preset(cfg.model if cfg.model != "paper" else TASK_SCENARIO[cfg.task])
     seq_len = cfg.seq_len or base_model.seq_len
     check_attention_memory(seq_len, cfg.batch, base_model.n_heads)
-    task = load_task(cfg.task, seq_len=seq_len, data_dir=cfg.data_dir, vocab_size=base_model.vocab_size,
+    task = load_task(cfg.task, seq_len=seq_len, data_dir=cfg.data_dir, vocab_size=cfg.vocab_size or base_model.vocab_size,
                      max_examples=cfg.max_examples, max_eval_examples=cfg.max_eval_examples, seed=cfg.seed,
                      cache_dir=cfg.cache_dir)
     model_cfg = model_config_for(cfg.task, cfg.model, task.vocab_size, seq_len)

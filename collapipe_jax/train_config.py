@@ -28,6 +28,7 @@ TASK_SCENARIO = {"multi30k": "paper-transformer", "ner": "paper-bert", "toutiao"
 # the reference beside the paper's frameworks: one device, the same samples, no pipeline/upload/aggregation
 CENTRALIZED = "centralized"
 TRAIN_FRAMEWORKS = (*FRAMEWORK_NAMES, CENTRALIZED)
+MIN_VOCAB, MAX_VOCAB = 5, 200_000  # --vocab-size: above the 4 specials; an embedding of at most 200k rows
 MAX_TRAIN_SEEDS = 1000  # --seeds: each seed is a whole training run; result.json lists every seed's
 
 
@@ -114,6 +115,8 @@ class TrainConfig:
     V: float | None = option(None, "Lyapunov trade-off V (default: the scenario's)")
     tunable: str | None = option(None, TUNABLE_HELP)
     seq_len: int | None = option(None, "sequence length (default: the model's)")
+    vocab_size: int | None = option(None, "Multi30K's joint de+en BPE vocabulary size (default: the model's, 8,000 "
+                                          "for the CPU presets; the Chinese tasks use every training character)")
     checkpoint_dir: str | None = option(None, "orbax checkpoints, one per round")
     resume: bool = option(False, "continue the run in --checkpoint-dir")
     log_dir: str | None = option(None, "rounds.csv and result.json (default: --checkpoint-dir, else a new "
@@ -144,6 +147,9 @@ class TrainConfig:
                      "plan_stages", "plan_micro_batches"):
             check_int(name.replace("_", "-"), getattr(self, name), optional=True)
         check_int("warmup-steps", self.warmup_steps, low=0)
+        check_int("vocab-size", self.vocab_size, low=MIN_VOCAB, high=MAX_VOCAB, optional=True)
+        require(self.vocab_size is None or self.task == "multi30k", "vocab-size", "sizes the Multi30K BPE only "
+                f"(the {self.task} vocabulary is every training character)", self.vocab_size)
         check_float("lr", self.lr, low=0.0, strict_low=True)
         check_float("server-lr", self.server_lr, low=0.0, strict_low=True)
         check_float("server-momentum", self.server_momentum, low=0.0)
@@ -237,7 +243,7 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("rounds", "checkpoint_dir", "resume", "force", "log_dir", "progress", "cache_dir",
                              "data_dir", "recipe", "seeds", "reference")
-                and not (k == "pipeline_schedule" and v == "gpipe")}
+                and not (k == "pipeline_schedule" and v == "gpipe") and not (k == "vocab_size" and v is None)}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]

@@ -197,7 +197,7 @@ def sm_loss(schedule: str, S: int, m: int, seed: int, t: int) -> float:
 def sm_tables():
     rows = []
     for task, schedule, seed in itertools.product(training.SM_TASKS, training.SCHEDULES, SM_SEEDS):
-        for S, m in training.SM_PLANS["quick"]:
+        for S, m in training.sm_plans(task, "quick"):
             elapsed = 0.0
             for t in range(3):
                 elapsed += S + 1 / m
@@ -647,8 +647,8 @@ def test_learning_vs_s_m_draws_the_mean_over_seeds_with_a_95_percent_band_per_pl
     from scipy import stats
 
     fig = drawn("learning-vs-s-m")["learning-vs-s-m.png"]
-    plans = training.SM_PLANS["quick"]
     for task, schedule in itertools.product(training.SM_TASKS, training.SCHEDULES):
+        plans = training.sm_plans(task, "quick")
         (ax,) = [ax for ax in fig.axes if ax.get_title().replace("\n", " ") ==
                  f"{task}: training loss per round, {schedule}"]
         lines = lines_of(ax)

@@ -743,6 +743,9 @@ def test_a_recipe_seed_stands_unless_seed_is_given(tmp_path, monkeypatch):
     (["--local-epochs", "1e19"], "invalid local-epochs"),
     (["--local-epochs", "1e30"], "invalid local-epochs"),
     (["--seq-len", "2147483647"], "invalid seq-len"),
+    (["--task", "multi30k", "--vocab-size", "4"], "invalid vocab-size"),  # the 4 specials leave no token
+    (["--task", "multi30k", "--vocab-size", "1" + "0" * 12], "invalid vocab-size"),
+    (["--task", "ner", "--vocab-size", "2000"], "invalid vocab-size"),  # characters: no BPE to size
     (["--tunable", "lora:" + "9" * 5000], "invalid tunable"),
 ])
 def test_numbers_that_overflowed_inside_train(argv, field):

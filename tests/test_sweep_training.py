@@ -110,10 +110,13 @@ def test_quick_settings_are_one_setting_per_task_for_every_framework(task):
 def test_learning_vs_s_m_runs_each_plan_under_each_available_reading():
     assert training.schedules_available()[0] == "gpipe"
     assert set(training.schedules_available()) <= set(training.SCHEDULES)
-    assert (2, 2) in training.SM_PLANS["quick"] and (2, 2) in training.SM_PLANS["paper"]  # the paper's best
+    assert (2, 2) in training.sm_plans("multi30k", "quick") and (2, 2) in training.sm_plans("multi30k", "paper")
+    ner = training.sm_plans("ner", "quick")  # Fig. 10: the smallest and largest m at the largest S
+    assert max(S for S, _ in ner) == 4 and {m for S, m in ner if S == 4} >= {1, 4}
     for schedule in training.schedules_available():
         cfg = training.sm_config("ner", 4, 1, "quick", seed=1, schedule=schedule)
         assert (cfg.plan_stages, cfg.plan_micro_batches, cfg.micro_batches, cfg.policy) == (4, 1, 1, "default")
+        assert cfg.pipelined == (schedule == "pipedream")  # gpipe's shared computation runs unsegmented
         assert getattr(cfg, training.SCHEDULE_FIELD, "gpipe") == schedule
     if "pipedream" not in training.schedules_available():
         with pytest.raises(ValueError, match="pipeline_schedule"):

@@ -398,3 +398,13 @@ def test_help_states_the_defaults_of_a_run_without_config():
     assert "[default without --config: adamw (the task's CPU recipe's); with a --config that leaves it out: sgd]" in text
     assert "--rounds ROUNDS number of rounds [default without --config: 20; with a --config that leaves it out: 2]" in text
     assert "without --config, a run takes the learning settings of its task's CPU recipe" in text
+
+
+def test_vocab_size_sizes_the_multi30k_bpe_and_the_model(tmp_path):
+    kw = dict(task="multi30k", max_examples=200, max_eval_examples=8)
+    small = train_mod.build_setup(tiny(tmp_path, vocab_size=300, **kw))
+    default = train_mod.build_setup(tiny(tmp_path, **kw))
+    assert small.task.vocab_size <= 300 < default.task.vocab_size  # 200 pairs hold more than 300 BPE tokens
+    assert small.model_cfg.vocab_size == small.task.vocab_size
+    assert int(small.task.train["tokens"].max()) < small.task.vocab_size
+    assert int(small.task.train["tgt"].max()) < small.task.vocab_size

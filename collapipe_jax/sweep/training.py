@@ -38,41 +38,40 @@ TASKS = ("toutiao", "ner", "multi30k")
 FRAMEWORKS = ("collapipe", "vanilla-fl", "pipeline", "titanic")
 TASK_METRIC = {"multi30k": "bleu", "ner": "entity_f1", "toutiao": "accuracy"}
 SEEDS = {"quick": (0, 1, 2), "paper": (0, 1, 2, 3, 4)}
-# quick: the tiny model for a few rounds a run, 3 seeds. NER and Multi30K (QUICK: 4 rounds, 10-40 s a
-# run on 2 idle cores) stay at their floor (entity F1 and BLEU 0), so their claims say "not measured
-# at this scale". Toutiao (QUICK_TOUTIAO) learns: 10 rounds of 20 AdamW steps of 64 titles per
-# cluster (38,400 titles a run, 1.25 passes over the training split), lr 5e-3 after 5 warm-up steps,
-# no dropout, every framework with the same setting. Chosen by probes on the shared 2-core CPU
-# (load 4-22, one seed, 2,000 test titles: ±2.1 points at 0.6, 95%): centralized after 10 rounds
-# of 5 steps of 32 titles 0.35 at lr 3e-3 and 0.27 at 1e-2; of 10 steps of 64 titles 0.63 / 0.66 /
-# 0.60 at lr 3e-3 / 5e-3 / 1e-2; at 5e-3 and 10 steps CollaPipe 0.62 but PipeLine (no FedAvg: each
-# cluster's encoder sees a third of the titles) 0.47; at 20 steps CollaPipe 0.71 (0.62 after 4
-# rounds) and PipeLine 0.64. 8 GPipe micro-batches of 8 instead of 4 of 16: on one CPU device each of
-# the S + m - 1 ticks computes all S stages, bubbles included, so (S - 1) / (S + m - 1) of the work
-# is wasted (3/11 instead of 3/7 at S = 4); the gradient is the same. A Toutiao run costs about 50 s
-# of CPU time with its compile (the sweep caches the compiled programs across seeds).
-# The quick sweep (3 seeds, mean [95% interval]): CollaPipe 0.699 [0.623, 0.776], vanilla-fl and
-# Titanic 0.700, PipeLine 0.619 [0.534, 0.703] (seed 2 at 0.58, below the floor), centralized
-# 0.720 [0.689, 0.751]. Before (8 rounds of 5 steps of 16 titles) Toutiao ended at 0.12-0.19; the small model of the
-# toutiao-cpu recipe needs 50 rounds (3.7 min a run) for 0.6.
-QUICK = dict(model="tiny", rounds=4, local_steps=2, batch=16, optimizer="adamw", lr=3e-3,
-             lr_schedule="warmup-cosine", warmup_steps=2, clip_norm=1.0, max_eval_examples=100, eval_every=4,
+# quick: the tiny model, 3 seeds, one setting per task for every framework, chosen by measurement
+# (docs/training.md, "Quick settings") so that every task leaves the report's floors (accuracy 0.6,
+# entity F1 0.1, BLEU 1) within the 30 minutes of the quick `make sweep`:
+# * every quick run trains the encoder unsegmented (`--no-pipeline`): under synchronous GPipe the
+#   losses are those of the pipelined run (tests/test_gpipe_grads.py), and on one CPU device the
+#   GPipe program computes every stage at every tick, bubbles included (a Toutiao round 3.3 s
+#   pipelined against 1.0 s, an NER round 2.4 s against 1.0 s; each round's plan also compiles its
+#   own program). The decisions, latency and energy are those of the pipeline all the same: they
+#   come from the host rounds. The paper scale trains through GPipe.
+# * Toutiao: 10 rounds of 20 AdamW steps of 64 titles per cluster (38,400 titles a run, 1.25 passes
+#   over the training split), lr 5e-3 after 5 warm-up steps, no dropout. Probes (one seed, 2,000
+#   test titles): centralized after 10 rounds of 10 steps of 64 titles 0.63 / 0.66 / 0.60 at lr
+#   3e-3 / 5e-3 / 1e-2; at 20 steps CollaPipe 0.71 and PipeLine (no FedAvg: each cluster's encoder
+#   sees a third of the titles) 0.64.
+# * NER: 8 rounds of 20 steps of 64 sentences, lr 3e-3, sequences of 32 characters (the score is
+#   on the characters the model sees). PipeLine after 5 / 10 such rounds: entity F1 0.133 / 0.158
+#   (0 throughout at lr 1e-2 and 2e-2: every tag "O"; 0.04 after 10 rounds of 64 characters at lr
+#   5e-3).
+# * Multi30K: a joint BPE of 2,000 tokens instead of 8,000 (the tiny model's output layer is most
+#   of a step): PipeLine after 3 rounds of 20 steps of 64 pairs at lr 1e-2 BLEU 2.25 with 2,000
+#   tokens, 1.23 with 1,000 and 0.88 with 8,000, a round 3.8 s with 2,000 against 7.7 s.
+QUICK = dict(model="tiny", optimizer="adamw", lr_schedule="warmup-cosine", warmup_steps=5, clip_norm=1.0,
+             dropout=0.0, batch=64, local_steps=20, no_pipeline=True,
              progress=True)  # each run's bar (its rounds) under the sweep's (its runs)
-QUICK_TOUTIAO = dict(QUICK, rounds=10, local_steps=20, batch=64, lr=5e-3, warmup_steps=5, dropout=0.0,
-                     micro_batches=8, max_eval_examples=2000, eval_every=2)
-# NER and Multi30K off their floor (entity F1 >= 0.1, BLEU >= 1): the probes of docs/training.md
-# ("Quick settings", one seed each, PipeLine: the framework that learns slowest) found no setting
-# that fits the quick sweep's 30 minutes. Multi30K leaves it with QUICK_MULTI30K_LEARNS (BLEU 1.02
-# after 3 rounds, 1.27 after 6; about 150 s of CPU time a run with its compile, 15 runs), so it is
-# kept beside QUICK for a longer quick sweep (`QUICK_TASK["multi30k"] = QUICK_MULTI30K_LEARNS`).
-# NER with the tiny model: PipeLine at entity F1 0.04 after 10 rounds of 20 steps of 64 at lr 5e-3
-# (all "O" at lr 1e-2 and 2e-2), the centralized reference 0.15 after 8 and 0.175 after 16 such
-# rounds; the small model costs ~3x a step.
-QUICK_MULTI30K_LEARNS = dict(QUICK, rounds=6, local_steps=20, batch=64, lr=1e-2, warmup_steps=5, dropout=0.0,
-                             micro_batches=8, max_eval_examples=300, eval_every=3)
-QUICK_TASK = {"toutiao": QUICK_TOUTIAO, "ner": QUICK, "multi30k": QUICK}
-# learning-vs-s-m at quick scale: each task's quick setting for 3 rounds (the old quick plan runs)
-SM_QUICK = {"rounds": 3}
+QUICK_TOUTIAO = dict(QUICK, rounds=10, lr=5e-3, max_eval_examples=2000, eval_every=2)
+QUICK_NER = dict(QUICK, rounds=8, lr=3e-3, seq_len=32, max_eval_examples=500, eval_every=2)
+QUICK_MULTI30K = dict(QUICK, rounds=3, lr=1e-2, vocab_size=2000, max_eval_examples=300, eval_every=3)
+QUICK_TASK = {"toutiao": QUICK_TOUTIAO, "ner": QUICK_NER, "multi30k": QUICK_MULTI30K}
+# learning-vs-s-m at quick scale: each task's quick setting under each reading, NER at lr 1e-3 for 12
+# rounds: under pipedream at S = 4, m = 1 (every stage but the last 1-3 updates stale) NER stays at
+# every tag "O" at lr 2e-3 and 3e-3 (8 rounds), and at lr 1e-3 reaches entity F1 0.121 / 0.145 / 0.156
+# after 8 / 12 / 16 rounds (m = 4 at lr 1e-3: 0.176 after 4 rounds); Multi30K under pipedream at
+# S = 4: BLEU 1.16 (m = 1 and 2) and 3.94 (m = 4) after its 3 rounds (one seed each).
+SM_QUICK_CHANGES = {"multi30k": {}, "ner": {"lr": 1e-3, "rounds": 12}}
 
 
 def on_accelerator() -> bool:
@@ -132,6 +131,7 @@ def framework_tables(scale: str, work_dir, progress) -> dict:
                            "model": result["model"], "n_classes": result.get("n_classes"),
                            "batch": cfg.batch, "local_steps": max(result["local_steps"]), "lr": cfg.lr,
                            "seq_len": cfg.seq_len, "max_eval_examples": cfg.max_eval_examples,
+                           "vocab_size": cfg.vocab_size, "pipelined": result.get("pipelined"),
                            "final_loss": result["rounds"][-1]["loss"],
                            "total_latency_s": result["total_latency_s"], "total_energy_j": result["total_energy_j"],
                            "wall_s": float(sum(r["wall_s"] for r in result["rounds"])),
@@ -143,8 +143,9 @@ def framework_tables(scale: str, work_dir, progress) -> dict:
 
 # The paper's flow: BERT pre-trained on NER, then fine-tuned on Toutiao (fully, or with the NER
 # encoder frozen and rank-8 LoRA adapters), beside Toutiao from scratch with the same settings
-# and rounds. Paper scale only: at quick scale the NER runs stay at their floor (entity F1 0), so
-# an NER start would be a random start with extra steps.
+# and rounds. Paper scale only: at quick scale NER reaches entity F1 0.14-0.19 with the tiny model,
+# whose character-level encoder carried nothing over to Toutiao even with the small model
+# (docs/training.md), and the quick sweep has no time left for 7 more runs.
 TRANSFER_SCALES = ("paper",)
 TRANSFER_STARTS = {"ner-full": None, "ner-lora:8": "lora:8"}  # start → tunable (None: the whole model)
 NER_PRETRAIN_DIR = "ner-pretrain"
@@ -337,6 +338,10 @@ def findings(tables: dict) -> dict:
             notes.append(f"{task}: per-round losses of {f} and vanilla-fl differ by at most {rel:.2g} (relative): "
                          "pipelining does not change the gradient; the frameworks differ in the upload noise "
                          "(their powers and channels) and in the simulated latency.")
+        if any(r["task"] == task and r.get("pipelined") is False and r["framework"] == "collapipe" for r in finals):
+            notes.append(f"{task}: the runs trained the encoder unsegmented (--no-pipeline: the losses of synchronous "
+                         "GPipe, computed without its bubbles on one device); their decisions, latency and energy "
+                         "are the pipeline's, from the host rounds.")
     notes.append(transfer_finding(tables))
     bad = [f"{r['task']}/{r['framework']}/seed {r.get('seed', 0)} ({r['violating_rounds']} of {r['rounds']} rounds)"
            for r in finals if r.get("violating_rounds")]
@@ -351,7 +356,8 @@ def findings(tables: dict) -> dict:
             "task_seconds": cost, "claims": framework_claims(tables), "findings": notes}
 
 
-SETTING_KEYS = ("model", "rounds", "local_steps", "batch", "lr", "seq_len", "max_eval_examples")
+SETTING_KEYS = ("model", "rounds", "local_steps", "batch", "lr", "seq_len", "vocab_size", "max_eval_examples",
+                "pipelined")
 
 
 def task_settings(finals: list[dict], task: str) -> dict:
@@ -365,8 +371,7 @@ def transfer_finding(tables: dict) -> str:
     rows = tables.get("training-transfer")
     if not rows:
         return ("toutiao from the NER encoder (the paper's flow: NER pre-training, then full or LoRA fine-tuning) runs "
-                f"at {' and '.join(TRANSFER_SCALES)} scale only: at this scale NER does not leave its floor, so its "
-                "encoder would be a random start.")
+                f"at {' and '.join(TRANSFER_SCALES)} scale only (the quick sweep's 30 minutes hold no more runs).")
     scratch = mean_final(tables["training-final"], "toutiao", "collapipe", "final_accuracy")
     starts = {start: mean_ci95([r["final_accuracy"] for r in rows if r["start"] == start])
               for start in dict.fromkeys(r["start"] for r in rows)}
@@ -385,11 +390,20 @@ register(Sweep("training", compute, plot, findings))
 
 SM_TASKS = ("multi30k", "ner")  # the Transformer (Fig. 9) and BERT (Fig. 10)
 SM_PLANS = {  # (S, m) over the tiny (L = 4) and small (L = 6) models; (2, 2) is the paper's best (Fig. 9)
-    # quick: 4 plans (each one a run per seed under pipedream); the first, S = 1 (no pipeline waste on
-    # the CPU), is the run that the gpipe plans of its seed share
-    "quick": ((1, 2), (2, 2), (4, 1), (4, 4)),
+    # quick, per task: Fig. 9 ranks the Transformer's plans, with (2, 2) among them; Fig. 10 compares
+    # the smallest and largest m at the largest S, so NER trains those two only (under pipedream each
+    # plan is a run per seed)
+    "quick": {"multi30k": ((1, 2), (2, 2), (4, 1), (4, 4)), "ner": ((4, 1), (4, 4))},
     "paper": ((1, 4), (2, 2), (2, 4), (3, 4), (6, 4), (6, 1), (6, 2), (6, 8)),
 }
+
+
+def sm_plans(task: str, scale: str) -> tuple[tuple[int, int], ...]:
+    """The (S, m) plans of `task` at `scale` (one tuple for every task, or one per task)."""
+    plans = SM_PLANS[scale]
+    return plans[task] if isinstance(plans, dict) else plans
+
+
 # The pipeline readings (`train --pipeline-schedule`): gpipe, synchronous (every plan the gradient
 # of the unsegmented model), and pipedream, asynchronous 1F1B (an update per micro-batch, stage s
 # computing with weights S - 1 - s updates old), under which S and m change the learning.
@@ -423,11 +437,15 @@ def schedule_of(row: dict) -> str:
 
 
 def sm_config(task: str, S: int, m: int, scale: str, seed: int = 0, schedule: str = SHARED) -> TrainConfig:
-    """One plan's run: the task's quick setting (`QUICK_TASK`) changed by SM_QUICK, or the
-    paper scale's small model, under the pipeline reading `schedule`."""
-    base = dict(QUICK_TASK[task], **SM_QUICK) if scale == "quick" else dict(
-        model="small", rounds=30, batch=32, local_steps=2, optimizer="adamw", lr=1e-3, max_eval_examples=1000,
-        eval_every=10, progress=True)
+    """One plan's run under the pipeline reading `schedule`: at quick scale the task's quick
+    setting (`QUICK_TASK`, changed by `SM_QUICK_CHANGES`), trained unsegmented under gpipe (the
+    same losses for every plan) and through the simulated 1F1B pipeline under pipedream; at paper
+    scale the small model, through the pipeline."""
+    if scale == "quick":
+        base = dict(QUICK_TASK[task], **SM_QUICK_CHANGES[task], no_pipeline=schedule == SHARED)
+    else:
+        base = dict(model="small", rounds=30, batch=32, local_steps=2, optimizer="adamw", lr=1e-3,
+                    max_eval_examples=1000, eval_every=10, progress=True)
     cfg = TrainConfig(**{**base, "task": task, "policy": "default", "plan_stages": S, "plan_micro_batches": m,
                          "micro_batches": min(m, base["batch"]), "seed": seed})
     return with_schedule(cfg, schedule)
@@ -487,7 +505,7 @@ def plan_results(task: str, scale: str, seed: int, schedule: str, work_dir, prog
     from collapipe_jax.train import build_setup
 
     out, trained, setup, trained_hrs = {}, None, None, None
-    for S, m in SM_PLANS[scale]:
+    for S, m in sm_plans(task, scale):
         cfg = sm_config(task, S, m, scale, seed, schedule)
         cache = work_dir / "runs" / f"{task}-{schedule}-S{S}-m{m}-seed{seed}.json"
         result = read_json(cache)
@@ -510,7 +528,7 @@ def plan_results(task: str, scale: str, seed: int, schedule: str, work_dir, prog
 
 def sm_compute(scale: str, work_dir, progress) -> dict:
     schedules = schedules_available()
-    progress.expect(len(SM_TASKS) * len(SM_PLANS[scale]) * len(SEEDS[scale]) * len(schedules))  # runs
+    progress.expect(sum(len(sm_plans(t, scale)) for t in SM_TASKS) * len(SEEDS[scale]) * len(schedules))  # runs
     rows = []
     for task, schedule, seed in ((t, r, s) for t in SM_TASKS for r in schedules for s in SEEDS[scale]):
         for (S, m), result in plan_results(task, scale, seed, schedule, work_dir, progress).items():
@@ -634,9 +652,11 @@ def sm_findings(tables: dict) -> dict:
                      f"most {spreads[key]:.2g} (relative, same seed); {how}; simulated latency per run (mean over "
                      f"{len(seeds)} seeds) " + ", ".join(f"{k}: {v:.4g} s" for k, v in latencies[key].items()) +
                      f"; the runs took {cost:.0f} s of wall time.")
-    first = rows[0]
-    setting = (f"{first.get('model')} model, {first.get('rounds')} rounds, batch {first.get('batch', '?')}, "
-               "fixed uniform plans, same seeds")
+    setting = {}  # per task: its runs' model, rounds and batch
+    for task in dict.fromkeys(r["task"] for r in rows):
+        first = next(r for r in rows if r["task"] == task)
+        setting[task] = (f"{first.get('model')} model, {first.get('rounds')} rounds, batch {first.get('batch', '?')}, "
+                         "fixed uniform plans, same seeds")
     return {"max_relative_loss_difference": spreads, "total_latency_s": latencies,
             "claims": s_m_claims(tables, setting), "findings": notes + reading_findings(tables)}
 

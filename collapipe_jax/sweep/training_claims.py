@@ -237,14 +237,18 @@ def framework_claims(tables: dict) -> list[dict]:
 READINGS = ("gpipe", "pipedream")  # the pipeline readings (sweep/training.py SCHEDULES)
 
 
-def s_m_claims(tables: dict, setting: str) -> list[dict]:
-    """Fig. 9 and 10 from the learning-vs-s-m sweep, once per pipeline reading in the table (rows
-    without a `schedule` are GPipe's); the setting names the reading."""
+def s_m_claims(tables: dict, setting: str | dict) -> list[dict]:
+    """Fig. 9 (Multi30K) and 10 (NER) from the learning-vs-s-m sweep, once per pipeline reading in
+    the table (rows without a `schedule` are GPipe's); the setting (one string, or one per task)
+    names the reading."""
     rows = tables["learning-vs-s-m"]
+    per_task = setting if isinstance(setting, dict) else {"multi30k": setting, "ner": setting}
     out = []
     for reading in READINGS:
         sel = [r for r in rows if (r.get("schedule") or READINGS[0]) == reading]
         if sel:
-            named = f"pipeline reading {reading}, {setting}" if setting else f"pipeline reading {reading}"
-            out += [c for c in (fig9_claim(sel, named), fig10_claim(sel, named)) if c is not None]
+            named = {task: f"pipeline reading {reading}, {text}" if text else f"pipeline reading {reading}"
+                     for task, text in per_task.items()}
+            out += [c for c in (fig9_claim(sel, named.get("multi30k")), fig10_claim(sel, named.get("ner")))
+                    if c is not None]
     return out
