@@ -11,7 +11,7 @@ import pytest
 
 from collapipe_jax.errors import ValidationError
 from collapipe_jax.report import write_report
-from collapipe_jax.sweep import frameworks, memory, policies, segments, training
+from collapipe_jax.sweep import frameworks, memory, policies, segments, training, training_claims
 from collapipe_jax.sweep.claims import (CLAIM_IDS, FIELDS, SEED_FIELDS, change_pct, claim, is_measurement,
                                         within_factor_two)
 
@@ -393,3 +393,38 @@ def test_report_says_under_which_reading_the_papers_direction_appears():
     assert "fig9-best-S-m-transformer under pipedream: in the paper's direction (n = 3" in text
     assert "fig9-best-S-m-transformer under gpipe: not in the paper's direction" in text
     assert "has not run" in reading_finding({})
+
+
+def ner_loss_tables(early: dict, f1: float = 0.3, rounds: int = 4, seeds=(0, 1, 2)):
+    """NER rows of the training sweep: framework f's loss is early[f][seed] in the first half of
+    the rounds and 0.5 after it."""
+    rows, finals = [], []
+    for f in training.FRAMEWORKS:
+        for seed in seeds:
+            for t in range(rounds):
+                rows.append({"task": "ner", "framework": f, "seed": seed, "round": t,
+                             "loss": early[f][seed] if t < (rounds + 1) // 2 else 0.5})
+            finals.append({"task": "ner", "framework": f, "seed": seed, "rounds": rounds, "model": "tiny", "batch": 8,
+                           "final_entity_f1": f1})
+    return {"training": rows, "training-final": finals}
+
+
+def test_ner_early_loss_claim_by_hand():
+    from scipy import stats
+
+    early = {"collapipe": [0.90, 0.80, 0.85], "vanilla-fl": [1.00, 0.90, 1.00], "pipeline": [1.20, 1.10, 1.30],
+             "titanic": [0.95, 0.85, 0.90]}
+    (c,) = by_id(training_claims.framework_claims(ner_loss_tables(early)), "fig6-ner-early-loss")
+    closest = [100 * (0.90 / 0.95 - 1), 100 * (0.80 / 0.85 - 1), 100 * (0.85 / 0.90 - 1)]  # titanic every seed
+    half = stats.t.ppf(0.975, 2) * np.std(closest, ddof=1) / np.sqrt(3)
+    assert c["measured"]["closest_change_pct"] == pytest.approx(np.mean(closest))
+    assert c["ci95"] == pytest.approx([np.mean(closest) - half, np.mean(closest) + half])
+    assert c["measured"]["change_vs_pipeline_pct"] == pytest.approx(np.mean([100 * (a / b - 1) for a, b in
+                                                                             zip(early["collapipe"], early["pipeline"])]))
+    assert c["n"] == 3 and c["reproduced"]
+    same = dict(early, collapipe=early["titanic"])  # no faster start than TITANIC
+    (c,) = by_id(training_claims.framework_claims(ner_loss_tables(same)), "fig6-ner-early-loss")
+    assert not c["reproduced"] and c["measured"]["closest_change_pct"] == pytest.approx(0.0)
+    assert "gradient" in c["why"]
+    (c,) = by_id(training_claims.framework_claims(ner_loss_tables(early, f1=0.05)), "fig6-ner-early-loss")
+    assert not c["reproduced"] and "not measured at this scale" in c["why"]

@@ -38,7 +38,7 @@ CLAIM_IDS = (
     "fig7-vs-vanillafl", "fig8-vs-titanic", "fig8-vs-pipeline", "fig8-wo-ss", "fig8-vanillafl-vs-pipeline",
     "fig11-vs-loss-only", "fig11-vs-delay-only", "fig11-vs-random",
     "table3-memory",
-    "fig6-bleu", "fig6-accuracy-vs-pipeline", "fig6-accuracy-vs-titanic",
+    "fig6-bleu", "fig6-ner-early-loss", "fig6-accuracy-vs-pipeline", "fig6-accuracy-vs-titanic",
     "fig9-best-S-m-transformer", "fig10-smaller-m-better",
     "abstract-latency",
 )

@@ -1,7 +1,7 @@
 """The learning claims (paper Fig. 6, 9, 10) measured on the training sweeps' tables.
 
-Fig. 6 (`framework_claims`) reads `training` and `training-final` (final_* metrics per task,
-framework and seed), grouped by `tunable` when the tables carry it (else the full upload). Fig.
+Fig. 6 (`framework_claims`) reads `training` (per-round losses: NER's early rounds) and
+`training-final` (final_* metrics per task, framework and seed), grouped by `tunable` when the tables carry it (else the full upload). Fig.
 9/10 (`s_m_claims`) read `learning-vs-s-m`: the same seeds trained with fixed plans of S stages
 and m micro-batches. Every claim is measured over the seeds the tables hold (`n`, and `ci95`, the
 Student-t 95% interval of the mean of the per-seed values, paired by seed where two runs are
@@ -82,6 +82,52 @@ def bleu_claim(finals, tunable) -> dict | None:
                "translate yet, so no relative gain exists (n and ci95: CollaPipe's BLEU)")
     return claim("fig6-bleu", "CollaPipe's BLEU on Multi30K vs the baselines (the least relative gain)", 19.5,
                  measured, _setting(_final(finals, tunable, "multi30k", "collapipe"), tunable, "multi30k", len(seeds)),
+                 ok, why, n=len(seeds), ci95=(lo, hi))
+
+
+def ner_early_loss_claim(rows, finals, tunable) -> dict | None:
+    """Fig. 6b/e: on NER, CollaPipe's training loss falls faster in the early rounds. Reproduced
+    when its mean training loss over the first half of the rounds (rounds 0 .. ceil(R/2) - 1) is
+    lower than every baseline's: per seed, the relative change against the baseline closest to
+    it (the largest change), whose mean must be below -1% (`MIN_EFFECT`) with a 95% interval
+    below zero."""
+    def early_losses(framework) -> dict[int, float]:
+        sel = [r for r in rows if r.get("tunable", "full") == tunable and r["task"] == "ner"
+               and r["framework"] == framework]
+        if not sel:
+            return {}
+        half = -(-(max(int(r["round"]) for r in sel) + 1) // 2)  # ceil(R / 2)
+        out: dict[int, list] = {}
+        for r in sel:
+            if int(r["round"]) < half:
+                out.setdefault(int(r.get("seed", 0)), []).append(float(r["loss"]))
+        return {s: float(np.mean(v)) for s, v in out.items()}
+
+    losses = {f: early_losses(f) for f in ("collapipe",) + BASELINES}
+    if any(not v for v in losses.values()):
+        return None
+    seeds = common_seeds(*losses.values())
+    changes = {f: [100.0 * (losses["collapipe"][s] / losses[f][s] - 1) for s in seeds] for f in BASELINES}
+    closest = [max(changes[f][i] for f in BASELINES) for i in range(len(seeds))]  # paired by seed
+    mean, lo, hi = mean_ci95(closest)
+    f1 = {f: seed_values(finals, tunable, "ner", f, "final_entity_f1") for f in ("collapipe",) + BASELINES}
+    f1_mean = {f: float(np.mean([v[s] for s in seeds if s in v])) for f, v in f1.items() if v}
+    learned = bool(f1_mean) and min(f1_mean.values()) >= LEARNED["entity_f1"]
+    ok = learned and mean < -100 * MIN_EFFECT and hi < 0
+    listed = ", ".join(f"{f} {float(np.mean(v)):+.2f}%" for f, v in changes.items())
+    if not learned:
+        why = (f"{NOT_MEASURED}: the mean final entity F1 is below {LEARNED['entity_f1']} for "
+               f"{[f for f, v in f1_mean.items() if v < LEARNED['entity_f1']]}")
+    else:
+        why = "" if ok else (f"{SAME_GRADIENT}; CollaPipe's mean early-round loss against each baseline: {listed} "
+                             f"(the closest baseline per seed: {mean:+.2f}%, 95% interval [{lo:+.2f}, {hi:+.2f}]%)")
+    return claim("fig6-ner-early-loss", "on NER, CollaPipe's training loss falls faster in the early rounds than the "
+                 "baselines' (reproduced when its mean loss over the first half of the rounds is more than 1% below "
+                 "every baseline's, the 95% interval of the change against the closest one below zero; ci95: that "
+                 "change in %)", "faster early loss reduction",
+                 {"closest_change_pct": mean, **{f"change_vs_{f}_pct": float(np.mean(v)) for f, v in changes.items()},
+                  **{f"final_entity_f1_{f}": v for f, v in f1_mean.items()}},
+                 _setting(_final(finals, tunable, "ner", "collapipe"), tunable, "ner", len(seeds)),
                  ok, why, n=len(seeds), ci95=(lo, hi))
 
 
@@ -226,11 +272,13 @@ SAME_S_M = ("synchronous GPipe gives every S and m the gradient of the unsegment
 
 
 def framework_claims(tables: dict) -> list[dict]:
-    """Fig. 6: BLEU and accuracy of CollaPipe against the baselines, per tunable setting."""
+    """Fig. 6: BLEU, NER's early training loss and accuracy of CollaPipe against the baselines, per
+    tunable setting."""
     finals = tables["training-final"]
     out = []
     for tunable in dict.fromkeys(r.get("tunable", "full") for r in finals):
-        out += [c for c in (bleu_claim(finals, tunable), *accuracy_claims(finals, tunable)) if c is not None]
+        out += [c for c in (bleu_claim(finals, tunable), ner_early_loss_claim(tables["training"], finals, tunable),
+                            *accuracy_claims(finals, tunable)) if c is not None]
     return out
 
 
