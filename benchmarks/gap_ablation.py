@@ -57,6 +57,8 @@ ROWS = {
                 {**FED, "server_optimizer": "sgd", "server_lr": 1.0, "server_momentum": 0.9}),
     "fedavgm-lr0.5": ("server optimizer", "FedAvgM, server lr 0.5, momentum 0.9",
                       {**FED, "server_optimizer": "sgd", "server_lr": 0.5, "server_momentum": 0.9}),
+    "fedavgm-lr0.1": ("server optimizer", "FedAvgM, server lr 0.1, momentum 0.9 (steady-state step 1, as FedAvg)",
+                      {**FED, "server_optimizer": "sgd", "server_lr": 0.1, "server_momentum": 0.9}),
     "fedadam": ("server optimizer", "FedAdam, server lr 5e-3 (= E x lr)", {**FED, "server_optimizer": "adam",
                                                                    "server_lr": 5e-3}),
 }

@@ -589,7 +589,9 @@ def front_milp(dev: ClusterDevices, m: int) -> list[SegmentPlan | None]:
         params["S"].value = float(s)
         params["weight"].value = float(terms.weight(s))
         with redirect_fd(1):  # HiGHS prints its banner on fd 1 whatever its options say: stdout is the result's
-            problem.solve(solver=cp.HIGHS)
+            # no MIP gap: HiGHS's default (1e-4 relative, 1e-6 absolute) accepted a plan 3.5e-5 above the
+            # optimum (tests/test_segments.py, seed 5227, K = 4, L = 3, m = 4)
+            problem.solve(solver=cp.HIGHS, mip_rel_gap=0.0, mip_abs_gap=0.0)
         if problem.status not in ("optimal", "optimal_inaccurate"):
             plans.append(None)
             continue
