@@ -123,11 +123,8 @@ def test_learning_vs_s_m_runs_each_plan_under_each_available_reading():
             training.sm_config("ner", 4, 1, "quick", schedule="pipedream")
 
 
-@pytest.mark.slow
-def test_gpipe_plans_of_a_seed_share_one_training_computation(tmp_path, monkeypatch):
-    """The first plan trains; the second takes its losses with its own host rounds, and equals
-    the second plan trained by itself: the same decisions and latency, losses equal to float
-    round-off (synchronous GPipe: the gradient does not depend on S and m)."""
+def tiny_sm_config(tmp_path):
+    """A stand-in for `training.sm_config`: one plan's run of a tiny NER model (2 rounds of 1 step)."""
     tiny = dict(task="ner", model="tiny", rounds=2, local_steps=1, batch=4, clusters=2, max_examples=24,
                 max_eval_examples=8, eval_every=2, seq_len=16, data_dir=str(DATA), cache_dir=str(tmp_path / "cache"),
                 policy="default", progress=False)
@@ -137,6 +134,15 @@ def test_gpipe_plans_of_a_seed_share_one_training_computation(tmp_path, monkeypa
                                                   seed=seed, log_dir=str(tmp_path / f"log-{S}-{m}-{schedule}")),
                                       schedule)
 
+    return tiny_config
+
+
+@pytest.mark.slow
+def test_gpipe_plans_of_a_seed_share_one_training_computation(tmp_path, monkeypatch):
+    """The first plan trains; the second takes its losses with its own host rounds, and equals
+    the second plan trained by itself: the same decisions and latency, losses equal to float
+    round-off (synchronous GPipe: the gradient does not depend on S and m)."""
+    tiny_config = tiny_sm_config(tmp_path)
     trained = []
     real_train = training.cached_train
     monkeypatch.setattr(training, "sm_config", tiny_config)
@@ -156,15 +162,7 @@ def test_gpipe_plans_of_a_seed_share_one_training_computation(tmp_path, monkeypa
 @pytest.mark.slow
 @pytest.mark.skipif("pipedream" not in training.schedules_available(), reason="no pipeline_schedule field")
 def test_pipedream_plans_each_train_and_learn_differently(tmp_path, monkeypatch):
-    tiny = dict(task="ner", model="tiny", rounds=2, local_steps=1, batch=4, clusters=2, max_examples=24,
-                max_eval_examples=8, eval_every=2, seq_len=16, data_dir=str(DATA), cache_dir=str(tmp_path / "cache"),
-                policy="default", progress=False)
-
-    def tiny_config(task, S, m, scale, seed=0, schedule="gpipe"):
-        return training.with_schedule(TrainConfig(**tiny, plan_stages=S, plan_micro_batches=m, micro_batches=m,
-                                                  seed=seed, log_dir=str(tmp_path / f"log-{S}-{m}-{schedule}")),
-                                      schedule)
-
+    tiny_config = tiny_sm_config(tmp_path)
     monkeypatch.setattr(training, "sm_config", tiny_config)
     monkeypatch.setattr(training, "SM_PLANS", {"quick": ((1, 2), (4, 2))})
     results = training.plan_results("ner", "quick", 0, "pipedream", tmp_path, SilentProgress())
